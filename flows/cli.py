@@ -1,0 +1,139 @@
+"""The `waxflow` command: configuration checks, migrations, the local broker, and the tools."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from flows.settings import ConfigError, Settings, load_settings
+
+err_console = Console(stderr=True)
+
+
+class Context:
+    def __init__(self, config: str | None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration, loaded on first use; a bad one ends the command naming the key."""
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config)
+            except ConfigError as err:
+                err_console.print(f"[bold red]configuration error[/]\n{err}", highlight=False)
+                sys.exit(2)
+        return self._settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", type=click.Path(dir_okay=False), default=None,
+              help="configuration file (default: $WAXFLOW_CONFIG, else ./dataflows.yaml)")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str) -> None:
+    """waxflow: NetFlow/IPFIX/sFlow collector on Bytewax, Kafka and ClickHouse."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(config)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+@main.group()
+def config() -> None:
+    """Check or show the configuration."""
+
+
+@config.command("check")
+@click.option("--dump", is_flag=True, help="print the resolved configuration (file + environment)")
+@pass_context
+def config_check(ctx: Context, dump: bool) -> None:
+    """Validate the configuration; exit non-zero naming each bad key."""
+    settings = ctx.settings
+    if dump:
+        click.echo(json.dumps(settings.dump(), indent=2))
+    else:
+        click.echo("configuration OK")
+
+
+# --- clickhouse --------------------------------------------------------------------------------
+
+@main.command()
+@pass_context
+def migrate(ctx: Context) -> None:
+    """Create or update the ClickHouse tables, views and dictionaries."""
+    from connectors.clickhouse import migrate as run_migrations
+
+    cfg = ctx.settings.clickhouse
+    steps = run_migrations(cfg)
+    if not steps:
+        click.echo(f"{cfg.database}: up to date, nothing to do")
+    for step in steps:
+        click.echo(f"applied: {step}")
+
+
+# --- local broker ------------------------------------------------------------------------------
+
+@main.group()
+def broker() -> None:
+    """The local Kafka-protocol broker (tansu) for development."""
+
+
+def _local_broker(ctx: Context, port: int | None):
+    from connectors.broker import from_bootstrap
+
+    settings = ctx.settings
+    return from_bootstrap(settings.kafka.brokers[0], Path(settings.data_dir), port)
+
+
+_port_option = click.option("--port", type=click.IntRange(1, 65535), default=None,
+                            help="port (default: the one in kafka.brokers)")
+
+
+@broker.command("start")
+@_port_option
+@pass_context
+def broker_start(ctx: Context, port: int | None) -> None:
+    """Start the broker in the background and wait until it answers."""
+    from connectors.broker import BrokerError
+
+    local = _local_broker(ctx, port)
+    try:
+        pid = local.start()
+    except BrokerError as err:
+        err_console.print(f"[bold red]broker:[/] {err}", highlight=False)
+        sys.exit(1)
+    click.echo(f"broker running on {local.bootstrap} (pid {pid}, log {local.logfile})")
+
+
+@broker.command("stop")
+@_port_option
+@pass_context
+def broker_stop(ctx: Context, port: int | None) -> None:
+    """Stop the broker started by `broker start`."""
+    local = _local_broker(ctx, port)
+    click.echo("broker stopped" if local.stop() else "no broker was running")
+
+
+@broker.command("status")
+@_port_option
+@pass_context
+def broker_status(ctx: Context, port: int | None) -> None:
+    """Say whether the broker runs and answers; exit 1 when it does not answer."""
+    status = _local_broker(ctx, port).status()
+    click.echo(json.dumps(status))
+    sys.exit(0 if status["answering"] else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,442 @@
+"""The configuration model: `dataflows.yaml`, overridden by WAXFLOW__SECTION__KEY variables.
+
+Which file: `--config FILE`, else $WAXFLOW_CONFIG, else ./dataflows.yaml (built-in defaults
+when that default file does not exist). Every value is validated at startup; a bad one stops
+the program with a message naming the key (`kafka.partitions: ...`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+CONFIG_ENV = "WAXFLOW_CONFIG"
+DEFAULT_CONFIG = Path("dataflows.yaml")
+ENV_PREFIX = "WAXFLOW__"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names each bad key."""
+
+
+# --- value types -----------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept `90`, `90s`, `15m`, `1h30m`, `15d`, `2w` (and timedelta); numbers are seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            return timedelta(seconds=float(text))
+        parts = _DURATION_RE.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"{value!r} is not a duration (examples: 30s, 15m, 1h30m, 15d)")
+        return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact form: 15d, 1h30m, 500ms."""
+    ms = round(value.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
+    out = []
+    for unit, size in (("w", 604800_000), ("d", 86400_000), ("h", 3600_000), ("m", 60_000),
+                       ("s", 1000), ("ms", 1)):
+        count, ms = divmod(ms, size)
+        if count:
+            out.append(f"{count}{unit}")
+    return "".join(out)
+
+
+def _non_negative(value: timedelta) -> timedelta:
+    if value.total_seconds() < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    AfterValidator(_non_negative),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Subnet = Annotated[str, AfterValidator(lambda v: str(ipaddress.ip_network(v, strict=False)))]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Size = Annotated[ByteSize, PlainSerializer(lambda v: v.human_readable(separator=""), return_type=str,
+                                           when_used="json")]
+
+
+def _split_list(value: Any) -> Any:
+    """`a:1,b:2` from an environment variable is a list of two."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port with a port in 1-65535")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --- inlet ---------------------------------------------------------------------------------
+
+class Listener(Section):
+    name: Identifier = Field(description="listener name, used in metrics and the envelope")
+    address: str = Field("0.0.0.0", description="address to bind (0.0.0.0, ::, or one address)")
+    port: Port = Field(description="UDP port")
+    decoder: Literal["netflow", "sflow"] = Field(
+        description="netflow (v5, v9, IPFIX; exporter = datagram source) or sflow (exporter = agent)")
+    receive_buffer: Size = Field(ByteSize(32 * 1024 * 1024),
+                                 description="SO_RCVBUF per socket (e.g. 32MiB)")
+    timestamp_source: Literal["kernel", "userspace"] = Field(
+        "kernel", description="kernel (SO_TIMESTAMPNS) or userspace (time of recvmsg)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+
+def _default_listeners() -> list[Listener]:
+    return [
+        Listener(name="netflow", port=2055, decoder="netflow"),
+        Listener(name="ipfix", port=4739, decoder="netflow"),
+        Listener(name="sflow", port=6343, decoder="sflow"),
+    ]
+
+
+class Inlet(Section):
+    listeners: list[Listener] = Field(default_factory=_default_listeners,
+                                      description="UDP listeners")
+    metrics_listen: HostPort = Field("127.0.0.1:9101",
+                                     description="Prometheus /metrics of the inlet (worker 0)")
+
+    @field_validator("listeners")
+    @classmethod
+    def _unique(cls, listeners: list[Listener]) -> list[Listener]:
+        names = [listener.name for listener in listeners]
+        if len(set(names)) != len(names):
+            raise ValueError(f"listener names must be unique, got {names}")
+        binds = [(listener.address, listener.port) for listener in listeners]
+        if len(set(binds)) != len(binds):
+            raise ValueError("two listeners bind the same address and port")
+        return listeners
+
+
+# --- kafka ---------------------------------------------------------------------------------
+
+KafkaValue = str | int | float | bool
+
+
+class Kafka(Section):
+    brokers: Annotated[list[HostPort], NoDecode, BeforeValidator(_split_list), Field(min_length=1)] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"], description="bootstrap servers")
+    topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = Field(
+        "flows", description="topic base name; the envelope version is appended (flows-v1)")
+    partitions: Annotated[int, Field(ge=1)] = Field(4, description="partitions when creating the topic")
+    replication_factor: Annotated[int, Field(ge=1)] = Field(1, description="replication factor")
+    config_entries: dict[str, str] = Field(
+        default_factory=lambda: {"retention.ms": str(6 * 3600 * 1000)},
+        description="topic configuration entries kept in sync when manage_topic is on")
+    manage_topic: bool = Field(True, description="create the topic and update its config entries")
+    key_mode: Literal["by-exporter", "random"] = Field(
+        "by-exporter", description="message key: exporter address (ordered per exporter) or random")
+    queue_full: Literal["block", "drop"] = Field(
+        "block", description="when the producer queue is full: block (back-pressure) or drop (counted)")
+    consumer_group: str = Field("waxflow-outlet", description="consumer group of the outlet")
+    start_offset: Literal["committed", "earliest", "latest"] = Field(
+        "committed", description="outlet start without a recovery snapshot: committed offsets "
+                                 "(earliest when the group has none), earliest or latest")
+    producer: dict[str, KafkaValue] = Field(default_factory=dict,
+                                            description="extra librdkafka producer settings")
+    consumer: dict[str, KafkaValue] = Field(default_factory=dict,
+                                            description="extra librdkafka consumer settings")
+
+    @field_validator("config_entries", mode="before")
+    @classmethod
+    def _entries_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(self.brokers)
+
+
+# --- clickhouse ----------------------------------------------------------------------------
+
+def _check_dsn(value: str) -> str:
+    """chdb:PATH (relative to the working directory), chdb:///abs/path, or http(s)://host:port."""
+    parsed = urlparse(value)
+    if parsed.scheme == "chdb":
+        location = parsed.netloc + parsed.path if parsed.netloc not in ("", "memory") else parsed.path
+        if parsed.netloc == "memory":
+            return value
+        if not location:
+            raise ValueError("a chdb DSN needs a directory, e.g. chdb:data/clickhouse")
+        return "chdb://" + str(Path(location).expanduser().resolve())
+    if parsed.scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise ValueError(f"{value!r} has no host")
+        try:
+            parsed.port
+        except ValueError as err:
+            raise ValueError(f"{value!r}: {err}") from None
+        return value
+    raise ValueError(f"{value!r}: scheme must be chdb (embedded) or http/https (server)")
+
+
+class TTLs(Section):
+    flows: Duration = Field(timedelta(days=15), description="raw flows")
+    flows_1m0s: Duration = Field(timedelta(days=7), description="1-minute aggregates")
+    flows_5m0s: Duration = Field(timedelta(days=90), description="5-minute aggregates")
+    flows_1h0m0s: Duration = Field(timedelta(days=730), description="1-hour aggregates")
+    exporters: Duration = Field(timedelta(days=1), description="exporters and interfaces seen")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "TTLs":
+        for name in type(self).model_fields:
+            if getattr(self, name).total_seconds() < 1:
+                raise ValueError(f"{name}: a TTL must be at least 1s")
+        return self
+
+
+class ClickHouse(Section):
+    dsn: Annotated[str, AfterValidator(_check_dsn)] = Field(
+        "chdb:data/clickhouse",
+        description="chdb:DIR (embedded chDB, relative to the working directory) or http(s)://user:pass@host:8123")
+    database: Identifier = Field("waxflow", description="database name")
+    ttl: TTLs = Field(default_factory=TTLs, description="data retention per table")
+    batch_rows: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        50_000, description="flush an insert batch at this many rows")
+    batch_wait: Duration = Field(timedelta(seconds=5), description="... or after this long")
+    asns_file: Path | None = Field(None, description="CSV asn,name loaded into the asns dictionary "
+                                                     "(default: the small list shipped with waxflow)")
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb:")
+
+
+# --- enrichment (issue 6 fills in the providers) ------------------------------------------------
+
+class SNMPCredentials(Section):
+    subnet: Subnet = Field(description="exporters this entry applies to")
+    version: Literal["2c", "3"] = "2c"
+    communities: list[str] = Field(default_factory=lambda: ["public"])
+    user: str | None = None
+    auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = "none"
+    auth_password: str | None = None
+    priv_protocol: Literal["none", "des", "3des", "aes", "aes192", "aes256"] = "none"
+    priv_password: str | None = None
+    port: Port = 161
+    agent_address: str | None = None
+
+
+class SNMP(Section):
+    enabled: bool = Field(False, description="poll exporters with SNMP for names and speeds")
+    credentials: list[SNMPCredentials] = Field(default_factory=list,
+                                               description="per subnet, most specific wins")
+    timeout: Duration = timedelta(seconds=1)
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    cache_duration: Duration = timedelta(minutes=30)
+    cache_refresh: Duration = timedelta(hours=1)
+    cache_check_interval: Duration = timedelta(minutes=2)
+    query_timeout: Duration = timedelta(seconds=5)
+
+
+class StaticInterface(Section):
+    name: str
+    description: str = ""
+    speed: Annotated[int, Field(ge=0)] = 0
+
+
+class StaticExporter(Section):
+    name: str
+    interfaces: dict[int, StaticInterface] = Field(default_factory=dict)
+
+
+class GeoIP(Section):
+    asn_database: Path | None = None
+    geo_database: Path | None = None
+
+
+class Network(Section):
+    name: str = ""
+    role: str = ""
+    site: str = ""
+    region: str = ""
+    tenant: str = ""
+    country: str = ""
+    asn: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+
+
+class Sampling(Section):
+    default: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="rate for flows whose exporter sends none (unset: see `missing`)")
+    defaults: dict[Subnet, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="per-subnet rate for flows without one")
+    override: dict[Subnet, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="per-subnet rate replacing what exporters send")
+    missing: Literal["keep", "drop"] = Field(
+        "keep", description="flows with no known rate: keep (rate 1, counted) or drop (counted)")
+
+
+class Enrichment(Section):
+    snmp: SNMP = Field(default_factory=SNMP)
+    static: dict[Subnet, StaticExporter] = Field(default_factory=dict,
+                                                 description="exporters by subnet")
+    geoip: GeoIP = Field(default_factory=GeoIP)
+    networks: dict[Subnet, Network] = Field(default_factory=dict)
+    classifiers: dict[str, list[str]] = Field(
+        default_factory=dict, description="exporter and interface classification rules")
+    sampling: Sampling = Field(default_factory=Sampling)
+
+
+class API(Section):
+    listen: HostPort = Field("127.0.0.1:8080", description="HTTP API and outlet /metrics")
+    token: str | None = Field(None, description="bearer token required by the API when set")
+
+
+# --- the whole file --------------------------------------------------------------------------
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        validate_default=True,
+    )
+
+    inlet: Inlet = Field(default_factory=Inlet)
+    kafka: Kafka = Field(default_factory=Kafka)
+    clickhouse: ClickHouse = Field(default_factory=ClickHouse)
+    enrichment: Enrichment = Field(default_factory=Enrichment)
+    api: API = Field(default_factory=API)
+    data_dir: Path = Field(Path("data"), description="local state: broker pid, recovery, caches")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init arguments; the environment must win over it.
+        return (env_settings, init_settings)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
+    """The file to read and whether someone asked for it (a missing asked-for file is an error)."""
+    if explicit:
+        return Path(explicit), True
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]), True
+    return DEFAULT_CONFIG, False
+
+
+def _read_yaml(path: Path, required: bool) -> dict[str, Any]:
+    if not path.exists():
+        if required:
+            raise ConfigError(f"{path}: configuration file not found")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "[")):
+            continue  # pydantic's validator wrappers and markers, not keys
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += ("." if out else "") + str(part)
+        else:
+            out += f"[{str(part)!r}]"  # a mapping key such as a subnet
+    return out or "(top level)"
+
+
+def describe_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in err.errors():
+        key = _key(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        got = item.get("input")
+        quiet = isinstance(got, (dict, list)) or item["type"] in ("extra_forbidden", "value_error")
+        shown = "" if quiet else f" (got {got!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the configuration; raise ConfigError naming every bad key."""
+    file, required = config_path(path)
+    data = _read_yaml(file, required)
+    try:
+        return Settings(**data)
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, str(file))) from None
+    except SettingsError as err:
+        # Raised for an environment value that is not valid JSON where a structure is expected.
+        raise ConfigError(f"environment ({ENV_PREFIX}...): {err}") from None
