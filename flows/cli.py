@@ -66,6 +66,14 @@ def config_check(ctx: Context, dump: bool) -> None:
         click.echo("configuration OK")
 
 
+@config.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown) that the README carries."""
+    from flows.settings import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
+
+
 # --- clickhouse --------------------------------------------------------------------------------
 
 @main.command()

@@ -8,6 +8,7 @@ the program with a message naming the key (`kafka.partitions: ...`).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from datetime import timedelta
@@ -72,7 +73,7 @@ def format_duration(value: timedelta) -> str:
     if ms == 0:
         return "0s"
     out = []
-    for unit, size in (("w", 604800_000), ("d", 86400_000), ("h", 3600_000), ("m", 60_000),
+    for unit, size in (("d", 86400_000), ("h", 3600_000), ("m", 60_000),
                        ("s", 1000), ("ms", 1)):
         count, ms = divmod(ms, size)
         if count:
@@ -267,53 +268,57 @@ class ClickHouse(Section):
 
 class SNMPCredentials(Section):
     subnet: Subnet = Field(description="exporters this entry applies to")
-    version: Literal["2c", "3"] = "2c"
-    communities: list[str] = Field(default_factory=lambda: ["public"])
-    user: str | None = None
-    auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = "none"
-    auth_password: str | None = None
-    priv_protocol: Literal["none", "des", "3des", "aes", "aes192", "aes256"] = "none"
-    priv_password: str | None = None
-    port: Port = 161
-    agent_address: str | None = None
+    version: Literal["2c", "3"] = Field("2c", description="SNMP version")
+    communities: list[str] = Field(default_factory=lambda: ["public"],
+                                   description="SNMPv2c communities, tried in order")
+    user: str | None = Field(None, description="SNMPv3 USM user")
+    auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = Field(
+        "none", description="SNMPv3 authentication protocol")
+    auth_password: str | None = Field(None, description="SNMPv3 authentication passphrase")
+    priv_protocol: Literal["none", "des", "3des", "aes", "aes192", "aes256"] = Field(
+        "none", description="SNMPv3 privacy protocol")
+    priv_password: str | None = Field(None, description="SNMPv3 privacy passphrase")
+    port: Port = Field(161, description="agent UDP port")
+    agent_address: str | None = Field(None, description="poll this address instead of the exporter's")
 
 
 class SNMP(Section):
     enabled: bool = Field(False, description="poll exporters with SNMP for names and speeds")
     credentials: list[SNMPCredentials] = Field(default_factory=list,
                                                description="per subnet, most specific wins")
-    timeout: Duration = timedelta(seconds=1)
-    retries: Annotated[int, Field(ge=0, le=10)] = 1
-    cache_duration: Duration = timedelta(minutes=30)
-    cache_refresh: Duration = timedelta(hours=1)
-    cache_check_interval: Duration = timedelta(minutes=2)
-    query_timeout: Duration = timedelta(seconds=5)
+    timeout: Duration = Field(timedelta(seconds=1), description="per SNMP request")
+    retries: Annotated[int, Field(ge=0, le=10)] = Field(1, description="per SNMP request")
+    cache_duration: Duration = Field(timedelta(minutes=30), description="forget entries not used this long")
+    cache_refresh: Duration = Field(timedelta(hours=1), description="refresh entries older than this")
+    cache_check_interval: Duration = Field(timedelta(minutes=2), description="how often to look for both")
+    query_timeout: Duration = Field(timedelta(seconds=5),
+                                    description="hold flows waiting for metadata at most this long")
 
 
 class StaticInterface(Section):
-    name: str
-    description: str = ""
-    speed: Annotated[int, Field(ge=0)] = 0
+    name: str = Field(description="interface name")
+    description: str = Field("", description="interface description")
+    speed: Annotated[int, Field(ge=0)] = Field(0, description="speed in Mbps")
 
 
 class StaticExporter(Section):
-    name: str
-    interfaces: dict[int, StaticInterface] = Field(default_factory=dict)
+    name: str = Field(description="exporter name")
+    interfaces: dict[int, StaticInterface] = Field(default_factory=dict, description="by ifIndex")
 
 
 class GeoIP(Section):
-    asn_database: Path | None = None
-    geo_database: Path | None = None
+    asn_database: Path | None = Field(None, description="MMDB with AS numbers (MaxMind or IPinfo)")
+    geo_database: Path | None = Field(None, description="MMDB with country/city (MaxMind or IPinfo)")
 
 
 class Network(Section):
-    name: str = ""
-    role: str = ""
-    site: str = ""
-    region: str = ""
-    tenant: str = ""
-    country: str = ""
-    asn: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    name: str = Field("", description="network name")
+    role: str = Field("", description="network role")
+    site: str = Field("", description="site")
+    region: str = Field("", description="region")
+    tenant: str = Field("", description="tenant")
+    country: str = Field("", description="ISO country code")
+    asn: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="AS number")
 
 
 class Sampling(Section):
@@ -332,7 +337,8 @@ class Enrichment(Section):
     static: dict[Subnet, StaticExporter] = Field(default_factory=dict,
                                                  description="exporters by subnet")
     geoip: GeoIP = Field(default_factory=GeoIP)
-    networks: dict[Subnet, Network] = Field(default_factory=dict)
+    networks: dict[Subnet, Network] = Field(default_factory=dict,
+                                            description="subnet attributes; most specific wins")
     classifiers: dict[str, list[str]] = Field(
         default_factory=dict, description="exporter and interface classification rules")
     sampling: Sampling = Field(default_factory=Sampling)
@@ -440,3 +446,79 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except SettingsError as err:
         # Raised for an environment value that is not valid JSON where a structure is expected.
         raise ConfigError(f"environment ({ENV_PREFIX}...): {err}") from None
+
+
+# --- reference documentation ------------------------------------------------------------------
+
+def _type_name(annotation: Any) -> str:
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return " or ".join(str(a) for a in get_args(annotation))
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and len(get_args(annotation)) == 2:
+        return _type_name(args[0]) + " (optional)"
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    text = re.sub(r"typing\.|pydantic\.types\.|pathlib\.|datetime\.|flows\.settings\.", "", str(text))
+    return {"timedelta": "duration", "ByteSize": "size"}.get(text, text)
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The section model inside a field type, and how its keys are written (list item, map value)."""
+    from typing import get_args, get_origin
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], "[]"
+    if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+        return args[1], ".<key>"
+    return None, ""
+
+
+def _default_text(field: Any) -> str:
+    from pydantic import TypeAdapter
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        value = field.default_factory()
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, timedelta):
+        value = format_duration(value)
+    elif isinstance(value, ByteSize):
+        value = value.human_readable(separator="")
+    else:
+        value = TypeAdapter(field.annotation).dump_python(value, mode="json")
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "see dataflows.yaml"
+    shown = value if isinstance(value, str) else json.dumps(value)
+    return f"`{shown}`".replace("|", "\\|")
+
+
+def reference_rows(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, description) for every leaf key, in declaration order."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        inner, suffix = _model_in(field.annotation)
+        if inner is not None:
+            if suffix:
+                rows.append((key, "list" if suffix == "[]" else "map", _default_text(field),
+                             field.description or ""))
+            rows.extend(reference_rows(inner, f"{key}{suffix}."))
+            continue
+        rows.append((key, _type_name(field.annotation), _default_text(field), field.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, kind, default, description in reference_rows():
+        lines.append(f"| `{key}` | {kind.replace('|', chr(92) + '|')} | {default} | {description} |")
+    return "\n".join(lines) + "\n"
