@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
+import os
 import re
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,9 +24,12 @@ from typing import Any, Iterable
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
+import pyarrow as pa
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.client import Client
+from prometheus_client import Counter, Gauge, Histogram
 
-from flows import ddl
+from flows import ddl, schema
 from flows.settings import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -203,3 +210,167 @@ def lookup_rows(name: str, cfg: ClickHouse) -> list[list[Any]]:
 def migrate(cfg: ClickHouse, client: Client | None = None) -> list[str]:
     """Apply the migrations to the configured store; returns the steps applied (empty: up to date)."""
     return Migrator(client or connect(cfg), cfg).run()
+
+
+# --- the outlet's sink -------------------------------------------------------------------------
+
+
+ROWS = Counter("waxflow_clickhouse_rows_total", "flow rows inserted into ClickHouse")
+BATCHES = Counter("waxflow_clickhouse_batches_total", "insert batches committed to ClickHouse")
+INSERT_SECONDS = Histogram("waxflow_clickhouse_insert_seconds", "time to insert one batch",
+                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RETRIES = Counter("waxflow_clickhouse_retries_total", "insert attempts that failed and were retried")
+ERRORS = Counter("waxflow_clickhouse_errors_total", "insert errors by reason", ["reason"])
+PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+
+
+def process_id() -> int:
+    """This process's index in a Bytewax cluster (`-i`, or BYTEWAX_PROCESS_ID), 0 when alone."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg in ("-i", "--process-id") and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--process-id="):
+            return int(arg.split("=", 1)[1])
+    return int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
+
+
+def _error_reason(err: Exception) -> str:
+    text = str(err).lower()
+    if "readonly" in text or "read-only" in text or "read only" in text:
+        return "readonly"
+    if "closed" in text:
+        return "closed"
+    if "connection" in text or "timed out" in text or "timeout" in text:
+        return "connection"
+    return "other"
+
+
+class _LogLimiter:
+    """At most one log line per interval for a repeated condition."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.last = 0.0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False
+
+
+def _to_ipc(batches: list[pa.RecordBatch]) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, schema.ARROW_SCHEMA) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    return sink.getvalue()
+
+
+def _from_ipc(data: bytes) -> list[pa.RecordBatch]:
+    return list(pa.ipc.open_stream(data))
+
+
+class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | None]):
+    """Buffers flow batches and inserts them in large batches, holding them while inserts fail.
+
+    Items are flow batches, or None: a tick the decode step sends so that a quiet stream is
+    still flushed after `batch_wait`. The snapshot holds the rows not yet inserted, so a crash
+    after a recovery snapshot loses none of them.
+    """
+
+    def __init__(self, cfg: ClickHouse, resume: bytes | None) -> None:
+        self.cfg = cfg
+        self.client = connect(cfg)
+        self.table = f"{cfg.database}.flows"
+        self.pending: list[pa.RecordBatch] = _from_ipc(resume) if resume else []
+        self.rows = sum(b.num_rows for b in self.pending)
+        self.first_at = time.monotonic() if self.pending else None
+        self.log_limit = _LogLimiter()
+        PENDING.inc(self.rows)
+
+    def write_batch(self, values: list[pa.RecordBatch | None]) -> None:
+        for batch in values:
+            if batch is not None and batch.num_rows:
+                if self.first_at is None:
+                    self.first_at = time.monotonic()
+                self.pending.append(batch)
+                self.rows += batch.num_rows
+                PENDING.inc(batch.num_rows)
+        if self._due():
+            self.flush()
+
+    def _due(self) -> bool:
+        if not self.rows:
+            return False
+        if self.rows >= self.cfg.batch_rows:
+            return True
+        return time.monotonic() - self.first_at >= self.cfg.batch_wait.total_seconds()
+
+    def flush(self) -> None:
+        """Insert everything pending; retry with backoff until it succeeds (back-pressure)."""
+        if not self.rows:
+            return
+        table = pa.Table.from_batches(self.pending, schema=schema.ARROW_SCHEMA)
+        delay = BACKOFF_START
+        while True:
+            started = time.perf_counter()
+            try:
+                self.client.insert_arrow(self.table, table)
+                break
+            except Exception as err:  # any failure: keep the rows, wait, try again
+                reason = _error_reason(err)
+                ERRORS.labels(reason).inc()
+                RETRIES.inc()
+                if self.log_limit.ready():
+                    log.warning("insert of %d rows failed (%s: %s); retrying in %.1fs, rows kept",
+                                self.rows, reason, err, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                if reason == "closed":
+                    self.client = reconnect(self.cfg)
+        INSERT_SECONDS.observe(time.perf_counter() - started)
+        ROWS.inc(self.rows)
+        BATCHES.inc()
+        PENDING.dec(self.rows)
+        self.pending, self.rows, self.first_at = [], 0, None
+
+    def snapshot(self) -> bytes | None:
+        return _to_ipc(self.pending) if self.pending else None
+
+    def close(self) -> None:
+        self.flush()
+
+
+class ClickHouseSink(FixedPartitionedSink[pa.RecordBatch | None, bytes | None]):
+    """Flow batches keyed by exporter → ClickHouse `flows`, in large batches.
+
+    chDB is owned by one process, so with the embedded store only process 0 lists the single
+    partition and Bytewax routes every batch there. A server takes `writers` parallel
+    partitions from every process.
+    """
+
+    def __init__(self, cfg: ClickHouse, writers: int = 2) -> None:
+        self.cfg = cfg
+        self.writers = writers
+
+    def list_parts(self) -> list[str]:
+        if self.cfg.embedded:
+            return ["chdb"] if process_id() == 0 else []
+        return [f"clickhouse-{i}" for i in range(self.writers)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: bytes | None) -> _ClickHousePartition:
+        migrate(self.cfg)
+        return _ClickHousePartition(self.cfg, resume_state)
+
+
+def reconnect(cfg: ClickHouse) -> Client:
+    """A new shared client, replacing one that was closed under us."""
+    with _clients_lock:
+        _clients.pop(cfg.dsn, None)
+    return connect(cfg)

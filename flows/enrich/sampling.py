@@ -1,0 +1,67 @@
+"""Sampling rate: per-subnet overrides, defaults for flows that came without one, and what to do
+with flows whose rate stays unknown (kept at rate 1, or dropped — counted either way)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client import Counter
+
+from flows.enrich.subnets import SubnetMap
+from flows.settings import Sampling
+
+UNKNOWN_RATE = Counter("waxflow_enrich_sampling_unknown_flows_total",
+                       "flows that arrived without a sampling rate and had no default",
+                       ["action"])
+OVERRIDDEN = Counter("waxflow_enrich_sampling_overridden_flows_total",
+                     "flows whose sampling rate was replaced by a configured override")
+DEFAULTED = Counter("waxflow_enrich_sampling_defaulted_flows_total",
+                    "flows without a sampling rate that got a configured default")
+
+
+class SamplingRates:
+    def __init__(self, cfg: Sampling) -> None:
+        self.cfg = cfg
+        self.override = SubnetMap(cfg.override)
+        self.defaults = SubnetMap(cfg.defaults)
+
+    def _per_exporter(self, batch: pa.RecordBatch, table: SubnetMap[int],
+                      fallback: int | None) -> np.ndarray | None:
+        """Rate per row from the exporter's subnet (0 where none applies), or None if none does."""
+        exporters = batch.column("ExporterAddress")
+        unique = pc.unique(exporters).to_pylist()
+        rates = {address: table.lookup(address) or fallback for address in unique}
+        if not any(rates.values()):
+            return None
+        if len(unique) == 1:
+            return np.full(batch.num_rows, rates[unique[0]] or 0, np.uint64)
+        index = pc.index_in(exporters, value_set=pa.array(unique, exporters.type)).to_numpy()
+        return np.array([rates[a] or 0 for a in unique], np.uint64)[index]
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if batch.num_rows == 0:
+            return batch
+        rate = batch.column("SamplingRate").to_numpy(zero_copy_only=False).copy()
+        if self.override:
+            forced = self._per_exporter(batch, self.override, None)
+            if forced is not None:
+                OVERRIDDEN.inc(int(np.count_nonzero(forced)))
+                rate = np.where(forced > 0, forced, rate)
+        missing = rate == 0
+        if missing.any():
+            default = self._per_exporter(batch, self.defaults, self.cfg.default)
+            if default is not None:
+                DEFAULTED.inc(int(np.count_nonzero(missing & (default > 0))))
+                rate = np.where(missing, default, rate)
+            missing = rate == 0
+        keep = None
+        if missing.any():
+            count = int(missing.sum())
+            UNKNOWN_RATE.labels(self.cfg.missing).inc(count)
+            if self.cfg.missing == "drop":
+                keep = ~missing
+            rate[missing] = 1
+        index = batch.schema.get_field_index("SamplingRate")
+        batch = batch.set_column(index, batch.schema.field(index), pa.array(rate, pa.uint64()))
+        return batch.filter(pa.array(keep)) if keep is not None else batch
