@@ -155,6 +155,15 @@ class Inlet(Section):
                                       description="UDP listeners")
     metrics_listen: HostPort = Field("127.0.0.1:9101",
                                      description="Prometheus /metrics of the inlet (worker 0)")
+    balancing: Literal["auto", "ebpf", "cbpf", "hash"] = Field(
+        "auto", description="spreading datagrams over the workers' sockets: ebpf (round-robin, "
+                            "needs bcc and CAP_BPF), cbpf (random), hash (kernel 4-tuple hash), "
+                            "auto (the first of these that loads)")
+    bpffs: Path = Field(Path("/sys/fs/bpf/waxflow"),
+                        description="bpffs directory where the eBPF socket maps are pinned, so "
+                                    "that every process of the cluster joins the same map")
+    max_batch: Annotated[int, Field(ge=1, le=65536)] = Field(
+        1024, description="datagrams a worker reads from one socket before yielding")
 
     @field_validator("listeners")
     @classmethod
@@ -188,6 +197,9 @@ class Kafka(Section):
         "by-exporter", description="message key: exporter address (ordered per exporter) or random")
     queue_full: Literal["block", "drop"] = Field(
         "block", description="when the producer queue is full: block (back-pressure) or drop (counted)")
+    flush_timeout: Duration = Field(timedelta(seconds=30),
+                                    description="on a clean stop, wait this long for Kafka to "
+                                                "acknowledge what is still queued")
     consumer_group: str = Field("waxflow-outlet", description="consumer group of the outlet")
     start_offset: Literal["committed", "earliest", "latest"] = Field(
         "committed", description="outlet start without a recovery snapshot: committed offsets "

@@ -58,3 +58,11 @@ def test_encode_rejects_bad_arguments() -> None:
 
 def test_topic_carries_the_version() -> None:
     assert envelope.topic_name("flows") == "flows-v1"
+
+
+def test_encode_many_matches_encode() -> None:
+    exporter = envelope.address_bytes("198.51.100.9")
+    datagrams = [(b"a" * n, exporter, 2000 + n, 10**18 + n) for n in range(5)]
+    assert envelope.encode_many(1, 7, datagrams) == [
+        envelope.encode("netflow", 7, received, exporter, port, payload)
+        for payload, exporter, port, received in datagrams]

@@ -1,0 +1,274 @@
+"""Kafka through confluent-kafka: topic management and the inlet's producer sink.
+
+(The outlet's consumer side belongs here too, beside these.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+from connectors import metrics as metrics_mod
+from connectors.metrics import InletMetrics
+from flows.settings import Kafka
+
+log = logging.getLogger(__name__)
+
+Message = tuple[bytes | None, bytes]  # (key, value)
+
+
+class RateLimitedLog:
+    """At most one line per `interval` seconds per key; the rest are counted and summarised."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def __call__(self, level: int, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.last.get(key, -1e9) < self.interval:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return
+        skipped = self.suppressed.pop(key, 0)
+        self.last[key] = now
+        suffix = f" ({skipped} similar suppressed)" if skipped else ""
+        self.logger.log(level, message + suffix, *args)
+
+
+_ratelimited = RateLimitedLog(log)
+
+
+# --- topic management --------------------------------------------------------------------------
+
+def ensure_topic(kafka: Kafka, topic: str, timeout: float = 15.0) -> list[str]:
+    """Create the topic when missing, grow its partitions to the configured count, bring its
+    config entries in line. Never shrinks or recreates. Returns what it did, for the log."""
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics.get(topic)
+    if existing is None or existing.error is not None:
+        futures = admin.create_topics([NewTopic(topic, kafka.partitions, kafka.replication_factor,
+                                                config=dict(kafka.config_entries))],
+                                      request_timeout=timeout)
+        try:
+            futures[topic].result(timeout)
+            return [f"created {topic} ({kafka.partitions} partitions, replication "
+                    f"{kafka.replication_factor})"]
+        except KafkaException as err:
+            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            # another process of the cluster created it first: check it like an existing one
+    done = []
+    have = len(existing.partitions) if existing is not None and existing.error is None else None
+    if have is not None and have < kafka.partitions:
+        try:
+            admin.create_partitions([NewPartitions(topic, kafka.partitions)])[topic].result(timeout)
+            done.append(f"grew {topic} from {have} to {kafka.partitions} partitions")
+        except KafkaException as err:
+            log.warning("kafka: %s has %d partitions, config asks %d; cannot add: %s",
+                        topic, have, kafka.partitions, err.args[0].str())
+    elif have is not None and have > kafka.partitions:
+        log.warning("kafka: %s has %d partitions, config asks %d; partitions are never removed",
+                    topic, have, kafka.partitions)
+    done += _sync_config(admin, topic, kafka.config_entries, timeout)
+    return done
+
+
+def _sync_config(admin: AdminClient, topic: str, wanted: dict[str, str],
+                 timeout: float) -> list[str]:
+    if not wanted:
+        return []
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    try:
+        current = admin.describe_configs([resource])[resource].result(timeout)
+    except KafkaException as err:
+        log.warning("kafka: cannot read the configuration of %s: %s", topic, err.args[0].str())
+        return []
+    differing = {k: v for k, v in wanted.items()
+                 if k not in current or current[k].value != v}
+    if not differing:
+        return []
+    for name, value in differing.items():
+        resource.add_incremental_config(_set_entry(name, value))
+    try:
+        admin.incremental_alter_configs([resource])[resource].result(timeout)
+    except KafkaException as err:
+        log.warning("kafka: cannot update %s of %s: %s", sorted(differing), topic,
+                    err.args[0].str())
+        return []
+    return [f"set {name}={value} on {topic}" for name, value in sorted(differing.items())]
+
+
+def _set_entry(name: str, value: str) -> Any:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+    return ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+
+
+# --- the producer sink ---------------------------------------------------------------------------
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    # Few large requests: the inlet sends many small messages at high rates.
+    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 200_000,
+    "queue.buffering.max.kbytes": 256 * 1024,
+    "acks": "all",
+}
+
+
+def producer_config(kafka: Kafka, **callbacks: Callable[..., None]) -> dict[str, Any]:
+    """Defaults, then the user's `kafka.producer` entries, then the bootstrap and callbacks."""
+    return {**PRODUCER_DEFAULTS, **kafka.producer, "bootstrap.servers": kafka.bootstrap,
+            **callbacks}
+
+
+class ProducerPartition(StatelessSinkPartition[list[Message]]):
+    """One producer per worker. Items are lists of (key, value) messages."""
+
+    def __init__(self, kafka: Kafka, topic: str, worker: str, metrics: InletMetrics,
+                 stop: threading.Event) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.worker = worker
+        self.metrics = metrics
+        self.stop = stop
+        self.drop_when_full = kafka.queue_full == "drop"
+        self.produced = 0
+        self.acked = 0
+        self.failed = 0
+        self.discarded = 0
+        self._reported = (0, 0)
+        self._lock = threading.Lock()   # callbacks run in the poller and the worker threads
+        self.producer = Producer(producer_config(kafka, on_delivery=self._delivered,
+                                                 error_cb=self._error))
+        self._closing = threading.Event()
+        # Serves delivery callbacks while the dataflow is idle, so counts never go stale.
+        self._poller = threading.Thread(target=self._poll_loop, daemon=True,
+                                        name=f"kafka-poll-{worker}")
+        self._poller.start()
+
+    # -- callbacks (librdkafka reports through poll/flush) --
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            with self._lock:
+                self.acked += 1
+            return
+        with self._lock:
+            self.failed += 1
+        self.metrics.kafka_failed.labels(self.worker, err.name()).inc()
+        _ratelimited(logging.ERROR, "delivery", "kafka: delivery failed: %s", err.str())
+
+    def _error(self, err: KafkaError) -> None:
+        _ratelimited(logging.WARNING, f"error-{err.code()}", "kafka: %s", err.str())
+
+    def _poll_loop(self) -> None:
+        while not self._closing.is_set():
+            self.producer.poll(0.2)
+            self._report()
+
+    def _report(self) -> None:
+        with self._lock:
+            acked, produced = self.acked, self.produced
+        last_acked, last_produced = self._reported
+        self._reported = (acked, produced)
+        if acked > last_acked:
+            self.metrics.kafka_acked.labels(self.worker).inc(acked - last_acked)
+        if produced > last_produced:
+            self.metrics.kafka_produced.labels(self.worker).inc(produced - last_produced)
+        self.metrics.kafka_queued.labels(self.worker).set(len(self.producer))
+
+    # -- the hot path --
+    def write_batch(self, items: list[list[Message]]) -> None:
+        produce = self.producer.produce
+        topic = self.topic
+        produced = 0
+        for messages in items:
+            for key, value in messages:
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    if not self._wait_for_room(key, value):
+                        continue
+                produced += 1
+        with self._lock:
+            self.produced += produced
+
+    def _wait_for_room(self, key: bytes | None, value: bytes) -> bool:
+        """The local queue is full: drop (counted) or block until deliveries make room.
+        Blocking stops this worker reading its sockets: back-pressure into the kernel buffer,
+        where overflow shows as kernel drops. Returns whether the message was queued."""
+        if self.drop_when_full:
+            self._discard("queue_full")
+            return False
+        _ratelimited(logging.WARNING, "queue-full", "kafka: producer queue full on worker %s; "
+                     "blocking (kafka.queue_full: block)", self.worker)
+        deadline = None
+        while True:
+            self.producer.poll(0.05)
+            try:
+                self.producer.produce(self.topic, value, key)
+                return True
+            except BufferError:
+                pass
+            if self.stop.is_set():  # stopping with Kafka away: bounded by flush_timeout
+                deadline = deadline or time.monotonic() + self.kafka.flush_timeout.total_seconds()
+                if time.monotonic() > deadline:
+                    self._discard("shutdown")
+                    return False
+
+    def _discard(self, reason: str) -> None:
+        self.discarded += 1
+        self.metrics.kafka_discarded.labels(self.worker, reason).inc()
+
+    def close(self) -> None:
+        """End of the dataflow (a clean stop): wait for what is queued to be acknowledged."""
+        self._closing.set()
+        self._poller.join()
+        remaining = self.producer.flush(self.kafka.flush_timeout.total_seconds())
+        self._report()
+        log.info("kafka: worker %s produced %d, acked %d, failed %d, discarded %d, "
+                 "unacknowledged after flush %d", self.worker, self.produced, self.acked,
+                 self.failed, self.discarded, remaining)
+
+
+class ProducerSink(DynamicSink[list[Message]]):
+    """Produces (key, value) lists to `topic`; ensures the topic first when managed."""
+
+    def __init__(self, kafka: Kafka, topic: str, stop: threading.Event | None = None) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.stop = stop or threading.Event()
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> ProducerPartition:
+        if self.kafka.manage_topic:
+            _ensure_once(self.kafka, self.topic)
+        return ProducerPartition(self.kafka, self.topic, str(worker_index),
+                                 metrics_mod.inlet_metrics(), self.stop)
+
+
+_ensured: set[str] = set()
+_ensure_lock = threading.Lock()
+
+
+def _ensure_once(kafka: Kafka, topic: str) -> None:
+    """Once per process; a broker away at startup is logged, not fatal (the producer retries)."""
+    with _ensure_lock:
+        if topic in _ensured:
+            return
+        try:
+            for line in ensure_topic(kafka, topic):
+                log.info("kafka: %s", line)
+        except KafkaException as err:
+            log.error("kafka: cannot manage topic %s: %s", topic, err.args[0].str())
+            return
+        _ensured.add(topic)

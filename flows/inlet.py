@@ -1,0 +1,68 @@
+"""The inlet dataflow: receive datagrams, wrap each in an envelope, produce to Kafka.
+
+    python -m bytewax.run flows.inlet -w N        (config: $WAXFLOW_CONFIG or ./dataflows.yaml)
+
+Nothing is decoded here: the inlet must keep up with the routers. Each item moving through the
+flow is a batch (the datagrams one socket delivered in one read), so Bytewax's per-item cost
+is paid per batch, not per datagram.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors.kafka import Message, ProducerSink
+from connectors.udp import ReceivedBatch, UDPSource, stop_on_signals
+from flows import envelope
+from flows.settings import ConfigError, Settings, load_settings
+
+
+def wrap(by_exporter: bool, batch: ReceivedBatch) -> list[Message]:
+    """Envelope each datagram; the Kafka key is the exporter address or none (random)."""
+    values = envelope.encode_many(batch.decoder_kind, batch.listener_id, batch.datagrams)
+    if by_exporter:
+        return [(d.exporter, value) for d, value in zip(batch.datagrams, values)]
+    return [(None, value) for value in values]
+
+
+def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataflow:
+    stop = stop or threading.Event()
+    inlet, kafka = settings.inlet, settings.kafka
+    flow = Dataflow("inlet")
+    received = op.input("receive", flow, UDPSource(
+        inlet.listeners, balancing=inlet.balancing, bpffs=inlet.bpffs,
+        max_batch=inlet.max_batch, stop=stop, metrics_listen=inlet.metrics_listen))
+    messages = op.map("wrap", received, partial(wrap, kafka.key_mode == "by-exporter"))
+    op.output("produce", messages, ProducerSink(kafka, envelope.topic_name(kafka.topic), stop))
+    return flow
+
+
+def main_flow() -> Dataflow:
+    """The flow `python -m bytewax.run flows.inlet` runs: configuration from the usual place,
+    a clean stop on SIGTERM/SIGINT, logs on stderr."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        print(f"configuration error\n{err}", file=sys.stderr)
+        sys.exit(2)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    return build_flow(settings, stop)
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `flow` is built when Bytewax asks for it, not at import: importing this module (tests,
+    # tools) neither reads the configuration nor installs signal handlers.
+    if name == "flow":
+        globals()["flow"] = built = main_flow()
+        return built
+    raise AttributeError(name)
