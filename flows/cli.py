@@ -90,6 +90,31 @@ def migrate(ctx: Context) -> None:
         click.echo(f"applied: {step}")
 
 
+@main.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@pass_context
+def query(ctx: Context, sql: str, fmt: str) -> None:
+    """Run a read-only SQL query against the store (the embedded store must not be in use)."""
+    from connectors.clickhouse import read_only_query
+
+    try:
+        columns, rows = read_only_query(ctx.settings.clickhouse, sql)
+    except Exception as err:  # the store's own message says what is wrong with the query
+        err_console.print(f"[bold red]query failed:[/] {err}", highlight=False)
+        sys.exit(1)
+    if fmt == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(dict(zip(columns, row)), default=str))
+        return
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console().print(table)
+
+
 # --- local broker ------------------------------------------------------------------------------
 
 @main.group()
