@@ -1,0 +1,194 @@
+"""The decode entry points: FlowDecoder (state for many exporters) and decode_many (one
+exporter's state), both turning a sequence of datagrams into one flow RecordBatch.
+
+A call walks every datagram once in Python (headers and sets) and queues the record bytes;
+only at the end are the records decoded, all sets of one template (and all NetFlow v5 and
+sFlow records) together, so the numpy and Arrow work is per call, not per datagram or set.
+Nothing raises out of a call: malformed input is counted (metrics.REASONS) and skipped, and the
+rest of the datagram is decoded where the structure allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from flows.decode import metrics
+from flows.decode.columns import assemble
+from flows.decode.netflow import apply_options, walk_ipfix, walk_v9
+from flows.decode.records import flow_columns
+from flows.decode.sflow import SflowQueue, walk_sflow
+from flows.decode.state import MAX_TEMPLATES, ExporterState
+from flows.decode.v5 import v5_columns, walk_v5
+
+log = logging.getLogger(__name__)
+MAX_EXPORTERS = 4096
+Datagram = tuple[bytes, str, float]
+
+_KIND = {5: "netflow_v5", 9: "netflow_v9", 10: "ipfix"}
+_WALK = {5: walk_v5, 9: walk_v9, 10: walk_ipfix}
+
+
+class _TemplateGroup:
+    """The queued data sets of one template within a call."""
+
+    __slots__ = ("state", "version", "domain", "bodies", "counts", "metas")
+
+    def __init__(self, state: ExporterState, version: int, domain: int) -> None:
+        self.state, self.version, self.domain = state, version, domain
+        self.bodies: list[bytes] = []
+        self.counts: list[int] = []
+        self.metas: list[tuple] = []
+
+
+class Chunk:
+    """Record bytes queued during one call, decoded together by finish()."""
+
+    def __init__(self) -> None:
+        self.groups: dict[object, _TemplateGroup] = {}
+        self.v5: list = []
+        self.sflow = SflowQueue()
+
+    def add(self, state: ExporterState, payload: bytes, received: float) -> None:
+        """Walk one datagram (any version) into the chunk; never raises."""
+        try:
+            if len(payload) < 4:
+                metrics.error("truncated")
+                return
+            version = (payload[0] << 8) | payload[1]
+            walk = _WALK.get(version)
+            if walk is not None:
+                metrics.DATAGRAMS_BY_KIND[_KIND[version]].inc()
+                walk(self, state, payload, received)
+            elif version == 0 and payload[2:4] == b"\x00\x05":
+                metrics.DATAGRAMS_BY_KIND["sflow_v5"].inc()
+                walk_sflow(self.sflow, payload, received)
+            else:
+                metrics.error("unknown_version")
+        except Exception:  # a decoder bug must not stop the dataflow: count it, keep going
+            metrics.error("malformed")
+            log.debug("undecodable datagram from %s", state.exporter, exc_info=True)
+
+    def data_set(self, state: ExporterState, key: tuple, body: bytes, meta: tuple,
+                 received: float | None) -> None:
+        """Queue a v9/IPFIX data set under its template (or hold it until the template comes)."""
+        template = state.templates.get(key)
+        if template is None:
+            metrics.error("missing_template")
+            if received is not None:
+                state.hold(key, body, meta, received)
+            return
+        if template.options:
+            apply_options(state, template, key[0], key[1], body)
+            return
+        records, count = template.records(body)
+        if not count:
+            return
+        group = self.groups.get(template)
+        if group is None:
+            group = self.groups[template] = _TemplateGroup(state, key[0], key[1])
+        group.bodies.append(records)
+        group.counts.append(count)
+        group.metas.append(meta)
+
+    def finish(self) -> pa.RecordBatch:
+        parts = []
+        for template, group in self.groups.items():
+            parts.extend(_guarded(_template_parts, template, group))
+        if self.v5:
+            parts.extend(_guarded(lambda: [v5_columns(self.v5)]))
+            metrics.FLOWS_BY_KIND["netflow_v5"].inc(sum(s[1] for s in self.v5))
+        if self.sflow.count:
+            parts.extend(_guarded(lambda: [self.sflow.columns()]))
+            metrics.FLOWS_BY_KIND["sflow_v5"].inc(self.sflow.count)
+        return assemble(parts)
+
+
+def _guarded(function, *args) -> list:
+    try:
+        return function(*args)
+    except Exception:
+        metrics.error("malformed")
+        log.debug("undecodable records", exc_info=True)
+        return []
+
+
+def _template_parts(template, group: _TemplateGroup) -> list:
+    state, version, domain = group.state, group.version, group.domain
+    view = template.view(b"".join(group.bodies))
+    counts = np.array(group.counts, np.int64)
+    meta = np.array(group.metas, np.int64)
+    ctx = {
+        "version": version,
+        "exporter": state.address,
+        "export_ms": np.repeat(meta[:, 0], counts),
+        "uptime_ms": np.repeat(meta[:, 1], counts),
+        "received": np.repeat(meta[:, 2], counts).astype(np.uint32),
+        "domain_rate": state.domain_rates.get((version, domain), 0),
+        "sampler_rates": {k[2]: r for k, r in state.sampler_rates.items() if k[:2] == (version, domain)},
+        "system_init_ms": state.system_init_ms.get((version, domain)),
+    }
+    parts = flow_columns(template, view, ctx)
+    metrics.FLOWS_BY_KIND[_KIND[version]].inc(sum(n for n, _ in parts))
+    return parts
+
+
+def decode_many(state: ExporterState, datagrams: Iterable[Datagram]) -> pa.RecordBatch:
+    """Decode datagrams of ONE exporter with its state (the outlet keeps one state per key).
+
+    `datagrams` are (payload, exporter, received) like FlowDecoder's; the exporter field is
+    not looked at: the state says who the exporter is.
+    """
+    chunk = Chunk()
+    for payload, _, received in datagrams:
+        chunk.add(state, payload, received)
+    return chunk.finish()
+
+
+class FlowDecoder:
+    """Decodes datagrams from many exporters, keeping one bounded ExporterState per exporter.
+
+    Bytes semantics: `Bytes` is the L3 length (IP header and payload, no link layer) as
+    NetFlow and IPFIX export it; for sFlow it is the sampled packet's IP total length (or,
+    when the header record lacks it, the frame length less the link-layer header and the
+    stripped bytes), so all formats agree. Bytes and Packets are not multiplied by
+    SamplingRate (0 when the exporter did not say).
+    """
+
+    def __init__(self, max_exporters: int = MAX_EXPORTERS, max_templates: int = MAX_TEMPLATES) -> None:
+        self.max_exporters = max_exporters
+        self.max_templates = max_templates
+        self.states: OrderedDict[str, ExporterState] = OrderedDict()
+
+    def state(self, exporter: str) -> ExporterState:
+        """The exporter's state, created on first use; the least recently used one is evicted."""
+        states = self.states
+        state = states.get(exporter)
+        if state is None:
+            state = states[exporter] = ExporterState(exporter, self.max_templates)
+            while len(states) > self.max_exporters:
+                states.popitem(last=False)
+                metrics.EXPORTER_EVICTIONS.inc()
+        else:
+            states.move_to_end(exporter)
+        return state
+
+    def decode_many(self, datagrams: Iterable[Datagram]) -> pa.RecordBatch:
+        """Decode a sequence of (payload, exporter, received) into one flow batch."""
+        chunk = Chunk()
+        last_exporter, state = None, None
+        for payload, exporter, received in datagrams:
+            if exporter != last_exporter:
+                state, last_exporter = self.state(exporter), exporter
+            chunk.add(state, payload, received)
+        return chunk.finish()
+
+    def decode(self, payload: bytes, exporter: str, received: float | None = None) -> pa.RecordBatch:
+        """Decode one datagram (received defaults to now)."""
+        return self.decode_many([(payload, exporter, time.time() if received is None else received)])

@@ -1,0 +1,270 @@
+"""NetFlow v9 / IPFIX data records (a numpy structured view) → flow columns.
+
+Runs once per template per decode call over all of that template's records, so everything
+here is whole-column numpy. Bytes and Packets are as exported: NetFlow and IPFIX count L3
+bytes (the IP packet, header included), which is what the `Bytes` column means everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flows.decode.columns import ListColumn, be_uint, mapped_v4, v6
+from flows.decode.templates import REVERSE_PEN, Template
+
+NTP_UNIX_OFFSET = 2208988800
+INGRESS, EGRESS = 1, 2  # schema.DIRECTIONS codes
+
+
+class Records:
+    """Typed access to the mapped fields of a structured view of records."""
+
+    def __init__(self, template: Template, view: np.ndarray) -> None:
+        self.keys = template.keys
+        self.view = view
+        self.n = len(view)
+
+    def has(self, ie: int, pen: int = 0) -> bool:
+        return (pen, ie) in self.keys
+
+    def raw(self, ie: int, pen: int = 0) -> np.ndarray | None:
+        entry = self.keys.get((pen, ie))
+        return None if entry is None else self.view[entry[0]]
+
+    def uint(self, ie: int, pen: int = 0) -> np.ndarray | None:
+        values = self.raw(ie, pen)
+        if values is None:
+            return None
+        return be_uint(values) if values.ndim == 2 else values.astype(np.uint64)
+
+    def first(self, *ies: int, pen: int = 0) -> np.ndarray | None:
+        for ie in ies:
+            values = self.uint(ie, pen)
+            if values is not None:
+                return values
+        return None
+
+    def address(self, ie4: int, ie6: int) -> np.ndarray | None:
+        """(n, 16) addresses from an IPv4 and/or IPv6 element (IPv4 wins where it is set)."""
+        a4, a6 = self.raw(ie4), self.raw(ie6)
+        a4 = mapped_v4(a4) if a4 is not None and a4.shape[1:] == (4,) else None
+        a6 = v6(a6) if a6 is not None and a6.shape[1:] == (16,) else None
+        if a4 is not None and a6 is not None:
+            return np.where((a4[:, 12:] != 0).any(axis=1)[:, None], a4, a6)
+        return a4 if a4 is not None else a6
+
+
+def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[int, dict]]:
+    """Parts (row count, columns) for one template's records: the flows, and for RFC 5103
+    biflows a second part with the reverse counters as flows in the reverse direction."""
+    r = Records(template, view)
+    n = r.n
+    cols: dict[str, object] = {
+        "TimeReceived": ctx["received"],
+        "ExporterAddress": np.broadcast_to(np.frombuffer(ctx["exporter"], np.uint8), (n, 16)),
+        "SamplingRate": _sampling(r, ctx),
+    }
+    _put(cols, "Bytes", r.first(1, 23, 85))
+    _put(cols, "Packets", r.first(2, 24, 86))
+    _put(cols, "Proto", r.uint(4))
+    _put(cols, "IPTos", r.uint(5))
+    _put(cols, "TCPFlags", r.uint(6))
+    _put(cols, "SrcPort", r.uint(7))
+    _put(cols, "DstPort", r.uint(11))
+    _put(cols, "SrcNetMask", r.first(9, 29))
+    _put(cols, "DstNetMask", r.first(13, 30))
+    _put(cols, "InIfIndex", r.uint(10))
+    _put(cols, "OutIfIndex", r.uint(14))
+    _put(cols, "SrcAS", r.uint(16))
+    _put(cols, "DstAS", r.uint(17))
+    _put(cols, "SrcAddr", r.address(8, 27))
+    _put(cols, "DstAddr", r.address(12, 28))
+    next_hop = r.address(15, 62)
+    _put(cols, "NextHop", next_hop if next_hop is not None else r.address(18, 63))
+    _put(cols, "SrcVlan", r.first(58, 243))
+    _put(cols, "DstVlan", r.first(59, 254))
+    _put(cols, "SrcMAC", r.uint(56))
+    _put(cols, "DstMAC", r.first(80, 57))
+    _put(cols, "IPTTL", r.first(192, 52, 53))
+    status = r.uint(89)
+    _put(cols, "ForwardingStatus", None if status is None else status & np.uint64(0xFF))
+    direction = r.uint(61)
+    if direction is not None:
+        cols["FlowDirection"] = np.select([direction == 0, direction == 1], [INGRESS, EGRESS], 0)
+    cols["EType"] = _etype(r)
+    _put(cols, "MPLSLabels", _mpls(r))
+    _icmp(r, cols)
+    cols["TimeFlowStart"], cols["TimeFlowEnd"] = _times(r, ctx, pen=0)
+    parts = [(n, cols)]
+    reverse = _reverse(r, cols, ctx)
+    if reverse is not None:
+        parts.append(reverse)
+    return parts
+
+
+def _put(cols: dict, name: str, values: object) -> None:
+    if values is not None:
+        cols[name] = values
+
+
+def _etype(r: Records) -> np.ndarray:
+    ether = r.uint(256)
+    version = r.uint(60)
+    if version is not None:
+        etype = np.where(version == 6, 0x86DD, np.where(version == 4, 0x800, 0)).astype(np.uint32)
+    elif r.has(8) and r.has(27):
+        etype = np.where((r.raw(8) != 0).any(axis=1), 0x800, 0x86DD).astype(np.uint32)
+    else:
+        etype = np.full(r.n, 0x86DD if r.has(27) else 0x800 if r.has(8) else 0, np.uint32)
+    if ether is not None:
+        etype = np.where(ether != 0, ether, etype)
+    return etype
+
+
+def _icmp(r: Records, cols: dict) -> None:
+    """ICMP type/code from icmpTypeCode (32, 139), type/code elements (176–179), or else the
+    destination port, where NetFlow v5 and several exporters encode type * 256 + code."""
+    proto = r.uint(4)
+    if proto is None:
+        return
+    port = r.uint(11)
+    port = np.zeros(r.n, np.uint64) if port is None else port
+
+    def combined(pair_ie, type_ie, code_ie, fallback):
+        value = r.uint(pair_ie)
+        if value is not None:
+            return value
+        t, c = r.uint(type_ie), r.uint(code_ie)
+        if t is not None:
+            return (t << np.uint64(8)) | (c if c is not None else np.uint64(0))
+        return fallback
+
+    v4 = combined(32, 176, 177, port)
+    v6tc = combined(139, 178, 179, v4 if r.has(32) else port)
+    is4, is6 = proto == 1, proto == 58
+    if is4.any():
+        cols["ICMPv4Type"] = np.where(is4, v4 >> np.uint64(8), 0) & 0xFF
+        cols["ICMPv4Code"] = np.where(is4, v4, 0) & 0xFF
+    if is6.any():
+        cols["ICMPv6Type"] = np.where(is6, v6tc >> np.uint64(8), 0) & 0xFF
+        cols["ICMPv6Code"] = np.where(is6, v6tc, 0) & 0xFF
+
+
+def _mpls(r: Records) -> ListColumn | None:
+    """Label stack entries 70–79 (3 bytes: label, TC, bottom-of-stack) → labels, top first."""
+    entries = [r.uint(ie) for ie in range(70, 80) if r.has(ie)]
+    if not entries:
+        return None
+    stack = np.stack(entries, axis=1)
+    present = stack != 0
+    bottom = (stack & np.uint64(1)).astype(bool)
+    after_bottom = np.zeros_like(present)
+    after_bottom[:, 1:] = np.cumsum(bottom, axis=1)[:, :-1] > 0
+    keep = present & ~after_bottom
+    offsets = np.zeros(r.n + 1, np.int64)
+    np.cumsum(keep.sum(axis=1), out=offsets[1:])
+    return ListColumn(offsets, (stack[keep] >> np.uint64(4)).astype(np.uint32))
+
+
+def _ntp_ms(values: np.ndarray) -> np.ndarray:
+    seconds = (values >> np.uint64(32)).astype(np.int64) - NTP_UNIX_OFFSET
+    fraction = (values & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return seconds * 1000 + ((fraction * 1000) >> 32)
+
+
+def _times(r: Records, ctx: dict, pen: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flow start/end in ms. Absolute elements are used as exported; sysUptime-relative ones
+    are placed against the header (v9) or systemInitTimeMilliseconds (IPFIX). Times far from
+    the export time are kept: an exporter's clock is the exporter's business, not ours."""
+    export = ctx["export_ms"]
+    return _time(r, ctx, export, 152, 150, 154, 156, 158, 22, pen), \
+        _time(r, ctx, export, 153, 151, 155, 157, 159, 21, pen)
+
+
+def _time(r: Records, ctx: dict, export: np.ndarray, ms_ie: int, s_ie: int, us_ie: int, ns_ie: int,
+          delta_ie: int, uptime_ie: int, pen: int) -> np.ndarray:
+    value = r.uint(ms_ie, pen)
+    if value is not None:
+        return value.astype(np.int64)
+    value = r.uint(s_ie, pen)
+    if value is not None:
+        return value.astype(np.int64) * 1000
+    for ie in (us_ie, ns_ie):
+        value = r.uint(ie, pen)
+        if value is not None:
+            return _ntp_ms(value)
+    value = r.uint(delta_ie, pen)
+    if value is not None:
+        return export - (value // np.uint64(1000)).astype(np.int64)
+    value = r.uint(uptime_ie, pen)
+    if value is None:
+        return export
+    if ctx["version"] == 9:
+        # Signed 32-bit difference: survives the sysUptime wrap after 49.7 days.
+        ago = ((ctx["uptime_ms"] - value.astype(np.int64)) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+        return export - ago.astype(np.int64)
+    init = r.uint(160)
+    if init is not None:
+        return init.astype(np.int64) + value.astype(np.int64)
+    if ctx["system_init_ms"] is not None:
+        return ctx["system_init_ms"] + value.astype(np.int64)
+    return export
+
+
+def _sampling(r: Records, ctx: dict) -> np.ndarray:
+    """Per-record sampling rate: from the record's own sampling elements, else its sampler id
+    looked up in options data, else the exporter's (observation domain's) rate; 0 = not said."""
+    default = np.full(r.n, ctx["domain_rate"], np.uint64)
+    rate = r.first(34, 50)
+    if rate is None and r.has(305):
+        interval = r.uint(305)
+        space = r.uint(306) if r.has(306) else np.zeros(r.n, np.uint64)
+        rate = np.where(interval > 0, (interval + space) // np.maximum(interval, 1), 0)
+    if rate is None:
+        sampler = r.first(48, 302)
+        if sampler is None or not ctx["sampler_rates"]:
+            return default
+        lookup = ctx["sampler_rates"]
+        unique, inverse = np.unique(sampler, return_inverse=True)
+        rates = np.array([lookup.get(int(s), 0) for s in unique], np.uint64)
+        rate = rates[inverse]
+    return np.where(rate > 0, rate, default).astype(np.uint64)
+
+
+_SWAPS = (("SrcAddr", "DstAddr"), ("SrcPort", "DstPort"), ("SrcNetMask", "DstNetMask"),
+          ("SrcAS", "DstAS"), ("InIfIndex", "OutIfIndex"), ("SrcVlan", "DstVlan"), ("SrcMAC", "DstMAC"))
+
+
+def _reverse(r: Records, forward: dict, ctx: dict) -> tuple[int, dict] | None:
+    """RFC 5103: the reverse counters of a biflow as a flow of their own, source and
+    destination swapped; rows without reverse traffic give no reverse flow."""
+    packets = r.first(2, 24, 86, pen=REVERSE_PEN)
+    octets = r.first(1, 23, 85, pen=REVERSE_PEN)
+    if packets is None and octets is None:
+        return None
+    packets = np.zeros(r.n, np.uint64) if packets is None else packets
+    octets = np.zeros(r.n, np.uint64) if octets is None else octets
+    keep = (packets > 0) | (octets > 0)
+    rows = np.nonzero(keep)[0]
+    cols = {}
+    for name, values in forward.items():
+        if isinstance(values, ListColumn):
+            continue  # label stacks are per direction; the reverse one is not exported
+        cols[name] = np.asarray(values)[rows]
+    for a, b in _SWAPS:
+        if a in forward or b in forward:
+            cols[a], cols[b] = cols.pop(b, None), cols.pop(a, None)
+            for name in (a, b):
+                if cols[name] is None:
+                    del cols[name]
+    cols["Bytes"], cols["Packets"] = octets[rows], packets[rows]
+    flags = r.uint(6, REVERSE_PEN)
+    cols["TCPFlags"] = flags[rows] if flags is not None else np.zeros(len(rows), np.uint64)
+    start, end = _time(r, ctx, ctx["export_ms"], 152, 150, 154, 156, 158, 22, REVERSE_PEN), \
+        _time(r, ctx, ctx["export_ms"], 153, 151, 155, 157, 159, 21, REVERSE_PEN)
+    if r.has(152, REVERSE_PEN) or r.has(150, REVERSE_PEN) or r.has(22, REVERSE_PEN):
+        cols["TimeFlowStart"], cols["TimeFlowEnd"] = start[rows], end[rows]
+    direction = cols.get("FlowDirection")
+    if direction is not None:
+        cols["FlowDirection"] = np.select([direction == INGRESS, direction == EGRESS], [EGRESS, INGRESS], 0)
+    return len(rows), cols

@@ -1,0 +1,113 @@
+"""Per-exporter decoder state: templates, sampling rates, data held for a missing template.
+
+One ExporterState per exporter address. It is a plain picklable object (the outlet keeps it as
+Bytewax state, keyed by exporter, and recovers it from snapshots) and it is bounded: at most
+`max_templates` templates (least recently used evicted first, counted), a bounded table of
+sampling rates and a short queue of data sets waiting for their template.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any
+
+from flows.decode import metrics
+from flows.decode.columns import address_bytes
+
+MAX_TEMPLATES = 1024
+MAX_SAMPLERS = 256
+MAX_HELD_SETS = 32
+HOLD_SECONDS = 30.0
+
+TemplateKey = tuple[int, int, int]  # (version, source id / observation domain, template id)
+DomainKey = tuple[int, int]  # (version, source id / observation domain)
+
+
+class ExporterState:
+    """What the decoder remembers about one exporter between datagrams."""
+
+    def __init__(self, exporter: str, max_templates: int = MAX_TEMPLATES) -> None:
+        self.exporter = exporter
+        self.address = address_bytes(exporter)
+        self.max_templates = max_templates
+        self.templates: OrderedDict[TemplateKey, Any] = OrderedDict()
+        # Raw template-set bodies already parsed: most exporters resend the same templates
+        # in every datagram, and recognising them by their bytes skips re-parsing.
+        self.seen_template_sets: dict[tuple[int, int, int, bytes], tuple] = {}
+        self.domain_rates: OrderedDict[DomainKey, int] = OrderedDict()
+        self.sampler_rates: OrderedDict[tuple[int, int, int], int] = OrderedDict()
+        self.system_init_ms: OrderedDict[DomainKey, int] = OrderedDict()
+        self.held: deque = deque()
+
+    # -- templates -------------------------------------------------------------------------
+    def template(self, key: TemplateKey) -> Any:
+        return self.templates.get(key)
+
+    def learn(self, key: TemplateKey, template: Any) -> None:
+        """Store a template; evict the least recently learnt one past the bound."""
+        templates = self.templates
+        if key in templates:
+            templates.move_to_end(key)
+        templates[key] = template
+        while len(templates) > self.max_templates:
+            templates.popitem(last=False)
+            metrics.TEMPLATE_EVICTIONS.inc()
+
+    def withdraw(self, key: TemplateKey) -> None:
+        self.templates.pop(key, None)
+        metrics.TEMPLATE_WITHDRAWALS.inc()
+
+    def withdraw_all(self, version: int, domain: int, options: bool) -> None:
+        for key in [k for k, t in self.templates.items() if k[:2] == (version, domain) and t.options == options]:
+            del self.templates[key]
+        self.seen_template_sets.clear()
+        metrics.TEMPLATE_WITHDRAWALS.inc()
+
+    def remember_template_set(self, key: tuple, learnt: tuple) -> None:
+        if len(self.seen_template_sets) >= 4 * self.max_templates:
+            self.seen_template_sets.clear()
+        self.seen_template_sets[key] = learnt
+
+    def known_template_set(self, key: tuple) -> bool:
+        """True when this exact template set was parsed before and all its templates are current."""
+        learnt = self.seen_template_sets.get(key)
+        if learnt is None:
+            return False
+        templates = self.templates
+        return all(templates.get(k) is t for k, t in learnt)
+
+    # -- sampling and time -----------------------------------------------------------------
+    def set_domain_rate(self, domain: DomainKey, rate: int) -> None:
+        _bounded_put(self.domain_rates, domain, rate, MAX_SAMPLERS)
+
+    def set_sampler_rate(self, sampler: tuple[int, int, int], rate: int) -> None:
+        _bounded_put(self.sampler_rates, sampler, rate, MAX_SAMPLERS)
+
+    def set_system_init(self, domain: DomainKey, ms: int) -> None:
+        _bounded_put(self.system_init_ms, domain, ms, MAX_SAMPLERS)
+
+    # -- data waiting for its template -----------------------------------------------------
+    def hold(self, key: TemplateKey, body: bytes, meta: tuple, received: float) -> None:
+        """Keep a data set briefly in case its template follows (bounded; the oldest expire)."""
+        held = self.held
+        while held and (len(held) >= MAX_HELD_SETS or received - held[0][3] > HOLD_SECONDS):
+            held.popleft()
+            metrics.HELD_BY_OUTCOME["expired"].inc()
+        held.append((key, body, meta, received))
+        metrics.HELD_BY_OUTCOME["held"].inc()
+
+    def take_held(self, key: TemplateKey) -> list[tuple[bytes, tuple]]:
+        """Remove and return the data sets held for this template."""
+        if not self.held or not any(h[0] == key for h in self.held):
+            return []
+        taken = [(body, meta) for k, body, meta, _ in self.held if k == key]
+        self.held = deque(h for h in self.held if h[0] != key)
+        metrics.HELD_BY_OUTCOME["recovered"].inc(len(taken))
+        return taken
+
+
+def _bounded_put(table: OrderedDict, key: Any, value: Any, limit: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)

@@ -1,0 +1,133 @@
+"""NetFlow v9 / IPFIX templates compiled once into a fixed record layout.
+
+A template becomes a numpy structured dtype that names only the fields the decoder maps to
+flow columns (at their byte offsets; the other fields are skipped by the offsets). All data
+sets of one template in a decode call are joined and viewed with this dtype at once, so the
+cost per flow is a few numpy column extractions, not Python.
+
+Variable-length fields (length 65535 in the template) cannot be part of a fixed layout: such
+records are first *normalised* by a Python walk that keeps the fixed-length fields and drops
+the variable ones (which no flow column uses), then go through the same fixed layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VARIABLE = 65535
+REVERSE_PEN = 29305  # RFC 5103 biflow: reverse information elements use this enterprise number
+SCOPE_PEN = -1  # NetFlow v9 scope fields: their type numbers are not information elements
+
+# Information elements a flow column or the sampling/time logic reads. Enterprise-specific
+# elements other than the RFC 5103 reverse ones are never mapped, so they are skipped safely.
+MAPPED_IES = frozenset({
+    1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 27, 28, 29, 30,
+    32, 34, 35, 48, 49, 50, 52, 53, 56, 57, 58, 59, 60, 61, 62, 63, 70, 71, 72, 73, 74, 75, 76,
+    77, 78, 79, 80, 81, 85, 86, 89, 139, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160,
+    176, 177, 178, 179, 192, 243, 254, 256, 302, 304, 305, 306, 309, 310, 311,
+})
+REVERSE_IES = frozenset({1, 2, 6, 21, 22, 23, 24, 85, 86, 150, 151, 152, 153})
+# Read as raw bytes, whatever their length: addresses, MACs and MPLS label stack entries.
+BYTEWISE_IES = frozenset({8, 12, 15, 18, 27, 28, 56, 57, 62, 63, 80, 81, *range(70, 80)})
+
+Field = tuple[int, int, int]  # (information element, enterprise number or 0, length)
+
+
+def _mapped(pen: int, ie: int) -> bool:
+    return (pen == 0 and ie in MAPPED_IES) or (pen == REVERSE_PEN and ie in REVERSE_IES)
+
+
+class Template:
+    """A compiled data or options template.
+
+    `keys` maps (enterprise, element) to (dtype field name, length) for the first occurrence
+    of each mapped element. `record_len` is the record size for fixed-length templates
+    (None when the template has variable-length fields); `fixed_len` the size of a
+    normalised record.
+    """
+
+    __slots__ = ("version", "fields", "options", "varlen", "fixed_len", "record_len", "min_len",
+                 "dtype", "keys")
+
+    def __init__(self, version: int, fields: tuple[Field, ...], options: bool = False) -> None:
+        self.version = version
+        self.fields = fields
+        self.options = options
+        self.varlen = any(length == VARIABLE for _, _, length in fields)
+        names, formats, offsets, keys, offset = [], [], [], {}, 0
+        for index, (ie, pen, length) in enumerate(fields):
+            if length == VARIABLE:
+                continue
+            if _mapped(pen, ie) and (pen, ie) not in keys and length > 0:
+                name = f"f{index}"
+                names.append(name)
+                offsets.append(offset)
+                integer = length in (1, 2, 4, 8) and ie not in BYTEWISE_IES
+                formats.append(f">u{length}" if integer else ("u1", (length,)))
+                keys[(pen, ie)] = (name, length)
+            offset += length
+        self.fixed_len = offset
+        self.record_len = None if self.varlen else offset
+        self.min_len = offset + sum(1 for *_, length in fields if length == VARIABLE)
+        self.keys = keys
+        self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                               "itemsize": max(offset, 1)})
+
+    @property
+    def valid(self) -> bool:
+        """A template that can describe records: some fixed bytes, records under 64 KiB."""
+        return 0 < self.fixed_len and self.min_len < 65536
+
+    def records(self, body: bytes) -> tuple[bytes, int]:
+        """The set body as whole fixed-layout records and their count (trailing padding dropped)."""
+        if self.varlen:
+            return self._normalise(body)
+        count = len(body) // self.record_len
+        size = count * self.record_len
+        return (body if size == len(body) else body[:size]), count
+
+    def _normalise(self, body: bytes) -> tuple[bytes, int]:
+        """Walk variable-length records, keeping only their fixed-length fields."""
+        out, count, offset, end = bytearray(), 0, 0, len(body)
+        fields = self.fields
+        while end - offset >= self.min_len:
+            start = len(out)
+            for _, _, length in fields:
+                if length == VARIABLE:
+                    if offset >= end:
+                        break
+                    length = body[offset]
+                    offset += 1
+                    if length == 255:  # RFC 7011 §7: 255 announces a 2-byte length
+                        if offset + 2 > end:
+                            offset = end + 1
+                            break
+                        length = int.from_bytes(body[offset:offset + 2], "big")
+                        offset += 2
+                    offset += length
+                else:
+                    out += body[offset:offset + length]
+                    offset += length
+                if offset > end:
+                    break
+            if offset > end or len(out) - start != self.fixed_len:
+                del out[start:]  # a record cut by the end of the set: not a record
+                break
+            count += 1
+        return bytes(out), count
+
+    def view(self, records: bytes) -> np.ndarray:
+        return np.frombuffer(records, dtype=self.dtype)
+
+
+def options_values(template: Template, records: bytes, count: int) -> list[dict[tuple[int, int], int]]:
+    """Options records as dicts of (enterprise, element) → integer (options data is small)."""
+    view = template.view(records)
+    rows = []
+    for i in range(count):
+        row = {}
+        for key, (name, _) in template.keys.items():
+            value = view[name][i]
+            row[key] = int.from_bytes(value.tobytes(), "big") if value.ndim else int(value)
+        rows.append(row)
+    return rows
