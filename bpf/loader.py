@@ -129,8 +129,8 @@ def load_program(map_fd: int, workers: int) -> tuple[Any, int]:
     cflags = [f"-DSOCKARRAY_FD={map_fd}", f"-DWORKERS={workers}"]
     with _compile_lock:
         try:
-            program = bcc.BPF(text=text, cflags=cflags)
-            function = program.load_func("select_socket", BPF_PROG_TYPE_SK_REUSEPORT)
+            program = bcc.BPF(text=text.encode(), cflags=cflags)
+            function = program.load_func(b"select_socket", BPF_PROG_TYPE_SK_REUSEPORT)
         except Exception as err:  # bcc raises bare Exception for compile and load errors
             raise BalancingError(f"eBPF program does not load: {err}") from err
     return program, function.fd

@@ -1,0 +1,104 @@
+"""Run the real inlet (`python -m bytewax.run flows.inlet`) in a subprocess for tests and bench."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Inlet:
+    process: subprocess.Popen
+    log: Path
+    metrics_port: int
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def terminate(self) -> None:
+        """SIGTERM: a clean stop (a cluster stops when all its processes have been told)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; kill if it does not end in time."""
+        self.terminate()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"inlet did not stop within {timeout}s:\n{self.text()[-3000:]}")
+
+    def totals(self) -> dict[str, int]:
+        """Sum of the per-worker summary lines the Kafka sink logs at a clean stop."""
+        sums = {"produced": 0, "acked": 0, "failed": 0, "discarded": 0, "unacknowledged": 0}
+        pattern = (r"produced (\d+), acked (\d+), failed (\d+), discarded (\d+), "
+                   r"unacknowledged after flush (\d+)")
+        for match in re.finditer(pattern, self.text()):
+            for key, value in zip(sums, match.groups()):
+                sums[key] += int(value)
+        return sums
+
+
+def write_config(path: Path, *, port: int, metrics_port: int, bootstrap: str, topic: str,
+                 balancing: str = "auto", partitions: int = 2, **kafka: object) -> Path:
+    config = {
+        "inlet": {"listeners": [{"name": "netflow", "address": "127.0.0.1", "port": port,
+                                 "decoder": "netflow"}],
+                  "metrics_listen": f"127.0.0.1:{metrics_port}", "balancing": balancing},
+        "kafka": {"brokers": [bootstrap], "topic": topic, "partitions": partitions, **kafka},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(config: Path, log: Path, metrics_port: int, *args: str) -> Inlet:
+    env = {**os.environ, "WAXFLOW_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.inlet", *args],
+                                   cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return Inlet(process, log, metrics_port)
+
+
+def wait_ready(inlet: Inlet, wait_topic: str | None = None, bootstrap: str | None = None,
+               timeout: float = 60.0) -> Inlet:
+    """Until its sockets are bound (and its topic exists, when given)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if inlet.process.poll() is not None:
+            raise AssertionError(f"inlet exited with {inlet.process.returncode}:\n"
+                                 f"{inlet.text()[-3000:]}")
+        if "balancing" in inlet.text() and (wait_topic is None or _topic_exists(bootstrap, wait_topic)):
+            return inlet
+        time.sleep(0.2)
+    inlet.stop(10)
+    raise AssertionError(f"inlet not ready in {timeout}s:\n{inlet.text()[-3000:]}")
+
+
+def start(config: Path, log: Path, metrics_port: int, *args: str,
+          wait_topic: str | None = None, bootstrap: str | None = None,
+          timeout: float = 60.0) -> Inlet:
+    """Start and wait until ready."""
+    return wait_ready(launch(config, log, metrics_port, *args), wait_topic, bootstrap, timeout)
+
+
+def _topic_exists(bootstrap: str | None, topic: str) -> bool:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return topic in admin.list_topics(timeout=5).topics

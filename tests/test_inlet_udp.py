@@ -1,0 +1,200 @@
+"""The UDP source on real loopback sockets: spreading, timestamps, drops, bad input, bind errors.
+
+The source's partitions are built and read directly here (what Bytewax does on each worker);
+tests/test_inlet_flow.py runs the whole dataflow.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bpf import loader
+from connectors import metrics as metrics_mod
+from connectors.udp import ListenerError, UDPPartition, UDPSource
+from flows.envelope import address_bytes
+from flows.settings import Listener
+from tests.conftest import free_port
+
+DATAGRAMS = 10_000
+
+
+def listener(port: int, **extra) -> Listener:
+    return Listener(name=extra.pop("name", "netflow"), address="127.0.0.1", port=port,
+                    decoder="netflow", **extra)
+
+
+@contextmanager
+def workers(lst: Listener, count: int, balancing: str,
+            tmp_path: Path | None = None) -> Iterator[list[UDPPartition]]:
+    bpffs = Path("/sys/fs/bpf/waxflow-tests")
+    source = UDPSource([lst], balancing=balancing, bpffs=bpffs, max_batch=100_000)
+    parts = [source.build("receive", index, count) for index in range(count)]
+    try:
+        yield parts
+    finally:
+        for part in parts:
+            part.close()
+
+
+def send(port: int, payloads: list[bytes]) -> tuple[int, int]:
+    """From ONE socket (one fixed 4-tuple); returns (time before, time after) in ns."""
+    before = time.time_ns()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        for payload in payloads:
+            tx.sendto(payload, ("127.0.0.1", port))
+    return before, time.time_ns()
+
+
+def read_all(parts: list[UDPPartition], expect: int, timeout: float = 10.0) -> list[list]:
+    """Datagrams per worker, reading until `expect` arrived or nothing more comes."""
+    got: list[list] = [[] for _ in parts]
+    deadline = time.monotonic() + timeout
+    while sum(map(len, got)) < expect and time.monotonic() < deadline:
+        for index, part in enumerate(parts):
+            for batch in part.next_batch():
+                got[index].extend(batch.datagrams)
+        time.sleep(0.01)
+    return got
+
+
+def group_mode(port: int, count: int, balancing: str) -> loader.ListenerGroup:
+    return loader.group_for(f"127.0.0.1:{port}", count, balancing,
+                            Path("/sys/fs/bpf/waxflow-tests"))
+
+
+# --- spreading over 4 workers ------------------------------------------------------------------
+
+def test_ebpf_spreads_one_source_evenly() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with workers(listener(port), 4, "auto") as parts:
+        group = group_mode(port, 4, "auto")
+        if group.mode != "ebpf":
+            pytest.skip(f"eBPF balancing does not load here: {group.reason} "
+                        f"(run scripts/setup-ebpf.sh as root)")
+        send(port, [b"x%d" % i for i in range(DATAGRAMS)])
+        counts = [len(got) for got in read_all(parts, DATAGRAMS)]
+    assert sum(counts) == DATAGRAMS
+    for count in counts:
+        assert abs(count - DATAGRAMS / 4) <= DATAGRAMS / 4 * 0.10, counts
+
+
+def test_kernel_hash_pins_one_source_to_one_socket() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with workers(listener(port), 4, "hash") as parts:
+        send(port, [b"x%d" % i for i in range(DATAGRAMS)])
+        counts = sorted(len(got) for got in read_all(parts, DATAGRAMS))
+    assert counts == [0, 0, 0, DATAGRAMS]
+
+
+def test_classic_bpf_spreads_within_20_percent() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with workers(listener(port), 4, "cbpf") as parts:
+        assert group_mode(port, 4, "cbpf").mode == "cbpf"
+        send(port, [b"x%d" % i for i in range(DATAGRAMS)])
+        counts = [len(got) for got in read_all(parts, DATAGRAMS)]
+    assert sum(counts) == DATAGRAMS
+    for count in counts:
+        assert abs(count - DATAGRAMS / 4) <= DATAGRAMS / 4 * 0.20, counts
+
+
+def test_ebpf_requested_but_impossible_is_a_clear_error(tmp_path: Path) -> None:
+    """A bpffs path that cannot be used stops startup when `balancing: ebpf` is explicit..."""
+    port = free_port(socket.SOCK_DGRAM)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    source = UDPSource([listener(port)], balancing="ebpf", bpffs=blocker / "sub")
+    with pytest.raises(loader.BalancingError, match="eBPF balancing requested but unavailable"):
+        source.build("receive", 0, 1)
+
+
+def test_auto_falls_back_to_classic_bpf_and_says_why(tmp_path: Path) -> None:
+    """...and `auto` falls back to cbpf, with the reason in the group (logged at startup)."""
+    port = free_port(socket.SOCK_DGRAM)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    source = UDPSource([listener(port)], balancing="auto", bpffs=blocker / "sub")
+    part = source.build("receive", 0, 2)
+    try:
+        group = loader.group_for(f"127.0.0.1:{port}", 2, "auto", blocker / "sub")
+        assert group.mode == "cbpf"
+        assert "ebpf:" in group.reason
+        gauge = metrics_mod.inlet_metrics().balancing
+        assert gauge.labels("netflow", "cbpf")._value.get() == 1
+    finally:
+        part.close()
+
+
+# --- what each datagram carries --------------------------------------------------------------------
+
+def test_kernel_timestamps_exporter_and_bytes() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    payloads = [bytes([i % 256]) * (i + 1) for i in range(300)]
+    with workers(listener(port), 1, "hash") as parts:
+        assert parts[0].sockets[0].kernel_timestamps
+        before, after = send(port, payloads)
+        got = read_all(parts, len(payloads))[0]
+    assert [d.payload for d in got] == payloads
+    assert {d.exporter for d in got} == {address_bytes("127.0.0.1")}
+    assert all(before <= d.received_ns <= after for d in got)
+
+
+def test_userspace_timestamps_are_within_the_window() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with workers(listener(port, timestamp_source="userspace"), 1, "hash") as parts:
+        assert not parts[0].sockets[0].kernel_timestamps
+        before, _ = send(port, [b"a", b"b"])
+        got = read_all(parts, 2)[0]
+        after = time.time_ns()
+    assert len(got) == 2 and all(before <= d.received_ns <= after for d in got)
+
+
+def test_oversized_and_empty_datagrams() -> None:
+    """The largest UDP datagram arrives whole; an empty one is counted and dropped."""
+    port = free_port(socket.SOCK_DGRAM)
+    largest = bytes(range(256)) * 255 + bytes(range(227))  # 65507 bytes: the IPv4 maximum
+    with workers(listener(port, name="edge"), 1, "hash") as parts:
+        send(port, [b"", largest, b"", b"after"])
+        got = read_all(parts, 2)[0]
+    assert [d.payload for d in got] == [largest, b"after"]
+    discarded = metrics_mod.inlet_metrics().discarded.labels("edge", "0", "empty")
+    assert discarded._value.get() == 2
+
+
+def test_kernel_drops_are_counted() -> None:
+    """A tiny receive buffer overflows; SO_RXQ_OVFL tells how many the kernel dropped."""
+    port = free_port(socket.SOCK_DGRAM)
+    lst = listener(port, name="tiny", receive_buffer=4096)
+    with workers(lst, 1, "hash") as parts:
+        send(port, [b"z" * 500] * 2000)
+        received = len(read_all(parts, 2000, timeout=1.0)[0])
+        send(port, [b"last"])  # drops are reported with the next datagram received
+        received += len(read_all(parts, 1, timeout=1.0)[0])
+    drops = metrics_mod.inlet_metrics().kernel_drops.labels("tiny", "0")._value.get()
+    assert drops > 0
+    assert received + drops == 2001
+
+
+def test_receive_buffer_granted_is_reported() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with workers(listener(port, name="buf", receive_buffer=16 * 1024 * 1024), 1, "hash"):
+        gauge = metrics_mod.inlet_metrics().receive_buffer.labels("buf", "0")
+        # Root passes net.core.rmem_max with SO_RCVBUFFORCE; others get at most rmem_max.
+        assert gauge._value.get() > 0
+
+
+def test_a_taken_port_is_a_clear_startup_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody may join it
+        port = holder.getsockname()[1]
+        source = UDPSource([listener(port)], balancing="hash")
+        with pytest.raises(ListenerError,
+                           match=f"listener netflow: cannot bind UDP 127.0.0.1:{port}: "
+                                 "Address already in use"):
+            source.build("receive", 0, 1)
