@@ -167,6 +167,9 @@ def broker_status(ctx: Context, port: int | None) -> None:
     click.echo(json.dumps(status))
     sys.exit(0 if status["answering"] else 1)
 
+from flows.decode.cli import decode as _decode_command
+main.add_command(_decode_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -90,12 +90,17 @@ class Chunk:
         records, count = template.records(body)
         if not count:
             return
-        group = self.groups.get(template)
-        if group is None:
-            group = self.groups[template] = _TemplateGroup(state, key[0], key[1])
+        group = self.group(state, template, key[0], key[1])
         group.bodies.append(records)
         group.counts.append(count)
         group.metas.append(meta)
+
+    def group(self, state: ExporterState, template, version: int, domain: int) -> _TemplateGroup:
+        """The queue of the template's records in this call (counts and metas are per message)."""
+        group = self.groups.get(template)
+        if group is None:
+            group = self.groups[template] = _TemplateGroup(state, version, domain)
+        return group
 
     def finish(self) -> pa.RecordBatch:
         parts = []

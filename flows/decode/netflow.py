@@ -48,24 +48,50 @@ def walk_ipfix(chunk, state: ExporterState, data: bytes, received: float) -> Non
 
 def _walk_sets(chunk, state: ExporterState, data: bytes, offset: int, end: int, version: int,
                domain: int, meta: tuple, received: float) -> None:
+    """Step over the sets of one message by their length field.
+
+    Data sets of a fixed-length template take an inlined fast path (softflowd, for one, sends
+    one set per flow record, so this loop runs about once per flow): the record bytes are
+    sliced straight into the template's group and counted per message, not per set.
+    """
     template_set, options_set = (0, 1) if version == 9 else (2, 3)
     unpack = SET_HEADER.unpack_from
+    templates = state.templates
+    last_id, record_len, append, touched = -1, 0, None, {}
     while end - offset >= 4:
         set_id, length = unpack(data, offset)
         if length < 4:
             metrics.error("bad_length")  # a zero length would loop forever: stop this datagram
-            return
-        if offset + length > end:
+            break
+        following = offset + length
+        if following > end:
             metrics.error("truncated")  # decode the whole records the cut set still holds
-            length = end - offset
-        body = data[offset + 4:offset + length]
-        offset += length
+            following = end
         if set_id >= 256:
-            chunk.data_set(state, (version, domain, set_id), body, meta, received)
+            if set_id != last_id:
+                template = templates.get((version, domain, set_id))
+                if template is None or template.options or template.varlen:
+                    last_id = -1
+                    chunk.data_set(state, (version, domain, set_id), data[offset + 4:following], meta,
+                                   received)
+                    offset = following
+                    continue
+                group = chunk.group(state, template, version, domain)
+                last_id, record_len, append = set_id, template.record_len, group.bodies.append
+            count = (following - offset - 4) // record_len
+            if count:
+                append(data[offset + 4:offset + 4 + count * record_len])
+                touched[group] = touched.get(group, 0) + count
         elif set_id == template_set or set_id == options_set:
-            _template_set(chunk, state, version, domain, set_id, body, options=set_id == options_set)
+            last_id = -1  # the set may redefine the template in use
+            _template_set(chunk, state, version, domain, set_id, data[offset + 4:following],
+                          options=set_id == options_set)
         else:
             metrics.error("unsupported")
+        offset = following
+    for group, count in touched.items():
+        group.counts.append(count)
+        group.metas.append(meta)
 
 
 def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
