@@ -33,7 +33,8 @@ EXPORTER_EVICTIONS = Counter(
 HELD_SETS = Counter(
     "waxflow_decode_held_sets", "data sets held until their template arrives, by outcome", ["outcome"])
 SFLOW_COUNTER_SAMPLES = Counter(
-    "waxflow_decode_sflow_counter_samples", "sFlow counter samples seen (counted, not stored as flows)")
+    "waxflow_decode_sflow_interface_stats_samples",
+    "sFlow counter (interface statistics) samples seen; counted, not stored as flows")
 OPTIONS_RECORDS = Counter(
     "waxflow_decode_options_records", "NetFlow v9 / IPFIX options data records read (sampling, system init)")
 
