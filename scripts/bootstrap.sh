@@ -48,6 +48,10 @@ install_system_packages
 create_venv
 for hook in scripts/setup-*.sh; do
     [ -x "$hook" ] || continue
+    if [ "$(id -u)" -ne 0 ]; then
+        log "skipping $hook (needs root); the inlet falls back to classic BPF balancing"
+        continue
+    fi
     log "running $hook"
     "$hook"
 done
