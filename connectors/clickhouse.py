@@ -12,9 +12,7 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.client import Client
 from prometheus_client import Counter, Gauge, Histogram
 
+from connectors.cluster import process_id
+from connectors.metrics import RateLimitedLog
 from flows import ddl, schema
 from flows.settings import ClickHouse
 
@@ -230,18 +230,8 @@ ERRORS = Counter("waxflow_clickhouse_errors_total", "insert errors by reason", [
 PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
 
 BACKOFF_START = 0.5
+_ratelimited = RateLimitedLog(log)
 BACKOFF_MAX = 30.0
-
-
-def process_id() -> int:
-    """This process's index in a Bytewax cluster (`-i`, or BYTEWAX_PROCESS_ID), 0 when alone."""
-    argv = sys.argv
-    for i, arg in enumerate(argv):
-        if arg in ("-i", "--process-id") and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--process-id="):
-            return int(arg.split("=", 1)[1])
-    return int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
 
 
 def _error_reason(err: Exception) -> str:
@@ -253,21 +243,6 @@ def _error_reason(err: Exception) -> str:
     if "connection" in text or "timed out" in text or "timeout" in text:
         return "connection"
     return "other"
-
-
-class _LogLimiter:
-    """At most one log line per interval for a repeated condition."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self.last = 0.0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            return True
-        return False
 
 
 def _to_ipc(batches: list[pa.RecordBatch]) -> bytes:
@@ -297,7 +272,6 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
         self.pending: list[pa.RecordBatch] = _from_ipc(resume) if resume else []
         self.rows = sum(b.num_rows for b in self.pending)
         self.first_at = time.monotonic() if self.pending else None
-        self.log_limit = _LogLimiter()
         PENDING.inc(self.rows)
 
     def write_batch(self, values: list[pa.RecordBatch | None]) -> None:
@@ -333,9 +307,9 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
                 reason = _error_reason(err)
                 ERRORS.labels(reason).inc()
                 RETRIES.inc()
-                if self.log_limit.ready():
-                    log.warning("insert of %d rows failed (%s: %s); retrying in %.1fs, rows kept",
-                                self.rows, reason, err, delay)
+                _ratelimited(logging.WARNING, reason,
+                             "insert of %d rows failed (%s: %s); retrying in %.1fs, rows kept",
+                             self.rows, reason, err, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 if reason == "closed":

@@ -15,32 +15,12 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from connectors import metrics as metrics_mod
-from connectors.metrics import InletMetrics
+from connectors.metrics import InletMetrics, RateLimitedLog
 from flows.settings import Kafka
 
 log = logging.getLogger(__name__)
 
 Message = tuple[bytes | None, bytes]  # (key, value)
-
-
-class RateLimitedLog:
-    """At most one line per `interval` seconds per key; the rest are counted and summarised."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def __call__(self, level: int, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self.last.get(key, -1e9) < self.interval:
-            self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return
-        skipped = self.suppressed.pop(key, 0)
-        self.last[key] = now
-        suffix = f" ({skipped} similar suppressed)" if skipped else ""
-        self.logger.log(level, message + suffix, *args)
 
 
 _ratelimited = RateLimitedLog(log)

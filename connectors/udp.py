@@ -21,11 +21,9 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import os
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from bpf import loader
 from connectors import metrics as metrics_mod
+from connectors.cluster import process_id
 from connectors.metrics import MAX_EXPORTERS, OTHER_EXPORTERS, InletMetrics
 from flows.envelope import DECODER_KINDS, address_bytes, address_text
 from flows.settings import Listener
@@ -272,7 +271,7 @@ class UDPSource(DynamicSource[ReceivedBatch]):
         metrics = metrics_mod.inlet_metrics()
         if self.metrics_listen:
             host, _, port = self.metrics_listen.rpartition(":")
-            metrics_mod.serve(host, int(port) + process_index())
+            metrics_mod.serve(host, int(port) + process_id())
         sockets: list[ListenerSocket] = []
         try:
             for listener_id, listener in enumerate(self.listeners):
@@ -326,17 +325,6 @@ def _announce(listener: Listener, workers: int, group: loader.ListenerGroup, gra
     if not stamps_ok:
         log.warning("listener %s: no kernel timestamps (SO_TIMESTAMPNS refused); receive "
                     "times are taken in userspace", listener.name)
-
-
-def process_index() -> int:
-    """This process's `-i` in a Bytewax cluster (0 alone): offsets its metrics port."""
-    argv = sys.argv
-    for i, arg in enumerate(argv):
-        if arg in ("-i", "--process-id") and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--process-id="):
-            return int(arg.split("=", 1)[1])
-    return int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
 
 
 # --- clean stop ------------------------------------------------------------------------------------

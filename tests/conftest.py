@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from confluent_kafka import Consumer, KafkaError
 
 from connectors import clickhouse
 from connectors.broker import LocalBroker
@@ -48,3 +50,27 @@ def store(chdb_dir: Path) -> Iterator[ClickHouse]:
     cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"t_{uuid.uuid4().hex[:10]}")
     yield cfg
     clickhouse.connect(cfg).command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
+
+
+def consume_messages(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0):
+    """(key, value) of every message, reading each partition to its EOF."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True,
+                         "session.timeout.ms": 6000})
+    consumer.subscribe([topic])
+    out, eof, deadline = [], set(), time.monotonic() + timeout
+    try:
+        while len(eof) < partitions and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                    continue
+                raise AssertionError(msg.error())
+            out.append((msg.key(), msg.value()))
+    finally:
+        consumer.close()
+    assert len(eof) == partitions, "did not reach the end of every partition"
+    return out

@@ -227,12 +227,12 @@ def run_pmacct(pcap: str | os.PathLike, plugin: str = "nfprobe", version: int = 
             "logfile": f"{tmp}/log",
         }
         if plugin == "nfprobe":
-            config.update({f"nfprobe_receiver[probe]": f"127.0.0.1:{collector.port}",
-                           f"nfprobe_version[probe]": str(version),
-                           f"nfprobe_timeouts[probe]": "tcp=1:udp=1:icmp=1:general=1:maxlife=60:expint=1"})
+            config.update({"nfprobe_receiver[probe]": f"127.0.0.1:{collector.port}",
+                           "nfprobe_version[probe]": str(version),
+                           "nfprobe_timeouts[probe]": "tcp=1:udp=1:icmp=1:general=1:maxlife=60:expint=1"})
         else:
-            config.update({f"sfprobe_receiver[probe]": f"127.0.0.1:{collector.port}",
-                           f"sfprobe_agentip[probe]": "127.0.0.1"})
+            config.update({"sfprobe_receiver[probe]": f"127.0.0.1:{collector.port}",
+                           "sfprobe_agentip[probe]": "127.0.0.1"})
         if sampling:
             config["sampling_rate"] = str(sampling)
         config.update(extra or {})

@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.broker import BrokerError, LocalBroker, answers
-from tests.conftest import free_port
-
-
-def consume_all(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0) -> list[bytes]:
-    """Read a topic to partition EOF (tansu's latest-offset answer cannot be trusted)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True,
-                         "session.timeout.ms": 6000})
-    consumer.subscribe([topic])
-    values, eof, deadline = [], set(), time.monotonic() + timeout
-    try:
-        while len(eof) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(msg.partition())
-                    continue
-                raise AssertionError(msg.error())
-            values.append(msg.value())
-    finally:
-        consumer.close()
-    return values
+from tests.conftest import consume_messages, free_port
 
 
 def test_produce_and_consume(broker: LocalBroker, topic_name: str) -> None:
@@ -45,7 +21,7 @@ def test_produce_and_consume(broker: LocalBroker, topic_name: str) -> None:
     for i, value in enumerate(sent):
         producer.produce(topic_name, key=str(i % 7).encode(), value=value)
     assert producer.flush(15) == 0
-    assert sorted(consume_all(broker.bootstrap, topic_name, 2)) == sorted(sent)
+    assert sorted(v for _k, v in consume_messages(broker.bootstrap, topic_name, 2)) == sorted(sent)
 
 
 def test_start_refuses_a_taken_port(tmp_path) -> None:

@@ -10,36 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError
 
 from connectors.broker import LocalBroker
 from flows import envelope
+from tests.conftest import consume_messages
 from tests import inlet_process
 from tests.conftest import free_port
-
-
-def consume_messages(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0):
-    """(key, value) of every message, reading each partition to its EOF."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True,
-                         "session.timeout.ms": 6000})
-    consumer.subscribe([topic])
-    out, eof, deadline = [], set(), time.monotonic() + timeout
-    try:
-        while len(eof) < partitions and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    eof.add(msg.partition())
-                    continue
-                raise AssertionError(msg.error())
-            out.append((msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    assert len(eof) == partitions, "did not reach the end of every partition"
-    return out
 
 
 def run_inlet(tmp_path: Path, broker: LocalBroker, topic: str, *args: str,

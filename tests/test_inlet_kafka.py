@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
 
+from connectors.metrics import RateLimitedLog
 from connectors import kafka as kafka_mod
 from connectors.broker import LocalBroker
 from connectors.metrics import InletMetrics
@@ -122,7 +122,7 @@ def test_producer_settings_from_config_win_over_defaults() -> None:
 
 def test_ratelimited_log_suppresses_repeats(caplog) -> None:
     import logging
-    limited = kafka_mod.RateLimitedLog(logging.getLogger("t"), interval=60)
+    limited = RateLimitedLog(logging.getLogger("t"), interval=60)
     with caplog.at_level(logging.INFO, logger="t"):
         for _ in range(5):
             limited(logging.WARNING, "k", "same %s", "thing")

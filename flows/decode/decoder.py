@@ -11,10 +11,9 @@ rest of the datagram is decoded where the structure allows.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
