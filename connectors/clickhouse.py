@@ -230,8 +230,8 @@ ERRORS = Counter("waxflow_clickhouse_errors_total", "insert errors by reason", [
 PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
 
 BACKOFF_START = 0.5
-_ratelimited = RateLimitedLog(log)
 BACKOFF_MAX = 30.0
+_ratelimited = RateLimitedLog(log)
 
 
 def _error_reason(err: Exception) -> str:

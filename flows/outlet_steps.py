@@ -15,10 +15,12 @@ from bytewax.connectors.kafka import KafkaError
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter
 
+from connectors.metrics import RateLimitedLog
 from flows import envelope
 from flows.decode import ExporterState, decode_many
 
 log = logging.getLogger(__name__)
+_ratelimited = RateLimitedLog(log)
 
 MESSAGES = Counter("waxflow_outlet_messages_total", "Kafka messages read by the outlet")
 DROPPED = Counter("waxflow_outlet_dropped_messages_total",
@@ -36,11 +38,11 @@ def unwrap_messages(messages: list[Any]) -> Iterable[tuple[str, list[Datagram]]]
 
     Grouping per poll amortizes the per-item cost of the stateful step across datagrams.
     """
-    grouped: dict[str, list[Datagram]] = defaultdict(list)
+    grouped: dict[bytes, list[tuple[bytes, float]]] = defaultdict(list)
     for message in messages:
         if isinstance(message, KafkaError):
             DROPPED.labels("kafka_error").inc()
-            log.warning("Kafka error: %s", message.err)
+            _ratelimited(logging.WARNING, "kafka", "Kafka error: %s", message.err)
             continue
         MESSAGES.inc()
         try:
@@ -48,9 +50,13 @@ def unwrap_messages(messages: list[Any]) -> Iterable[tuple[str, list[Datagram]]]
         except envelope.EnvelopeError:
             DROPPED.labels("bad_envelope").inc()
             continue
-        exporter = env.exporter_address
-        grouped[exporter].append((env.payload, exporter, env.received_ns / 1e9))
-    return grouped.items()
+        grouped[env.exporter].append((env.payload, env.received_ns / 1e9))
+    # The exporter's text form is made once per exporter and poll, not once per datagram.
+    out = []
+    for packed, items in grouped.items():
+        exporter = envelope.address_text(packed)
+        out.append((exporter, [(payload, exporter, received) for payload, received in items]))
+    return out
 
 
 def _now() -> datetime:

@@ -227,9 +227,9 @@ def _check_dsn(value: str) -> str:
     """chdb:PATH (relative to the working directory), chdb:///abs/path, or http(s)://host:port."""
     parsed = urlparse(value)
     if parsed.scheme == "chdb":
-        location = parsed.netloc + parsed.path if parsed.netloc not in ("", "memory") else parsed.path
         if parsed.netloc == "memory":
             return value
+        location = parsed.netloc + parsed.path  # chdb:rel/dir, chdb:///abs/dir, chdb://host-less/dir
         if not location:
             raise ValueError("a chdb DSN needs a directory, e.g. chdb:data/clickhouse")
         return "chdb://" + str(Path(location).expanduser().resolve())

@@ -15,7 +15,7 @@ from tests import flowgen
 def export_capture(tmp_path_factory):
     """A pcap of the datagrams softflowd (IPFIX) and pmacct (sFlow) sent, as a collector sees them."""
     if not (flowgen.have("softflowd") and flowgen.have("pmacctd")):
-        pytest.skip("softflowd or pmacctd binary missing (Debian packages softflowd, pmacct)")
+        pytest.skip(reason="softflowd or pmacctd binary missing (Debian packages softflowd, pmacct)")
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap

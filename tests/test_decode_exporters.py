@@ -39,7 +39,7 @@ def _assert_totals(batch, expected, multiply_sampling=False):
 @pytest.fixture(scope="module")
 def softflowd_exports(capture):
     if not flowgen.have("softflowd"):
-        pytest.skip("softflowd binary missing (Debian package softflowd)")
+        pytest.skip(reason="softflowd binary missing (Debian package softflowd)")
     return {v: flowgen.run_softflowd(capture[0], v) for v in (5, 9, 10)}
 
 

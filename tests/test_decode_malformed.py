@@ -25,7 +25,7 @@ EXPORTER = "127.0.0.1"
 def real_datagrams(tmp_path_factory):
     """A few datagrams of each kind from the real exporters (templates included)."""
     if not (flowgen.have("softflowd") and flowgen.have("pmacctd")):
-        pytest.skip("softflowd or pmacctd binary missing (Debian packages softflowd, pmacct)")
+        pytest.skip(reason="softflowd or pmacctd binary missing (Debian packages softflowd, pmacct)")
     pcap = tmp_path_factory.mktemp("malformed") / "traffic.pcap"
     flowgen.make_pcap(pcap, flows=40, filler=40)
     out = {f"softflowd-v{v}": flowgen.run_softflowd(pcap, v)[:3] for v in (5, 9, 10)}

@@ -76,7 +76,7 @@ def promtool_check(exposition: str) -> None:
 
 def test_metrics_pass_promtool(tmp_path: Path) -> None:
     if shutil.which("promtool") is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+        pytest.skip(reason="promtool not installed (Debian package prometheus)")
     from prometheus_client import CollectorRegistry, generate_latest
 
     from connectors.metrics import InletMetrics
@@ -148,7 +148,7 @@ def test_two_processes_on_one_port_both_receive_under_ebpf(tmp_path: Path, broke
         # eBPF selection only becomes exact once both processes joined the map.
         if "balancing ebpf" not in procs[0].text():
             line = next(l for l in procs[0].text().splitlines() if "balancing" in l)
-            pytest.skip(f"eBPF does not load here: {line}")
+            pytest.skip(reason=f"eBPF does not load here: {line}")
         time.sleep(0.5)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for i in range(2000):

@@ -76,7 +76,7 @@ def test_ebpf_spreads_one_source_evenly() -> None:
     with workers(listener(port), 4, "auto") as parts:
         group = group_mode(port, 4, "auto")
         if group.mode != "ebpf":
-            pytest.skip(f"eBPF balancing does not load here: {group.reason} "
+            pytest.skip(reason=f"eBPF balancing does not load here: {group.reason} "
                         f"(run scripts/setup-ebpf.sh as root)")
         send(port, [b"x%d" % i for i in range(DATAGRAMS)])
         counts = [len(got) for got in read_all(parts, DATAGRAMS)]
