@@ -167,6 +167,37 @@ def broker_status(ctx: Context, port: int | None) -> None:
     click.echo(json.dumps(status))
     sys.exit(0 if status["answering"] else 1)
 
+# --- dataflows ---------------------------------------------------------------------------------
+
+@main.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("dataflow", type=click.Choice(["inlet", "outlet"]))
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--recovery/--no-recovery", default=True, show_default=True,
+              help="snapshot state to <data_dir>/recovery/<dataflow> (created when missing)")
+@click.option("-s", "--snapshot-seconds", type=click.FloatRange(min=0.1), default=30, show_default=True)
+@click.option("-i", "--process-id", type=int, default=None, help="this process's index (multi-process)")
+@click.option("-a", "--addresses", default=None, help='all processes, "host:port;host:port"')
+@pass_context
+def run(ctx: Context, dataflow: str, workers: int, recovery: bool, snapshot_seconds: float,
+        process_id: int | None, addresses: str | None) -> None:
+    """Run the inlet or outlet dataflow, preparing its recovery store first."""
+    import os
+
+    from connectors.launcher import LaunchError, dataflow_argv, ensure_recovery_store, recovery_dir
+
+    settings = ctx.settings
+    try:
+        store = ensure_recovery_store(recovery_dir(settings.data_dir, dataflow)) if recovery else None
+        argv = dataflow_argv(dataflow, workers=workers, recovery=store, snapshot_seconds=snapshot_seconds,
+                             process_id=process_id, addresses=addresses.split(";") if addresses else None)
+    except LaunchError as err:
+        err_console.print(f"[bold red]cannot start {dataflow}[/]: {err}", highlight=False)
+        sys.exit(2)
+    if ctx.config:
+        os.environ["WAXFLOW_CONFIG"] = ctx.config
+    os.execv(argv[0], argv)
+
+
 from flows.decode.cli import decode as _decode_command
 main.add_command(_decode_command)
 

@@ -1,0 +1,27 @@
+"""The launcher prepares the recovery store once and builds the Bytewax command line."""
+
+import sys
+
+import pytest
+
+from connectors.launcher import LaunchError, dataflow_argv, ensure_recovery_store, recovery_dir
+
+
+def test_recovery_store_created_once_and_kept(tmp_path):
+    store = ensure_recovery_store(recovery_dir(tmp_path, "outlet"), partitions=2)
+    parts = sorted(p.name for p in store.glob("part-*.sqlite3"))
+    assert parts == ["part-0.sqlite3", "part-1.sqlite3"]
+    before = [p.stat().st_mtime_ns for p in sorted(store.glob("part-*.sqlite3"))]
+    ensure_recovery_store(store, partitions=2)
+    assert [p.stat().st_mtime_ns for p in sorted(store.glob("part-*.sqlite3"))] == before
+
+
+def test_dataflow_argv(tmp_path):
+    argv = dataflow_argv("outlet", workers=2, recovery=tmp_path, snapshot_seconds=5,
+                         process_id=1, addresses=["a:1", "b:2"])
+    assert argv == [sys.executable, "-m", "bytewax.run", "flows.outlet", "-w", "2",
+                    "-r", str(tmp_path), "-s", "5", "-b", "0", "-i", "1", "-a", "a:1;b:2"]
+    with pytest.raises(LaunchError, match="unknown dataflow"):
+        dataflow_argv("sideways")
+    with pytest.raises(LaunchError, match="process id"):
+        dataflow_argv("inlet", addresses=["a:1"])
