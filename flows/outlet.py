@@ -9,12 +9,14 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
 from connectors.clickhouse import ClickHouseSink
+from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
 from flows.enrich import Enricher
 from flows.outlet_steps import decode_builder, enrich_step, unwrap_messages
 from flows.settings import load_settings
 
 settings = load_settings()
+serve_outlet(settings)
 
 flow = Dataflow("outlet")
 messages = op.input("kafka", flow, kafka_source(settings.kafka))
