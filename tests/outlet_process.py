@@ -1,0 +1,180 @@
+"""Run the real outlet the way users do (`waxflow run outlet`, i.e. connectors/launcher.py) in
+subprocesses, read its /metrics, and query its chDB store afterwards. For tests and bench/."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(workdir: Path, *, bootstrap: str, topic: str, api_port: int,
+                 consumer_group: str | None = None, start_offset: str = "earliest",
+                 batch_rows: int = 50_000, batch_wait: str = "1s", **sections: Any) -> Path:
+    """A dataflows.yaml for one outlet: its own chDB store and data_dir under `workdir`."""
+    config: dict[str, Any] = {
+        "data_dir": str(workdir / "data"),
+        "kafka": {"brokers": [bootstrap], "topic": topic, "start_offset": start_offset,
+                  "consumer_group": consumer_group or f"outlet-{topic}"},
+        "clickhouse": {"dsn": f"chdb:{workdir / 'data' / 'clickhouse'}", "batch_rows": batch_rows,
+                       "batch_wait": batch_wait},
+        "api": {"listen": f"127.0.0.1:{api_port}"},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = workdir / "dataflows.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus exposition → {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+@dataclass
+class Outlet:
+    """One outlet cluster: `processes` processes of `workers` workers each, started through the
+    launcher with recovery (snapshots every `snapshot_seconds`)."""
+
+    config: Path
+    api_port: int
+    workers: int = 1
+    processes: int = 1
+    snapshot_seconds: float = 1.0
+    cluster_ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def workdir(self) -> Path:
+        return self.config.parent
+
+    def log(self, i: int = 0) -> Path:
+        return self.workdir / f"outlet-{i}.log"
+
+    def start(self) -> "Outlet":
+        addresses = ";".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
+        for i in range(self.processes):
+            argv = [sys.executable, "-m", "flows.cli", "--config", str(self.config), "run", "outlet",
+                    "-w", str(self.workers), "-s", f"{self.snapshot_seconds:g}"]
+            if self.processes > 1:
+                argv += ["-i", str(i), "-a", addresses]
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+            with open(self.log(i), "ab") as handle:
+                self.procs.append(subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=handle,
+                                                   stderr=subprocess.STDOUT))
+        return self
+
+    def text(self) -> str:
+        return "\n".join(self.log(i).read_text(errors="replace")[-3000:]
+                         for i in range(self.processes) if self.log(i).exists())
+
+    def assert_running(self) -> None:
+        for proc in self.procs:
+            assert proc.poll() is None, f"outlet exited with {proc.returncode}:\n{self.text()}"
+
+    def metrics(self) -> dict:
+        """Every process's metrics, summed per (name, labels)."""
+        total: dict = {}
+        for i in range(self.processes):
+            url = f"http://127.0.0.1:{self.api_port + i}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                for key, value in parse_metrics(response.read().decode()).items():
+                    total[key] = total.get(key, 0.0) + value
+        return total
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0 when none yet)."""
+        try:
+            samples = self.metrics()
+        except OSError:
+            return 0.0
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+    def wait_for(self, condition: Callable[["Outlet"], bool], timeout: float = 120,
+                 what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running()
+            if condition(self):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"outlet: {what} not reached in {timeout}s:\n{self.text()}")
+
+    def wait_idle(self, messages: int, timeout: float = 120) -> None:
+        """Until `messages` Kafka messages are read, every decoded flow is inserted and nothing
+        is pending, twice in a row half a second apart."""
+        def idle(outlet: Outlet) -> bool:
+            m = outlet.metrics()
+
+            def total(name: str) -> float:
+                return sum(v for (n, _), v in m.items() if n == name)
+            return (total("waxflow_outlet_messages_total") >= messages
+                    and total("waxflow_clickhouse_pending_rows") == 0
+                    and total("waxflow_clickhouse_rows_total") == total("waxflow_outlet_flows_total"))
+        self.wait_for(lambda o: idle(o) and (time.sleep(0.5) or idle(o)), timeout,
+                      f"{messages} messages read and inserted")
+
+    def kill(self) -> None:
+        """SIGKILL every process (what the recovery tests want, and a fast stop otherwise)."""
+        self.assert_running()
+        for proc in self.procs:
+            proc.send_signal(signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs = []
+
+    def stop(self) -> None:
+        """Stop whatever still runs (fixtures' cleanup)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+        self.procs = []
+
+    def query(self, *sqls: str) -> list[list[dict]]:
+        """Rows of each query, read from a separate process once the outlet is stopped (chDB lets
+        one process own its directory)."""
+        assert not self.procs, "stop the outlet before querying its embedded store"
+        return query_store(self.config, *sqls)
+
+
+def query_store(config: Path, *sqls: str) -> list[list[dict]]:
+    result = subprocess.run([sys.executable, "-m", "tests.outlet_process", str(config), *sqls],
+                            cwd=ROOT, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def _main(config: str, *sqls: str) -> None:
+    from connectors.clickhouse import read_only_query
+    from flows.settings import load_settings
+
+    settings = load_settings(config)
+    out = []
+    for sql in sqls:
+        columns, rows = read_only_query(settings.clickhouse, sql)
+        out.append([dict(zip(columns, row)) for row in rows])
+    json.dump(out, sys.stdout, default=str)
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:])
