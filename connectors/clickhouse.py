@@ -226,7 +226,8 @@ BATCHES = Counter("waxflow_clickhouse_batches_total", "insert batches committed 
 INSERT_SECONDS = Histogram("waxflow_clickhouse_insert_seconds", "time to insert one batch",
                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RETRIES = Counter("waxflow_clickhouse_retries_total", "insert attempts that failed and were retried")
-ERRORS = Counter("waxflow_clickhouse_errors_total", "insert errors by reason", ["reason"])
+ERRORS = Counter("waxflow_clickhouse_errors_total", "failed inserts by reason (readonly, closed, "
+                 "connection, storage, other)", ["reason"])
 PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
 
 BACKOFF_START = 0.5
@@ -234,8 +235,16 @@ BACKOFF_MAX = 30.0
 _ratelimited = RateLimitedLog(log)
 
 
+# The store's disk refuses writes: permissions, a read-only or full filesystem.
+_STORAGE_ERRORS = ("filesystem error", "permission denied", "operation not permitted",
+                   "read-only file system", "no space left", "not enough space")
+
+
 def _error_reason(err: Exception) -> str:
+    """One of a fixed set of reasons, from the error's text (clients raise many types)."""
     text = str(err).lower()
+    if any(m in text for m in _STORAGE_ERRORS):
+        return "storage"
     if "readonly" in text or "read-only" in text or "read only" in text:
         return "readonly"
     if "closed" in text:
