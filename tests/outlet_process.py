@@ -89,10 +89,10 @@ class Outlet:
         for proc in self.procs:
             assert proc.poll() is None, f"outlet exited with {proc.returncode}:\n{self.text()}"
 
-    def metrics(self) -> dict:
-        """Every process's metrics, summed per (name, labels)."""
+    def metrics(self, process: int | None = None) -> dict:
+        """Every process's metrics (or one process's), summed per (name, labels)."""
         total: dict = {}
-        for i in range(self.processes):
+        for i in range(self.processes) if process is None else [process]:
             url = f"http://127.0.0.1:{self.api_port + i}/metrics"
             with urllib.request.urlopen(url, timeout=5) as response:
                 for key, value in parse_metrics(response.read().decode()).items():
