@@ -67,6 +67,7 @@ def pipeline(broker, tmp_path_factory):
         inlet_totals = inlet.totals() if inlet.stop() == 0 else None
         assert inlet_totals and inlet_totals["acked"] == inlet_totals["produced"] > 0, inlet.text()[-3000:]
         outlet.wait_idle(inlet_totals["acked"])
+        outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 0, 30, "lag back to 0")
         counters = outlet.metrics()
         outlet.kill()
     finally:
@@ -116,6 +117,8 @@ def test_counters_account_for_every_message(pipeline) -> None:
     assert total("waxflow_decode_errors_total") == 0
     assert total("waxflow_clickhouse_rows_total") == total("waxflow_outlet_flows_total") > 0
     assert total("waxflow_clickhouse_errors_total") == 0
+    lag = {dict(labels)["partition"]: v for (n, labels), v in counters.items() if n == "waxflow_kafka_consumer_lag"}
+    assert lag == {"0": 0, "1": 0}
 
 
 @pytest.mark.parametrize("table,seconds", [(f"flows_{suffix}", seconds) for suffix, seconds, _ in ddl.RESOLUTIONS])
