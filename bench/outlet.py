@@ -141,22 +141,23 @@ def run_outlet(bootstrap: str, topic: str, workers: int, enrich: bool, flows: in
             rows = outlet.value("waxflow_clickhouse_rows_total")
             now = time.monotonic()
             if rows and cpu_start is None:
-                cpu_start = (now, _cpu_seconds(outlet.procs[0].pid))
+                cpu_start = (rows, _cpu_seconds(outlet.procs[0].pid))
             samples.append((now, rows))
             if rows >= flows:
                 break
             if now - started > 600:
                 raise RuntimeError(f"outlet did not finish in 600 s:\n{outlet.text()}")
             time.sleep(0.25)
-        cpu_end = (time.monotonic(), _cpu_seconds(outlet.procs[0].pid))
+        cpu_end = (rows, _cpu_seconds(outlet.procs[0].pid))
         outlet.kill()
     finally:
         outlet.stop()
     rate = sustained_rate(samples, flows)
     first = next(t for t, r in samples if r > 0)
-    cpu = (cpu_end[1] - cpu_start[1]) / (cpu_end[0] - cpu_start[0]) if cpu_start else 0.0
+    # CPU per flow after the first insert (start-up excluded), chDB's threads included
+    cpu = (cpu_end[1] - cpu_start[1]) / (cpu_end[0] - cpu_start[0]) * 1e6 if cpu_end[0] > cpu_start[0] else 0.0
     return {"rate": rate, "rows": rows, "first_row_after": first - started,
-            "all_rows_after": samples[-1][0] - started, "cpu_cores": cpu}
+            "all_rows_after": samples[-1][0] - started, "cpu_us": cpu}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -164,34 +165,62 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def insert_rate(sequences, rows: int, batch_rows: int = 50_000) -> float:
-    """Rows/s of the ClickHouse sink partition alone: decoded, enriched batches into chDB."""
+def stage_costs(sequences, rows: int, batch_rows: int = 50_000) -> dict[str, float]:
+    """CPU µs per flow of each outlet stage, run in this process on the same datagrams: unwrap
+    (envelopes → per-exporter groups), decode, enrich (thread CPU time), and the chDB insert of
+    50,000-row batches through the sink partition (process CPU time: chDB's threads included),
+    plus the insert's wall-clock rows/s on its own."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
     import pyarrow as pa
 
     from connectors.clickhouse import ClickHouseSink
-    from flows.decode import ExporterState, decode_many
+    from flows import envelope
     from flows.enrich import Enricher
+    from flows.outlet_steps import DecodeLogic, unwrap_messages
     from flows.settings import ClickHouse, Enrichment
 
-    enricher = Enricher(Enrichment())
-    batches, have = [], 0
-    while have < batch_rows * 4:
-        for exporter, payloads, _ in sequences:
-            batch = enricher(decode_many(ExporterState(exporter), [(p, exporter, time.time()) for p in payloads]))
-            batches.append(batch)
-            have += batch.num_rows
+    messages = [SimpleNamespace(value=envelope.encode("netflow", 0, time.time_ns(), exporter, 2055, p))
+                for exporter, payloads, _ in sequences for p in payloads]
+    random.Random(1).shuffle(messages)  # polls mix exporters
+    enricher, logics = Enricher(Enrichment()), {}
+    costs = dict.fromkeys(("unwrap", "decode", "enrich"), 0.0)
+    batches: list[pa.RecordBatch] = []
+    for measured in (False, True):  # the first pass learns the templates
+        batches, flows = [], 0
+        for i in range(0, len(messages), 5000):
+            started = time.thread_time()
+            groups = unwrap_messages(messages[i:i + 5000])
+            costs["unwrap"] += (time.thread_time() - started) * measured
+            for exporter, datagrams in groups:
+                logic = logics.setdefault(exporter, DecodeLogic(timedelta(seconds=2), None))
+                started = time.thread_time()
+                decoded, _ = logic.on_batch([datagrams])
+                costs["decode"] += (time.thread_time() - started) * measured
+                for batch in decoded:
+                    started = time.thread_time()
+                    batches.append(enricher(batch))
+                    costs["enrich"] += (time.thread_time() - started) * measured
+                    flows += batch.num_rows
+    out = {stage: seconds / flows * 1e6 for stage, seconds in costs.items()}
     table = pa.Table.from_batches(batches).combine_chunks()
     chunks = [table.slice(i, batch_rows).to_batches(max_chunksize=batch_rows)[0]
               for i in range(0, table.num_rows - batch_rows + 1, batch_rows)]
     cfg = ClickHouse(dsn=f"chdb:{tempfile.mkdtemp(prefix='waxflow-bench-insert-')}", batch_rows=batch_rows)
     part = ClickHouseSink(cfg).build_part("clickhouse", "chdb", None)
     part.write_batch([chunks[0]])  # warm up
-    done, start = 0, time.perf_counter()
+    part.wait_inserted()
+    done, cpu, wall = 0, time.process_time(), time.perf_counter()
     while done < rows:
         for chunk in chunks:
             part.write_batch([chunk])
+            part.wait_inserted()  # the insert alone, nothing to overlap with
             done += chunk.num_rows
-    return done / (time.perf_counter() - start)
+    out["insert"] = (time.process_time() - cpu) / done * 1e6
+    out["insert_rows_per_s"] = done / (time.perf_counter() - wall)
+    part.close()
+    return out
 
 
 def main() -> None:
@@ -200,8 +229,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
     parser.add_argument("--exporters", type=int, default=64)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--insert-rows", type=int, default=2_000_000, help="rows for the insert-only figure")
-    parser.add_argument("--skip-insert", action="store_true")
+    parser.add_argument("--insert-rows", type=int, default=1_000_000, help="rows for the insert-only figure")
+    parser.add_argument("--skip-stages", action="store_true", help="skip the per-stage figures")
     args = parser.parse_args()
 
     from connectors.broker import LocalBroker
@@ -211,8 +240,11 @@ def main() -> None:
     per_datagram = sum(f for _, _, f in sequences) / sum(len(p) for _, p, _ in sequences)
     print(f"outlet benchmark: {args.exporters} exporters (v9/IPFIX/v5 {'/'.join(str(s) for _, s in MIX)}%), "
           f"{per_datagram:.1f} flows per datagram, {args.partitions} partitions, load {os.getloadavg()[0]:.2f}")
-    if not args.skip_insert:
-        print(f"chDB insert alone (sink partition, 50,000-row batches): {insert_rate(sequences, args.insert_rows):,.0f} rows/s")
+    if not args.skip_stages:
+        costs = stage_costs(sequences, args.insert_rows)
+        print("CPU µs per flow, in this process: " + ", ".join(
+            f"{stage} {costs[stage]:.2f}" for stage in ("unwrap", "decode", "enrich", "insert")))
+        print(f"chDB insert alone (sink partition, 50,000-row batches): {costs['insert_rows_per_s']:,.0f} rows/s")
     broker = LocalBroker("127.0.0.1", free_port(), Path(tempfile.mkdtemp(prefix="waxflow-bench-broker-")))
     broker.start()
     try:
@@ -222,7 +254,7 @@ def main() -> None:
         messages, flows = fill_topic(broker.bootstrap, envelope.topic_name(topic), args.partitions,
                                      sequences, args.flows)
         print(f"topic filled: {messages:,} messages, {flows:,} flows in {time.perf_counter() - started:.1f} s")
-        header = f"{'workers':>7}  {'enrichment':<10}{'flows/s (10-90%)':>18}{'first row':>11}{'all rows':>10}{'outlet CPU':>12}  load"
+        header = f"{'workers':>7}  {'enrichment':<10}{'flows/s (10-90%)':>18}{'first row':>11}{'all rows':>10}{'CPU µs/flow':>13}  load"
         print(header)
         print("-" * len(header))
         for workers in [int(w) for w in args.workers.split(",")]:
@@ -230,7 +262,7 @@ def main() -> None:
                 result = run_outlet(broker.bootstrap, topic, workers, enrich, flows, messages)
                 print(f"{workers:>7}  {'yes' if enrich else 'no':<10}{result['rate']:>18,.0f}"
                       f"{result['first_row_after']:>10.1f}s{result['all_rows_after']:>9.1f}s"
-                      f"{result['cpu_cores']:>10.2f} c  {os.getloadavg()[0]:.2f}", flush=True)
+                      f"{result['cpu_us']:>13.2f}  {os.getloadavg()[0]:.2f}", flush=True)
     finally:
         broker.stop()
 
