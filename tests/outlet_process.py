@@ -89,14 +89,17 @@ class Outlet:
         for proc in self.procs:
             assert proc.poll() is None, f"outlet exited with {proc.returncode}:\n{self.text()}"
 
+    def exposition(self, process: int = 0) -> str:
+        """One process's /metrics text, as Prometheus reads it."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port + process}/metrics", timeout=5) as response:
+            return response.read().decode()
+
     def metrics(self, process: int | None = None) -> dict:
         """Every process's metrics (or one process's), summed per (name, labels)."""
         total: dict = {}
         for i in range(self.processes) if process is None else [process]:
-            url = f"http://127.0.0.1:{self.api_port + i}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as response:
-                for key, value in parse_metrics(response.read().decode()).items():
-                    total[key] = total.get(key, 0.0) + value
+            for key, value in parse_metrics(self.exposition(i)).items():
+                total[key] = total.get(key, 0.0) + value
         return total
 
     def value(self, name: str, **labels: str) -> float:

@@ -18,6 +18,7 @@ import pytest
 from flows import ddl
 from tests import flowgen, inlet_process
 from tests.conftest import free_port
+from tests.test_inlet_flow import promtool_check
 from tests.outlet_process import Outlet, write_config
 
 pytestmark = [
@@ -68,12 +69,12 @@ def pipeline(broker, tmp_path_factory):
         assert inlet_totals and inlet_totals["acked"] == inlet_totals["produced"] > 0, inlet.text()[-3000:]
         outlet.wait_idle(inlet_totals["acked"])
         outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 0, 30, "lag back to 0")
-        counters = outlet.metrics()
+        counters, exposition = outlet.metrics(), outlet.exposition()
         outlet.kill()
     finally:
         inlet.stop()
         outlet.stop()
-    return {"totals": totals, "windows": windows, "outlet": outlet, "counters": counters,
+    return {"totals": totals, "windows": windows, "outlet": outlet, "counters": counters, "exposition": exposition,
             "messages": inlet_totals["acked"]}
 
 
@@ -117,6 +118,7 @@ def test_counters_account_for_every_message(pipeline) -> None:
     assert total("waxflow_decode_errors_total") == 0
     assert total("waxflow_clickhouse_rows_total") == total("waxflow_outlet_flows_total") > 0
     assert total("waxflow_clickhouse_errors_total") == 0
+    promtool_check(pipeline["exposition"])
     lag = {dict(labels)["partition"]: v for (n, labels), v in counters.items() if n == "waxflow_kafka_consumer_lag"}
     assert lag == {"0": 0, "1": 0}
 
