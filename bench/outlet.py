@@ -1,7 +1,7 @@
-"""Outlet throughput: flows/s from Kafka into chDB, for 1 and 2 workers, with and without the
-enrichment step, and chDB's insert rate on its own.
+"""Outlet throughput: flows/s from Kafka into chDB for one worker, `-w 2` and two processes,
+with and without the enrichment step; CPU per flow of each stage and chDB's insert rate alone.
 
-    python bench/outlet.py [--flows 3000000] [--workers 1,2] [--exporters 64]
+    python bench/outlet.py [--flows 3000000] [--runs 1x1,1x2,2x1] [--exporters 64]
 
 A topic on the local tansu broker is pre-filled with envelopes of real exporter datagrams
 (softflowd NetFlow v9, IPFIX and v5 over a generated pcap, ~26 flows per datagram; see
@@ -11,10 +11,12 @@ its format's datagram sequence from the start (templates first). Then the real o
 it into a fresh chDB store; the rate is taken from the outlet's own counters
 (waxflow_clickhouse_rows_total sampled every 0.25 s) between 10% and 90% of the rows, so start-up
 and the last partial batch are left out. "without enrichment" runs the same dataflow with the
-enrichment step removed (bench/outlet.py:without_enrichment()).
+enrichment step removed (bench/outlet.py:without_enrichment()). CPU µs/flow is the outlet
+processes' CPU time (all threads, chDB's included) per row inserted after the first insert.
 
-The insert figure is ClickHouseSink's partition writing 50,000-row batches of the same decoded
-and enriched flows into a fresh chDB store (with its materialized views), in this process.
+The per-stage figures run the outlet's steps in this process on the same datagrams; the insert
+figure is ClickHouseSink's partition writing 50,000-row batches of those decoded and enriched
+flows into a fresh chDB store (with its materialized views), one insert at a time.
 Everything shares this machine's cores with the broker.
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -112,8 +113,7 @@ def sustained_rate(samples: list[tuple[float, float]], total: int) -> float:
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-def run_outlet(bootstrap: str, topic: str, workers: int, enrich: bool, flows: int, messages: int) -> dict:
-    from connectors.launcher import ensure_recovery_store, recovery_dir
+def run_outlet(bootstrap: str, topic: str, workers: int, processes: int, enrich: bool, flows: int) -> dict:
     from tests.conftest import free_port
     from tests.outlet_process import Outlet, write_config
 
@@ -121,17 +121,10 @@ def run_outlet(bootstrap: str, topic: str, workers: int, enrich: bool, flows: in
     api_port = free_port()
     config = write_config(workdir, bootstrap=bootstrap, topic=topic, api_port=api_port,
                           consumer_group=f"bench-{random.randrange(1 << 30)}", batch_wait="5s")
-    outlet = Outlet(config, api_port, workers=workers, snapshot_seconds=30)
-    if enrich:
-        outlet.start()
-    else:  # the same command line as the launcher's, with the dataflow without enrichment
-        store = ensure_recovery_store(recovery_dir(workdir / "data", "outlet"))
-        argv = [sys.executable, "-m", "bytewax.run", "bench.outlet:without_enrichment()", "-w", str(workers),
-                "-r", str(store), "-s", "30", "-b", "0"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "WAXFLOW_CONFIG": str(config)}
-        with open(outlet.log(0), "ab") as handle:
-            outlet.procs.append(subprocess.Popen(argv, cwd=workdir, env=env, stdout=handle,
-                                                 stderr=subprocess.STDOUT))
+    outlet = Outlet(config, api_port, workers=workers, processes=processes, snapshot_seconds=30,
+                    cluster_ports=[free_port() for _ in range(processes)],
+                    dataflow=None if enrich else "bench.outlet:without_enrichment()")
+    outlet.start()
     started = time.monotonic()
     samples: list[tuple[float, float]] = []
     cpu_start = None
@@ -141,14 +134,14 @@ def run_outlet(bootstrap: str, topic: str, workers: int, enrich: bool, flows: in
             rows = outlet.value("waxflow_clickhouse_rows_total")
             now = time.monotonic()
             if rows and cpu_start is None:
-                cpu_start = (rows, _cpu_seconds(outlet.procs[0].pid))
+                cpu_start = (rows, sum(_cpu_seconds(p.pid) for p in outlet.procs))
             samples.append((now, rows))
             if rows >= flows:
                 break
             if now - started > 600:
                 raise RuntimeError(f"outlet did not finish in 600 s:\n{outlet.text()}")
             time.sleep(0.25)
-        cpu_end = (rows, _cpu_seconds(outlet.procs[0].pid))
+        cpu_end = (rows, sum(_cpu_seconds(p.pid) for p in outlet.procs))
         outlet.kill()
     finally:
         outlet.stop()
@@ -226,7 +219,8 @@ def stage_costs(sequences, rows: int, batch_rows: int = 50_000) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=3_000_000, help="flows in the topic")
-    parser.add_argument("--workers", default="1,2", help="worker counts to measure")
+    parser.add_argument("--runs", default="1x1,1x2,2x1",
+                        help="outlet shapes to measure, PROCESSESxWORKERS (1x2: one process, -w 2)")
     parser.add_argument("--exporters", type=int, default=64)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--insert-rows", type=int, default=1_000_000, help="rows for the insert-only figure")
@@ -254,13 +248,15 @@ def main() -> None:
         messages, flows = fill_topic(broker.bootstrap, envelope.topic_name(topic), args.partitions,
                                      sequences, args.flows)
         print(f"topic filled: {messages:,} messages, {flows:,} flows in {time.perf_counter() - started:.1f} s")
-        header = f"{'workers':>7}  {'enrichment':<10}{'flows/s (10-90%)':>18}{'first row':>11}{'all rows':>10}{'CPU µs/flow':>13}  load"
+        header = (f"{'processes':>9} {'workers':>7}  {'enrichment':<10}{'flows/s (10-90%)':>18}{'first row':>11}"
+                  f"{'all rows':>10}{'CPU µs/flow':>13}  load")
         print(header)
         print("-" * len(header))
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for shape in args.runs.split(","):
+            processes, workers = (int(n) for n in shape.split("x"))
             for enrich in (True, False):
-                result = run_outlet(broker.bootstrap, topic, workers, enrich, flows, messages)
-                print(f"{workers:>7}  {'yes' if enrich else 'no':<10}{result['rate']:>18,.0f}"
+                result = run_outlet(broker.bootstrap, topic, workers, processes, enrich, flows)
+                print(f"{processes:>9} {workers:>7}  {'yes' if enrich else 'no':<10}{result['rate']:>18,.0f}"
                       f"{result['first_row_after']:>10.1f}s{result['all_rows_after']:>9.1f}s"
                       f"{result['cpu_us']:>13.2f}  {os.getloadavg()[0]:.2f}", flush=True)
     finally:

@@ -59,6 +59,7 @@ class Outlet:
     processes: int = 1
     snapshot_seconds: float = 1.0
     cluster_ports: list[int] = field(default_factory=list)
+    dataflow: str | None = None
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -68,14 +69,27 @@ class Outlet:
     def log(self, i: int = 0) -> Path:
         return self.workdir / f"outlet-{i}.log"
 
-    def start(self) -> "Outlet":
-        addresses = ";".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
-        for i in range(self.processes):
+    def argv(self, process: int) -> list[str]:
+        """`waxflow run outlet ...`; or, for another `dataflow` (bench variants), the command
+        line the launcher would build for it."""
+        addresses = [f"127.0.0.1:{p}" for p in self.cluster_ports] if self.processes > 1 else None
+        if self.dataflow is None:
             argv = [sys.executable, "-m", "flows.cli", "--config", str(self.config), "run", "outlet",
                     "-w", str(self.workers), "-s", f"{self.snapshot_seconds:g}"]
-            if self.processes > 1:
-                argv += ["-i", str(i), "-a", addresses]
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+            return argv + (["-i", str(process), "-a", ";".join(addresses)] if addresses else [])
+        from connectors.launcher import dataflow_argv, ensure_recovery_store, recovery_dir
+
+        store = ensure_recovery_store(recovery_dir(self.workdir / "data", "outlet"))
+        argv = dataflow_argv("outlet", workers=self.workers, recovery=store,
+                             snapshot_seconds=self.snapshot_seconds, process_id=process, addresses=addresses)
+        argv[argv.index("flows.outlet")] = self.dataflow
+        return argv
+
+    def start(self) -> "Outlet":
+        for i in range(self.processes):
+            argv = self.argv(i)
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                   "WAXFLOW_CONFIG": str(self.config)}
             with open(self.log(i), "ab") as handle:
                 self.procs.append(subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=handle,
                                                    stderr=subprocess.STDOUT))
