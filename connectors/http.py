@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hmac
+import ipaddress
 import io
 import json
 import logging
@@ -79,10 +80,21 @@ def exporters_result(client: Any, settings: Settings) -> list[dict[str, Any]]:
     return api.shape_exporters(rows)
 
 
+def _plain(value: Any) -> Any:
+    """JSON-friendly values: FixedString bytes as text, addresses without the IPv4-mapped prefix."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").rstrip("\0")
+    if isinstance(value, ipaddress.IPv6Address) and value.ipv4_mapped:
+        return str(value.ipv4_mapped)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def sql_result(client: Any, settings: Settings, sql: str) -> dict[str, Any]:
     result = client.query(sql, settings=query_settings(settings))
     rows = result.result_rows[: settings.api.max_rows]
-    return {"columns": list(result.column_names), "rows": [list(r) for r in rows]}
+    return {"columns": list(result.column_names), "rows": [[_plain(v) for v in row] for row in rows]}
 
 
 def dictionary_csv(name: str, settings: Settings) -> str:
