@@ -81,10 +81,10 @@ def _taken(host: str, port: int, kind: int) -> bool:
 def preflight(settings: Settings, broker_running: bool) -> list[str]:
     """Every reason the stack cannot start, each naming the setting to change."""
     problems = []
-    for listener in settings.inlet.listeners:
+    for index, listener in enumerate(settings.inlet.listeners):
         if _taken(listener.address, listener.port, socket.SOCK_DGRAM):
-            problems.append(f"UDP port {listener.port} ({listener.address}) is taken: another collector runs? "
-                            f"(inlet.listeners[{listener.name}].port)")
+            problems.append(f"UDP port {listener.port} on {listener.address} is taken: another collector runs? "
+                            f"(inlet.listeners[{index}].port)")
     checks = [(settings.inlet.metrics_listen, "inlet.metrics_listen"), (settings.api.listen, "api.listen")]
     if not broker_running:
         checks.append((settings.kafka.brokers[0], "kafka.brokers"))
@@ -408,8 +408,9 @@ def run_up(settings: Settings, *, workers: int, demo: bool, demo_rate: float) ->
 
     console = Console()
     interactive = console.is_terminal
+    console.soft_wrap = not interactive  # log-friendly lines when piped
     stack = Stack(settings, workers=workers, demo=demo, demo_rate=demo_rate,
-                  say=lambda text: console.print(text, highlight=False))
+                  say=lambda text: console.print(text, markup=False, highlight=False))
 
     def interrupted(signum: int, frame: object) -> None:
         stack.interrupts += 1
@@ -421,7 +422,7 @@ def run_up(settings: Settings, *, workers: int, demo: bool, demo_rate: float) ->
     try:
         stack.start()
     except StackError as err:
-        console.print(f"[bold red]waxflow up:[/] {err}", highlight=False)
+        console.print(f"waxflow up: {err}", style="bold red", markup=False, highlight=False)
         return 1
     monitor = Monitor(settings)
     failed = None
@@ -449,8 +450,8 @@ def run_up(settings: Settings, *, workers: int, demo: bool, demo_rate: float) ->
     else:
         failed = loop(lambda status: None)
     if failed is not None:
-        console.print(f"[bold red]{failed.name} exited with code {failed.proc.returncode}[/]; "
-                      f"see {failed.log}\n{failed.tail()}", highlight=False)
+        console.print(f"{failed.name} exited with code {failed.proc.returncode}; see {failed.log}\n"
+                      f"{failed.tail()}", style="red", markup=False, highlight=False)
     codes = stack.stop(monitor)
     # Bytewax stops abruptly on SIGINT (exit 1); the outlet was drained first, so that is expected.
     console.print("stopped: " + ", ".join(codes), highlight=False)

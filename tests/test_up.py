@@ -179,3 +179,16 @@ def test_sigint_stops_everything_cleanly_and_loses_nothing(up: Up) -> None:
     # Stopped: `waxflow query` now opens the store directly; every flow sent is there.
     stored = up.query("SELECT count() AS n FROM waxflow.flows")[0]["n"]
     assert stored == sent > 0, up.text()
+
+
+def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
+    _config(tmp_path)
+    config = yaml.safe_load((tmp_path / "cfg.yaml").read_text())
+    host, port = config["api"]["listen"].split(":")
+    with socket.socket() as other:
+        other.bind((host, int(port)))
+        other.listen()
+        done = waxflow(tmp_path, "up", "--demo", timeout=60)
+    assert done.returncode == 1
+    assert f"TCP port {port} on 127.0.0.1 is taken by another program (api.listen)" in done.stdout
+    assert not (tmp_path / "data" / "broker.pid").exists()
