@@ -1,12 +1,13 @@
 """`waxflow demo-exporter`: the demo routers (flows/demo.py) sending to the inlet's listeners.
 
 Each router sends from its own loopback address (127.0.1.x), so the collector sees distinct
-exporters; NetFlow v9 goes to the `netflow` listener, IPFIX to `ipfix` (else the first netflow
+exporters (when the inlet runs on this machine; `--target HOST` sends to another one); NetFlow v9 goes to the `netflow` listener, IPFIX to `ipfix` (else the first netflow
 listener), sFlow to the first sflow listener.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import socket
@@ -32,21 +33,28 @@ class Target:
     address: tuple[str, int]
 
 
-def _listener_for(settings: Settings, protocol: str) -> tuple[str, int]:
+def _listener_for(settings: Settings, protocol: str, host: str | None = None) -> tuple[str, int]:
     decoder = "sflow" if protocol == "sflow" else "netflow"
     candidates = [listener for listener in settings.inlet.listeners if listener.decoder == decoder]
     if not candidates:
         raise DemoError(f"no {decoder} listener in inlet.listeners for the demo's {protocol} router")
     preferred = {"netflow9": "netflow", "ipfix": "ipfix"}.get(protocol)
     chosen = next((item for item in candidates if item.name == preferred), candidates[0])
-    host = chosen.address
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    if host is None:
+        host = chosen.address
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     return host, chosen.port
 
 
-def targets(settings: Settings) -> list[Target]:
-    return [Target(router, _listener_for(settings, router.protocol)) for router in demo.ROUTERS]
+def targets(settings: Settings, host: str | None = None) -> list[Target]:
+    """Where each demo router sends: the inlet's listeners on this machine, or on `host`."""
+    if host is not None:
+        try:
+            host = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
+        except socket.gaierror as err:
+            raise DemoError(f"cannot resolve {host}: {err.strerror}") from None
+    return [Target(router, _listener_for(settings, router.protocol, host)) for router in demo.ROUTERS]
 
 
 class DemoExporter:
@@ -70,7 +78,9 @@ class DemoExporter:
     def _socket(target: Target) -> socket.socket:
         family = socket.AF_INET6 if ":" in target.address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET:
+        # Only on loopback can a router send from its own 127.0.1.x address; elsewhere every router
+        # shares the host's address (sFlow still names its agent).
+        if family == socket.AF_INET and ipaddress.ip_address(target.address[0]).is_loopback:
             try:
                 sock.bind((target.router.address, 0))  # the router's own address: a distinct exporter
             except OSError as err:

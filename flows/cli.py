@@ -258,8 +258,10 @@ def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit
 @click.option("--duration", type=click.FloatRange(min=0), default=None, help="seconds (default: until stopped)")
 @click.option("--seed", type=int, default=None, help="random seed (reproducible traffic)")
 @click.option("--flat", is_flag=True, help="constant rate, no day/night shape")
+@click.option("--target", default=None, help="inlet host (default: the listeners' addresses on this machine)")
 @pass_context
-def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int | None, flat: bool) -> None:
+def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int | None, flat: bool,
+                  target: str | None) -> None:
     """Simulated routers exporting NetFlow v9, IPFIX and sFlow to the inlet's listeners."""
     import signal
     import threading
@@ -267,16 +269,16 @@ def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int |
     from connectors.demo_exporter import DemoError, DemoExporter, targets
 
     try:
-        exporter = DemoExporter(targets(ctx.settings), rate, seed=seed, shape=not flat)
+        exporter = DemoExporter(targets(ctx.settings, target), rate, seed=seed, shape=not flat)
     except DemoError as err:
         err_console.print(f"[bold red]demo exporter:[/] {err}", highlight=False)
         sys.exit(2)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    for target in exporter.targets:
-        click.echo(f"{target.router.name} ({target.router.address}) → {target.router.protocol} "
-                   f"{target.address[0]}:{target.address[1]}")
+    for each in exporter.targets:
+        click.echo(f"{each.router.name} ({each.router.address}) → {each.router.protocol} "
+                   f"{each.address[0]}:{each.address[1]}")
     exporter.run(stop, duration)
     exporter.close()
     click.echo(f"sent {exporter.sent_flows} flows in {exporter.sent_datagrams} datagrams")
