@@ -214,8 +214,9 @@ class API:
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise APIError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer ...)")
 
-    def _store(self, work: Callable[[Any], Any]) -> Any:
-        """Run `work(client)` in the single query slot, mapping store failures to 503/400."""
+    def _store(self, work: Callable[[Any], Any], user_sql: bool = False) -> Any:
+        """Run `work(client)` in the single query slot. A failure is the user's (400) for their own
+        SQL, else the store's (503)."""
         if self.settings.clickhouse.embedded and process_id() != 0:
             raise APIError(503, "store_unavailable", "the embedded store is served by process 0's API")
         if not self._slot.acquire(timeout=QUERY_WAIT):
@@ -226,8 +227,9 @@ class API:
             return work(self._client)
         except (api.QueryError, APIError):
             raise
-        except Exception as err:  # ClickHouse's message names what is wrong with the query
-            raise APIError(400, "query_failed", str(err).splitlines()[0][:500]) from None
+        except Exception as err:  # ClickHouse's message names what is wrong
+            status, reason = (400, "query_failed") if user_sql else (503, "store_unavailable")
+            raise APIError(status, reason, str(err).splitlines()[0][:500]) from None
         finally:
             self._slot.release()
 
@@ -259,7 +261,7 @@ class API:
         sql = request.args.get("sql", "") if request.method == "GET" else _body_sql(request)
         if not sql.strip():
             raise APIError(400, "bad_request", "no SQL given (GET ?sql=..., or POST the text or {\"sql\": ...})")
-        return _json(200, self._store(lambda client: sql_result(client, self.settings, sql)))
+        return _json(200, self._store(lambda client: sql_result(client, self.settings, sql), user_sql=True))
 
 
 def _body_sql(request: Request) -> str:

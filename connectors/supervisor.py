@@ -11,6 +11,7 @@ the supervisor dies (PR_SET_PDEATHSIG), so none outlives it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -66,32 +67,35 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _taken(host: str, port: int, kind: int) -> bool:
+def _unavailable(host: str, port: int, kind: int) -> str | None:
+    """Why host:port cannot be bound (`in use`, `cannot assign requested address`), None if it can."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, kind) as sock:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return True
-    return False
+        except OSError as err:
+            return "taken by another program" if err.errno == errno.EADDRINUSE else err.strerror.lower()
+    return None
 
 
 def preflight(settings: Settings, broker_running: bool) -> list[str]:
     """Every reason the stack cannot start, each naming the setting to change."""
     problems = []
     for index, listener in enumerate(settings.inlet.listeners):
-        if _taken(listener.address, listener.port, socket.SOCK_DGRAM):
-            problems.append(f"UDP port {listener.port} on {listener.address} is taken: another collector runs? "
+        why = _unavailable(listener.address, listener.port, socket.SOCK_DGRAM)
+        if why:
+            problems.append(f"UDP port {listener.port} on {listener.address} is {why} "
                             f"(inlet.listeners[{index}].port)")
     checks = [(settings.inlet.metrics_listen, "inlet.metrics_listen"), (settings.api.listen, "api.listen")]
     if not broker_running:
         checks.append((settings.kafka.brokers[0], "kafka.brokers"))
     for address, key in checks:
         host, port = _split(address)
-        if _taken(host, port, socket.SOCK_STREAM):
-            problems.append(f"TCP port {port} on {host} is taken by another program ({key})")
+        why = _unavailable(host, port, socket.SOCK_STREAM)
+        if why:
+            problems.append(f"TCP port {port} on {host} is {why} ({key})")
     try:
         broker_mod.broker_binary()
     except broker_mod.BrokerError as err:
@@ -161,7 +165,7 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:
             text = answer.read().decode()
-    except OSError:
+    except (OSError, ValueError):
         return {}
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -195,6 +199,8 @@ class Monitor:
         self.previous: tuple[float, dict[str, float]] | None = None
         self.status = Status()
         self.top_at = 0.0
+        self.acked_seen = 0.0
+        self.last_read = -1.0
 
     def _totals(self) -> dict[str, float]:
         inlet, outlet = scrape(self.inlet_url), scrape(self.outlet_url)
@@ -219,6 +225,7 @@ class Monitor:
             s.received, s.stored, s.datagrams = rate("flows"), rate("rows"), rate("datagrams")
         s.kernel_drops, s.decode_errors, s.rows_total = totals["drops"], totals["errors"], totals["rows"]
         s.lag = max(0.0, totals["acked"] - totals["read"])
+        self.acked_seen = max(self.acked_seen, totals["acked"])
         self.previous = (now, totals)
         if with_top and now - self.top_at >= 5:
             self.top_at = now
@@ -237,9 +244,13 @@ class Monitor:
         return out
 
     def drained(self) -> bool:
-        """The outlet has read everything the inlet produced and holds no rows."""
+        """The outlet has read at least what the inlet was last seen acknowledging (its /metrics go
+        away when it stops), has read nothing more since the previous call, and holds no rows."""
         totals = self._totals()
-        return totals["read"] >= totals["acked"] and totals["pending"] == 0
+        self.acked_seen = max(self.acked_seen, totals["acked"])
+        steady = totals["read"] == self.last_read
+        self.last_read = totals["read"]
+        return steady and totals["read"] >= self.acked_seen and totals["pending"] == 0
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -262,7 +273,7 @@ class Stack:
         return self.interrupts >= 2
 
     def start(self) -> None:
-        running = self.broker.pid() is not None
+        running = self.broker.pid() is not None or broker_mod.answers(self.broker.bootstrap, timeout=1.0)
         problems = preflight(self.settings, broker_running=running)
         if problems:
             raise StackError("cannot start:\n  " + "\n  ".join(problems))
@@ -278,6 +289,7 @@ class Stack:
                                         snapshot_seconds=10)
             argv_inlet = dataflow_argv("inlet", workers=self.workers)
         except LaunchError as err:
+            self.stop()
             raise StackError(str(err)) from None
         self._spawn(Child("outlet", argv_outlet, self.logs / "outlet.log"), env, self._outlet_ready)
         self._spawn(Child("inlet", argv_inlet, self.logs / "inlet.log"), env, self._inlet_ready)
@@ -286,7 +298,7 @@ class Stack:
             self._spawn(Child("demo-exporter", argv, self.logs / "demo-exporter.log", signal.SIGTERM), env, None)
 
     def _start_broker(self) -> None:
-        if self.broker.pid() is not None:
+        if self.broker.pid() is not None or broker_mod.answers(self.broker.bootstrap, timeout=1.0):
             self.say(f"broker: using the one already running on {self.broker.bootstrap}")
             return
         try:
@@ -344,7 +356,7 @@ class Stack:
                 self.say("waiting for the outlet to insert what it holds...")
                 deadline = time.monotonic() + self.settings.clickhouse.batch_wait.total_seconds() + 20
                 while time.monotonic() < deadline and not self.forced() and not monitor.drained():
-                    time.sleep(0.5)
+                    time.sleep(1.0)
             self.say("stopping outlet...")
             codes["outlet"] = by_name["outlet"].stop(STOP_TIMEOUT, self.forced)
         if self.own_broker:

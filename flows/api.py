@@ -298,6 +298,8 @@ def parse_flows_query(params: Mapping[str, str], now: float | None = None) -> Fl
     start = parse_time(params.get("from"), now, end - 3600)
     if start >= end:
         raise QueryError("bad_range", "from must be before to")
+    if start < 0 or end >= 2**32:
+        raise QueryError("bad_range", "times must fall between 1970 and 2106")
     if end - start > MAX_RANGE_SECONDS:
         raise QueryError("bad_range", f"the range is longer than {MAX_RANGE_SECONDS // 86400} days")
     unit = params.get("unit") or "bps"
