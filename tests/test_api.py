@@ -4,6 +4,7 @@ chosen by range and dimensions, and every bad parameter refused with 4xx and a J
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -135,7 +136,18 @@ def test_token_is_required_for_the_api_but_not_metrics(served) -> None:
     status, body = get(served, "/api/v0/exporters", token="wrong")
     assert (status, body["reason"]) == (401, "unauthorized")
     status, raw = get(served, "/metrics", token=None)
-    assert status == 200 and b"waxflow_api_requests_total" in raw
+    assert status == 200 and b'waxflow_api_errors_total{reason="unauthorized"}' in raw
+
+
+def test_metrics_pass_promtool(served) -> None:
+    from tests.test_inlet_flow import promtool_check
+
+    if shutil.which("promtool") is None:
+        pytest.skip(reason="promtool not installed (Debian package prometheus)")
+    get(served, "/api/v0/flows", {"unit": "x"})  # an error counted by reason
+    status, raw = get(served, "/metrics", token=None)
+    assert b'waxflow_api_requests_total{endpoint="flows",status="4xx"}' in raw
+    promtool_check(raw.decode())
 
 
 def test_exporters_lists_interfaces(served) -> None:
@@ -184,3 +196,32 @@ def test_filter_grammar_binds_every_value() -> None:
     assert sorted(parsed.parameters.values(), key=str) == [100, "US", "external"]
     with pytest.raises(api.QueryError):
         api.parse_filter("InIfBoundary = 'sideways'")
+
+
+def test_queries_run_while_another_thread_inserts(served) -> None:
+    """The API's own chDB handle beside the sink's: concurrent inserts and queries both succeed."""
+    import threading
+
+    import pyarrow as pa
+
+    db = served.clickhouse.database
+    client = clickhouse.connect(served.clickhouse)
+    client.command(f"CREATE TABLE `{db}`.flows_copy AS `{db}`.flows")
+    errors: list[BaseException] = []
+
+    def insert() -> None:
+        try:
+            for _ in range(20):
+                client.insert_arrow(f"{db}.flows_copy", pa.Table.from_batches([_batch(ROWS)]))
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    writer = threading.Thread(target=insert)
+    writer.start()
+    answers = []
+    while writer.is_alive():
+        answers.append(get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows_copy"}))
+    writer.join()
+    assert not errors
+    assert answers and all(status == 200 for status, _ in answers)
+    assert get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows_copy"})[1]["rows"] == [[20 * len(ROWS)]]
