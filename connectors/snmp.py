@@ -213,6 +213,11 @@ class SNMPPoller:
         raise error
 
 
+def snmp_poller(cfg: SNMP) -> SNMPPoller | None:
+    """The process's poller when SNMP is enabled."""
+    return SNMPPoller(cfg) if cfg.enabled else None
+
+
 def _classify(indication: Any, status: Any) -> SNMPError:
     if isinstance(indication, errind.RequestTimedOut):
         return SNMPError("timeout", "no answer")
@@ -223,4 +228,4 @@ def _classify(indication: Any, status: Any) -> SNMPError:
     return SNMPError("agent_error", status.prettyPrint() if hasattr(status, "prettyPrint") else str(status))
 
 
-__all__ = ["SNMPPoller", "PollResult", "Interface", "interface_from", "ERROR_REASONS"]
+__all__ = ["SNMPPoller", "snmp_poller", "PollResult", "Interface", "interface_from", "ERROR_REASONS"]

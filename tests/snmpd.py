@@ -77,8 +77,8 @@ class SnmpAgent:
         self.proc = None
 
 
-@pytest.fixture
-def snmp_agent(tmp_path: Path) -> Iterator[SnmpAgent]:
+def running_agent(tmp_path: Path) -> Iterator[SnmpAgent]:
+    """The `snmp_agent` fixture (tests/conftest.py): started, stopped after the test."""
     if SNMPD is None:
         pytest.skip(reason="Debian snmpd is not installed (scripts/apt-packages.txt)")
     agent = SnmpAgent(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 from connectors import snmp
 from flows.enrich.metadata import Interface
 from flows.settings import SNMP, SNMPCredentials
-from tests.snmpd import COMMUNITY, SYS_NAME, V3_AUTH, V3_PRIV, V3_USERS, SnmpAgent, snmp_agent  # noqa: F401
+from tests.snmpd import COMMUNITY, SYS_NAME, V3_AUTH, V3_PRIV, V3_USERS, SnmpAgent
 
 EXPECTED = {
     1: Interface("Gi0/0/1", "Transit: Cogent AS174 [10G]", 10000),   # exists on the host

@@ -457,6 +457,8 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
         return out
 
     def _annotate(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not self.shared.active:
+            return batch
         static = self.shared.static
         exporters = self.state.exporters
 

@@ -1,0 +1,114 @@
+"""The outlet as users run it, with SNMP and static metadata: flows from an exporter polled on a
+real snmpd and from one described in `enrichment.static` reach chDB with their interface names,
+descriptions and speeds, and the SNMP metrics pass promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from scapy.layers.netflow import NetflowHeader, NetflowHeaderV5, NetflowRecordV5
+
+from connectors.broker import LocalBroker
+from flows import envelope
+from tests.conftest import free_port
+from tests.snmpd import COMMUNITY, SYS_NAME, SnmpAgent
+from tests.test_outlet_e2e import Outlet
+
+# (exporter, in ifIndex, out ifIndex) of each datagram's ten flows.
+TRAFFIC = [("127.0.0.1", 1, 4242), ("127.0.0.1", 4343, 1), ("192.0.2.1", 7, 0)]
+DATAGRAMS_EACH = 20
+
+
+def datagram(seq: int, in_if: int, out_if: int) -> bytes:
+    records = [NetflowRecordV5(src=f"10.0.{seq % 250}.{j + 1}", dst="203.0.113.9", srcport=seq,
+                               dstport=1000 + j, prot=6, dpkts=1, dOctets=100, input=in_if,
+                               output=out_if) for j in range(10)]
+    packet = NetflowHeader() / NetflowHeaderV5(count=10, unixSecs=int(time.time()), flowSequence=seq)
+    for record in records:
+        packet = packet / record
+    return bytes(packet)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return answer.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+@pytest.mark.slow
+def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: SnmpAgent,
+                                             topic_name: str, tmp_path: Path) -> None:
+    topic = envelope.topic_name(topic_name)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 2, 1)]).values():
+        future.result(10)
+    api = free_port()
+    (tmp_path / "dataflows.yaml").write_text(json.dumps({
+        "kafka": {"brokers": [broker.bootstrap], "topic": topic_name,
+                  "consumer_group": f"outlet-{topic_name}", "start_offset": "earliest"},
+        "clickhouse": {"dsn": "chdb:data/clickhouse", "batch_wait": "1s", "batch_rows": 200},
+        "api": {"listen": f"127.0.0.1:{api}"},
+        "enrichment": {
+            "snmp": {"enabled": True, "timeout": "500ms", "retries": 1, "credentials": [
+                {"subnet": "127.0.0.0/8", "port": snmp_agent.port, "communities": [COMMUNITY]}]},
+            "static": {"192.0.2.0/24": {"name": "static-edge", "interfaces": {
+                7: {"name": "ge-0/0/7", "description": "Transit: Lumen", "speed": 10000}}}}},
+    }))
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for seq in range(DATAGRAMS_EACH * len(TRAFFIC)):
+        exporter, in_if, out_if = TRAFFIC[seq % len(TRAFFIC)]
+        value = envelope.encode("netflow", 0, time.time_ns(), exporter, 2055,
+                                datagram(seq, in_if, out_if))
+        producer.produce(topic, key=envelope.address_bytes(exporter), value=value)
+    assert producer.flush(20) == 0
+
+    outlet = Outlet(tmp_path, workers=2)
+    outlet.start()
+    total = DATAGRAMS_EACH * len(TRAFFIC) * 10
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        try:
+            text = scrape(api)
+        except OSError:
+            text = ""
+        if metric(text, "waxflow_clickhouse_rows_total") >= total:
+            break
+        time.sleep(0.5)
+    outlet.kill()
+    assert metric(text, "waxflow_clickhouse_rows_total") == total, (tmp_path / "outlet.log").read_text()[-3000:]
+    assert metric(text, "waxflow_snmp_requests_total") >= 1
+    assert metric(text, "waxflow_snmp_cache_misses_total") >= 1
+    assert metric(text, "waxflow_snmp_released_flows_total") == metric(text, "waxflow_snmp_held_flows_total")
+    if shutil.which("promtool"):
+        snmp_lines = "\n".join(line for line in text.splitlines() if "waxflow_snmp_" in line) + "\n"
+        check = subprocess.run(["promtool", "check", "metrics"], input=snmp_lines, text=True,
+                               capture_output=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "query", "--format", "jsonl",
+         "SELECT ExporterName, InIfName, InIfDescription, InIfSpeed, OutIfName, OutIfDescription, "
+         "OutIfSpeed, count() AS n FROM waxflow.flows GROUP BY ALL ORDER BY ALL"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [tuple(json.loads(line).values()) for line in result.stdout.splitlines()]
+    each = DATAGRAMS_EACH * 10
+    assert sorted(rows) == sorted([
+        (SYS_NAME, "Gi0/0/1", "Transit: Cogent AS174 [10G]", 10000, "xe-1/2/3", "PNI: Netflix", 100000, each),
+        (SYS_NAME, "GigabitEthernet0/3", "GigabitEthernet0/3", 1000, "Gi0/0/1",
+         "Transit: Cogent AS174 [10G]", 10000, each),
+        ("static-edge", "ge-0/0/7", "Transit: Lumen", 10000, "", "", 0, each),
+    ])
