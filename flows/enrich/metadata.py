@@ -181,31 +181,37 @@ class ExporterCache:
 
 # --- batches ------------------------------------------------------------------------------------
 
-def _exporter_positions(batch: pa.RecordBatch) -> tuple[list[bytes], np.ndarray]:
-    """The batch's distinct exporter addresses and each row's position among them."""
-    addresses = batch.column("ExporterAddress")
-    unique = pc.unique(addresses)
-    if len(unique) == 1:
-        return unique.to_pylist(), np.zeros(batch.num_rows, np.uint64)
-    positions = pc.index_in(addresses, value_set=unique).to_numpy().astype(np.uint64)
-    return unique.to_pylist(), positions
+class BatchKeys:
+    """The unique (exporter, ifIndex) keys of a batch, found once and used for both the cache
+    lookups and the annotation. A key is the exporter's position among the batch's distinct
+    addresses and the ifIndex, packed in one uint64 so that Arrow hashes them in one pass."""
 
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        addresses = batch.column("ExporterAddress")
+        unique = pc.unique(addresses)
+        self.addresses: list[bytes] = unique.to_pylist()
+        if len(unique) == 1:
+            self.positions = np.zeros(batch.num_rows, np.uint64)
+        else:
+            self.positions = pc.index_in(addresses, value_set=unique).to_numpy().astype(np.uint64)
+        self.sides: dict[str, tuple[pa.Array, list[int]]] = {}
+        for side in ("In", "Out"):
+            ifindex = batch.column(f"{side}IfIndex").to_numpy(zero_copy_only=False).astype(np.uint64)
+            keys = pa.array((self.positions << np.uint64(32)) | ifindex)
+            self.sides[side] = (keys, pc.unique(keys).to_pylist())
 
-def _keys(batch: pa.RecordBatch, side: str, positions: np.ndarray) -> pa.Array:
-    """(exporter position, ifIndex) of each row packed in one uint64, for hashing."""
-    ifindex = batch.column(f"{side}IfIndex").to_numpy(zero_copy_only=False).astype(np.uint64)
-    return pa.array((positions << np.uint64(32)) | ifindex)
+    def split(self, key: int) -> tuple[bytes, int]:
+        return self.addresses[key >> 32], key & 0xFFFFFFFF
 
-
-def interfaces_by_exporter(batch: pa.RecordBatch) -> dict[bytes, set[int]]:
-    """Unique ifIndexes (In and Out, 0 excluded) per exporter address of a batch."""
-    addresses, positions = _exporter_positions(batch)
-    out: dict[bytes, set[int]] = {address: set() for address in addresses}
-    for side in ("In", "Out"):
-        for key in pc.unique(_keys(batch, side, positions)).to_numpy():
-            if key & 0xFFFFFFFF:
-                out[addresses[int(key >> 32)]].add(int(key & 0xFFFFFFFF))
-    return out
+    def interfaces(self) -> dict[bytes, set[int]]:
+        """Unique ifIndexes (In and Out, 0 excluded) per exporter address."""
+        out: dict[bytes, set[int]] = {address: set() for address in self.addresses}
+        for _, unique in self.sides.values():
+            for key in unique:
+                address, ifindex = self.split(key)
+                if ifindex:
+                    out[address].add(ifindex)
+        return out
 
 
 def _set(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
@@ -214,33 +220,34 @@ def _set(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
 
 
 def annotate(batch: pa.RecordBatch, name_of: Callable[[bytes], str | None],
-             interface_of: Callable[[bytes, int], Interface | None]) -> pa.RecordBatch:
+             interface_of: Callable[[bytes, int], Interface | None],
+             keys: BatchKeys | None = None) -> pa.RecordBatch:
     """Fill ExporterName and In/Out IfName, IfDescription, IfSpeed from what is known, looking
     each unique (exporter, ifIndex) up once. Unknown values leave the columns as they are."""
     if batch.num_rows == 0:
         return batch
-    addresses, positions = _exporter_positions(batch)
-    names = [name_of(address) for address in addresses]
-    if any(names):
-        known = pa.array([n or "" for n in names], pa.string()).take(pa.array(positions))
+    keys = keys or BatchKeys(batch)
+    names = [name_of(address) for address in keys.addresses]
+    if all(names):
+        batch = _set(batch, "ExporterName", pa.array(names, pa.string()).take(keys.positions))
+    elif any(names):
+        known = pa.array([n or "" for n in names], pa.string()).take(keys.positions)
         batch = _set(batch, "ExporterName", pc.if_else(pc.equal(known, ""),
                                                        batch.column("ExporterName"), known))
-    for side in ("In", "Out"):
-        keys = _keys(batch, side, positions)
-        unique = pc.unique(keys)
-        infos = [interface_of(addresses[int(k) >> 32], int(k) & 0xFFFFFFFF) if int(k) & 0xFFFFFFFF
-                 else None for k in unique.to_numpy()]
+    for side, (packed, unique) in keys.sides.items():
+        infos = [interface_of(*keys.split(k)) if k & 0xFFFFFFFF else None for k in unique]
         if not any(infos):
             continue
-        index = pc.index_in(keys, value_set=unique)
-        known = pa.array([info is not None for info in infos]).take(index)
+        index = pc.index_in(packed, value_set=pa.array(unique, pa.uint64()))
+        known = None if all(infos) else pa.array([i is not None for i in infos]).take(index)
         for column, values, kind in (
                 ("IfName", [i.name if i else "" for i in infos], pa.string()),
                 ("IfDescription", [i.description if i else "" for i in infos], pa.string()),
                 ("IfSpeed", [i.speed if i else 0 for i in infos], pa.uint32())):
             name = f"{side}{column}"
             filled = pa.array(values, kind).take(index)
-            batch = _set(batch, name, pc.if_else(known, filled, batch.column(name)))
+            batch = _set(batch, name, filled if known is None else
+                         pc.if_else(known, filled, batch.column(name)))
     return batch
 
 
@@ -356,8 +363,9 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
         """Annotate a batch now, or hold it while its missing keys are asked for."""
         if self.shared.poller is None:
             return [self._annotate(batch)]
+        keys = BatchKeys(batch)
         waits: dict[bytes, set[int]] = {}
-        for address, ifindexes in interfaces_by_exporter(batch).items():
+        for address, ifindexes in keys.interfaces().items():
             needed = self._needed(address, ifindexes)
             if not needed:
                 continue
@@ -372,7 +380,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             self._ask(address, set(missing), now)
             waits[address] = set(missing)
         if not waits:
-            return [self._annotate(batch)]
+            return [self._annotate(batch, keys)]
         HELD.inc(batch.num_rows)
         self.state.held.append(Held(batch, now + self.cfg.query_timeout.total_seconds(), waits))
         return self._overflow()
@@ -398,7 +406,10 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
                 if not future.done():
                     waiting.append((future, keys))
                     continue
-                result = future.result()
+                try:
+                    result = future.result()
+                except Exception:  # the poller's loop is gone (process stopping): a failed poll
+                    result = PollResult(error="other")
                 cache = self._cache(address)
                 if result.error:
                     if cache.fail(now, self.cfg):
@@ -456,7 +467,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             out.append(self._annotate(held.batch))
         return out
 
-    def _annotate(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _annotate(self, batch: pa.RecordBatch, keys: BatchKeys | None = None) -> pa.RecordBatch:
         if not self.shared.active:
             return batch
         static = self.shared.static
@@ -470,7 +481,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             cached = exporters.get(address)
             return static.interface(address, ifindex) or (cached.interface(ifindex) if cached else None)
 
-        return annotate(batch, name_of, interface_of)
+        return annotate(batch, name_of, interface_of, keys)
 
 
 def metadata_builder(shared: Metadata) -> Callable[[MetadataState | None], MetadataLogic]:
@@ -483,4 +494,4 @@ def metadata_builder(shared: Metadata) -> Callable[[MetadataState | None], Metad
 
 
 __all__ = ["Interface", "PollResult", "Poller", "StaticMetadata", "ExporterCache", "Metadata",
-           "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "interfaces_by_exporter"]
+           "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "BatchKeys"]
