@@ -35,9 +35,24 @@ COLUMNS = ("1.3.6.1.2.1.31.1.1.1.1", "1.3.6.1.2.1.2.2.1.2", "1.3.6.1.2.1.31.1.1.
            "1.3.6.1.2.1.31.1.1.1.15", "1.3.6.1.2.1.2.2.1.5")
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+IPV6 = _ipv6_loopback()
+
+
 def _config(port: int) -> str:
-    lines = [f"agentAddress udp:127.0.0.1:{port}", f"rocommunity {COMMUNITY} 127.0.0.1",
+    listen = f"udp:127.0.0.1:{port}" + (f",udp6:[::1]:{port}" if IPV6 else "")
+    lines = [f"agentAddress {listen}", f"rocommunity {COMMUNITY} 127.0.0.1",
              f"sysName {SYS_NAME}"]
+    if IPV6:
+        lines.append(f"rocommunity6 {COMMUNITY} ::1")
     for user, (auth, priv) in V3_USERS.items():
         lines += [f'createUser {user} {auth} "{V3_AUTH}" {priv} "{V3_PRIV}"', f"rouser {user} priv"]
     for index, values in OVERRIDES.items():

@@ -10,7 +10,7 @@ import pytest
 from connectors import snmp
 from flows.enrich.metadata import Interface
 from flows.settings import SNMP, SNMPCredentials
-from tests.snmpd import COMMUNITY, SYS_NAME, V3_AUTH, V3_PRIV, V3_USERS, SnmpAgent
+from tests.snmpd import COMMUNITY, IPV6, SYS_NAME, V3_AUTH, V3_PRIV, V3_USERS, SnmpAgent
 
 EXPECTED = {
     1: Interface("Gi0/0/1", "Transit: Cogent AS174 [10G]", 10000),   # exists on the host
@@ -98,6 +98,14 @@ def test_agent_address_override_and_timeout(snmp_agent: SnmpAgent, poller_for) -
     result = poller.poll("192.0.2.7", [4242]).result(10)
     assert result.error == "timeout"
     assert counter(snmp.ERRORS, "timeout") == before + 1
+
+
+@pytest.mark.skipif(not IPV6, reason="no IPv6 loopback on this machine")
+def test_ipv6_exporter(snmp_agent: SnmpAgent, poller_for) -> None:
+    poller = poller_for(credentials=[SNMPCredentials(subnet="::1/128", port=snmp_agent.port,
+                                                     communities=[COMMUNITY])])
+    result = poller.poll("::1", [4242]).result(10)
+    assert (result.system_name, result.interfaces) == (SYS_NAME, {4242: EXPECTED[4242]})
 
 
 def test_no_credentials_means_public_on_161() -> None:
