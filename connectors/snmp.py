@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import pickle
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Sequence
 
 from cachetools import LRUCache
@@ -21,6 +24,7 @@ from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import errind
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
+from connectors.cluster import process_id
 from connectors.metrics import RateLimitedLog
 from flows.enrich.metadata import Interface, PollResult
 from flows.enrich.subnets import SubnetMap
@@ -35,6 +39,8 @@ REQUESTS = Counter("waxflow_snmp_requests_total", "SNMP GET requests sent (each 
 ERRORS = Counter("waxflow_snmp_errors_total", "SNMP polls that failed, by reason (timeout, auth, "
                  "agent_error, other)", ["reason"])
 ERROR_REASONS = ("timeout", "auth", "agent_error", "other")
+CACHE_FILE_ERRORS = Counter("waxflow_snmp_cache_file_errors_total", "SNMP cache file reads or "
+                            "writes that failed, by operation (load, save)", ["operation"])
 
 SYS_NAME = "1.3.6.1.2.1.1.5.0"
 IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
@@ -218,6 +224,48 @@ def snmp_poller(cfg: SNMP) -> SNMPPoller | None:
     return SNMPPoller(cfg) if cfg.enabled else None
 
 
+class CacheFile:
+    """`enrichment.snmp.cache_file`: this process's SNMP cache on disk (`<file>.<process id>`,
+    since each process of a cluster holds the exporters of its own keys)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(f"{path.name}.{process_id()}")
+
+    def load(self) -> dict[bytes, bytes]:
+        """The caches saved last time; nothing (logged, counted) when the file is unreadable."""
+        try:
+            data = pickle.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except Exception as err:  # a truncated or foreign file must not stop the outlet
+            CACHE_FILE_ERRORS.labels("load").inc()
+            log.warning("SNMP cache file %s unreadable (%r): starting with an empty cache",
+                        self.path, err)
+            return {}
+        if not isinstance(data, dict):
+            CACHE_FILE_ERRORS.labels("load").inc()
+            log.warning("SNMP cache file %s holds no cache: starting with an empty cache", self.path)
+            return {}
+        log.info("SNMP cache: %d exporters read from %s", len(data), self.path)
+        return data
+
+    def save(self, caches: dict[bytes, bytes]) -> None:
+        """Write atomically (a crash mid-write leaves the previous file)."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(pickle.dumps(caches))
+            os.replace(temporary, self.path)
+        except OSError as err:
+            CACHE_FILE_ERRORS.labels("save").inc()
+            _ratelimited(logging.WARNING, "cache-file", "SNMP cache file %s not written: %s",
+                         self.path, err)
+
+
+def cache_file(cfg: SNMP) -> CacheFile | None:
+    return CacheFile(cfg.cache_file) if cfg.enabled and cfg.cache_file else None
+
+
 def _classify(indication: Any, status: Any) -> SNMPError:
     if isinstance(indication, errind.RequestTimedOut):
         return SNMPError("timeout", "no answer")
@@ -228,4 +276,4 @@ def _classify(indication: Any, status: Any) -> SNMPError:
     return SNMPError("agent_error", status.prettyPrint() if hasattr(status, "prettyPrint") else str(status))
 
 
-__all__ = ["SNMPPoller", "snmp_poller", "PollResult", "Interface", "interface_from", "ERROR_REASONS"]
+__all__ = ["SNMPPoller", "snmp_poller", "CacheFile", "cache_file", "PollResult", "Interface", "interface_from", "ERROR_REASONS"]

@@ -11,7 +11,7 @@ from bytewax.dataflow import Dataflow
 from connectors.clickhouse import ClickHouseSink
 from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
-from connectors.snmp import snmp_poller
+from connectors.snmp import cache_file, snmp_poller
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
 from flows.outlet_steps import decode_builder, enrich_step, unwrap_messages
@@ -24,8 +24,8 @@ flow = Dataflow("outlet")
 messages = op.input("kafka", flow, kafka_source(settings.kafka))
 by_exporter = op.flat_map_batch("unwrap", messages, unwrap_messages)
 flows = op.stateful_batch("decode", by_exporter, decode_builder(settings.clickhouse.batch_wait / 2))
-metadata = Metadata(settings.enrichment.snmp, settings.enrichment.static,
-                    snmp_poller(settings.enrichment.snmp))
+snmp = settings.enrichment.snmp
+metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
 described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
 enriched = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment)))
 op.output("clickhouse", enriched, ClickHouseSink(settings.clickhouse))

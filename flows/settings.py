@@ -340,6 +340,10 @@ class SNMP(Section):
                                                    "for this long")
     max_concurrent: Annotated[int, Field(ge=1, le=1024)] = Field(
         32, description="SNMP requests in flight at once per outlet process")
+    cache_file: Path | None = Field(
+        None, description="also keep the cache in this file (one per process: <file>.<process "
+                          "id>), read at start, rewritten every cache_check_interval: for outlets "
+                          "run without recovery (recovery snapshots hold the cache anyway)")
 
     @model_validator(mode="after")
     def _positive(self) -> "SNMP":

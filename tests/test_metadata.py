@@ -70,7 +70,7 @@ def settle(logic: MetadataLogic, timeout: float = 10) -> list[pa.RecordBatch]:
 def make(snmp_agent: SnmpAgent) -> Iterator:
     pollers = []
 
-    def build(static: dict | None = None, state=None, clock: Clock | None = None,
+    def build(static: dict | None = None, state=None, clock: Clock | None = None, store=None,
               **overrides) -> MetadataLogic:
         settings = dict(enabled=True, timeout="300ms", retries=0, query_timeout="5s",
                         breaker_failures=2, breaker_duration="1m", cache_duration="30m",
@@ -81,7 +81,7 @@ def make(snmp_agent: SnmpAgent) -> Iterator:
         cfg = SNMP(**settings)
         pollers.append(snmp.SNMPPoller(cfg))
         shared = Metadata(cfg, {k: StaticExporter(**v) for k, v in (static or {}).items()},
-                          pollers[-1], clock or Clock())
+                          pollers[-1], clock or Clock(), store)
         return MetadataLogic(shared, state)
 
     yield build
@@ -247,3 +247,30 @@ def test_idle_key_is_discarded(make) -> None:
     clock.advance(21 * 60)
     assert logic.on_notify()[1] is True  # the check dropped every entry: Bytewax forgets the key
     assert counter(metadata.CACHE_SIZE) == entries - 2
+
+
+def test_cache_file_carries_the_cache_to_a_fresh_start(make, snmp_agent: SnmpAgent,
+                                                       tmp_path) -> None:
+    clock = Clock()
+    store = snmp.CacheFile(tmp_path / "snmp-cache")
+    logic = make(clock=clock, store=store)
+    logic.on_batch([flows([(1, 4242)])])
+    settle(logic)
+    clock.advance(2 * 60)  # cache_check_interval: the check publishes and writes the file
+    logic.on_notify()
+    assert store.path.exists()
+
+    # A new process without recovery state, the agent gone: the file answers, nothing waits.
+    snmp_agent.stop()
+    requests = counter(snmp.REQUESTS)
+    fresh = make(clock=clock, store=snmp.CacheFile(tmp_path / "snmp-cache"))
+    out, _ = fresh.on_batch([flows([(4242, 1)])])
+    assert described(out[0]) == [row(SYS_NAME, EXPECTED[4242], EXPECTED[1])]
+    assert counter(snmp.REQUESTS) == requests and not fresh.requests
+
+
+def test_unreadable_cache_file_starts_empty(tmp_path) -> None:
+    (tmp_path / "snmp-cache.0").write_bytes(b"not a pickle")
+    errors = counter(snmp.CACHE_FILE_ERRORS, "load")
+    assert snmp.CacheFile(tmp_path / "snmp-cache").load() == {}
+    assert counter(snmp.CACHE_FILE_ERRORS, "load") == errors + 1

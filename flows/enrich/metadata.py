@@ -20,6 +20,8 @@ Per exporter address:
 from __future__ import annotations
 
 import logging
+import pickle
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -86,6 +88,14 @@ class PollResult:
 
 class Poller(Protocol):
     def poll(self, exporter: str, ifindexes: Sequence[int]) -> Future[PollResult]: ...
+
+
+class CacheStore(Protocol):
+    """Where the cache is kept besides Bytewax snapshots: exporter address → pickled cache."""
+
+    def load(self) -> dict[bytes, bytes]: ...
+
+    def save(self, caches: dict[bytes, bytes]) -> None: ...
 
 
 # --- static metadata ----------------------------------------------------------------------------
@@ -273,18 +283,55 @@ class MetadataState:
 
 
 class Metadata:
-    """What every key's logic of a process shares: settings, static metadata, poller, clock."""
+    """What every key's logic of a process shares: settings, static metadata, poller, clock,
+    and the optional cache file (`store`).
+
+    With a store, the caches read at start seed the exporters' new keys (an outlet run without
+    recovery keeps what it learnt), and every key publishes its caches at each check; the file
+    is rewritten at most once per cache_check_interval.
+    """
 
     def __init__(self, cfg: SNMP, static: dict[str, StaticExporter], poller: Poller | None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, store: CacheStore | None = None) -> None:
         self.cfg = cfg
         self.static = StaticMetadata(static)
         self.poller = poller if cfg.enabled else None
         self.clock = clock
+        self.store = store if self.poller is not None else None
+        self._lock = threading.Lock()  # worker threads share the seeds and the published caches
+        self._seeds = self.store.load() if self.store else {}
+        self._published: dict[bytes, bytes] = {}
+        self._saved_at = clock()
 
     @property
     def active(self) -> bool:
         return self.poller is not None or bool(self.static.subnets)
+
+    def seed(self, address: bytes) -> ExporterCache | None:
+        """The cache of an exporter read from the store, once."""
+        with self._lock:
+            data = self._seeds.pop(address, None)
+        return pickle.loads(data) if data is not None else None
+
+    def publish(self, caches: dict[bytes, ExporterCache], dropped: Iterable[bytes], now: float) -> None:
+        """A key's caches as of its check; the store is rewritten when one interval has passed."""
+        if self.store is None:
+            return
+        with self._lock:
+            for address, cache in caches.items():
+                self._published[address] = pickle.dumps(cache)  # a copy: the worker goes on changing it
+            for address in dropped:
+                self._published.pop(address, None)
+            if now - self._saved_at < self.cfg.cache_check_interval.total_seconds():
+                return
+            self._saved_at = now
+            # Seeds nobody claimed (exporters now handled elsewhere, or silent) are kept until
+            # they would have expired.
+            unused = self.cfg.cache_duration.total_seconds()
+            self._seeds = {a: d for a, d in self._seeds.items()
+                           if any(now - e.accessed < unused for e in pickle.loads(d).entries.values())}
+            everything = {**self._seeds, **self._published}
+        self.store.save(everything)
 
 
 class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | None, MetadataState]):
@@ -349,7 +396,9 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
     def _cache(self, address: bytes) -> ExporterCache:
         cache = self.state.exporters.get(address)
         if cache is None:
-            cache = self.state.exporters[address] = ExporterCache()
+            cache = self.shared.seed(address) or ExporterCache()
+            CACHE_SIZE.inc(len(cache.entries))
+            self.state.exporters[address] = cache
         return cache
 
     def _needed(self, address: bytes, ifindexes: set[int]) -> set[int]:
@@ -415,7 +464,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
                     if cache.fail(now, self.cfg):
                         BREAKER_OPENS.inc()
                         log.warning("SNMP breaker open for %s after %d failed polls",
-                                    address.hex(), cache.failures)
+                                    address_text(address), cache.failures)
                     for held in self.state.held:
                         if held.waits.get(address, set()) & keys:
                             held.failed = True
@@ -429,6 +478,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
     def check(self, now: float) -> None:
         """Every cache_check_interval: drop unused entries, poll again the old ones."""
         self.state.next_check = now + self.cfg.cache_check_interval.total_seconds()
+        dropped = []
         for address in list(self.state.exporters):
             cache = self.state.exporters[address]
             expired = cache.expire(now, self.cfg.cache_duration.total_seconds())
@@ -437,11 +487,13 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
                 CACHE_SIZE.dec(expired)
             if not cache.entries and not cache.breaker_open(now) and address not in self.requests:
                 del self.state.exporters[address]
+                dropped.append(address)
                 continue
             stale = set(cache.stale(now, self.cfg.cache_refresh.total_seconds())) - self._pending(address)
             if stale and self.shared.poller is not None and not cache.breaker_open(now):
                 REFRESHES.inc(len(stale))
                 self._ask(address, stale, now)
+        self.shared.publish(self.state.exporters, dropped, now)
 
     # --- holding and releasing ---
 
@@ -493,5 +545,5 @@ def metadata_builder(shared: Metadata) -> Callable[[MetadataState | None], Metad
     return build
 
 
-__all__ = ["Interface", "PollResult", "Poller", "StaticMetadata", "ExporterCache", "Metadata",
+__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata",
            "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "BatchKeys"]
