@@ -1,6 +1,7 @@
 """The outlet as users run it, with SNMP and static metadata: flows from an exporter polled on a
 real snmpd and from one described in `enrichment.static` reach chDB with their interface names,
-descriptions and speeds, and the SNMP metrics pass promtool."""
+descriptions and speeds; when the agent stops, the breaker opens and flows keep flowing with
+what is cached; the SNMP metrics pass promtool."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from tests.test_outlet_e2e import Outlet
 
 # (exporter, in ifIndex, out ifIndex) of each datagram's ten flows.
 TRAFFIC = [("127.0.0.1", 1, 4242), ("127.0.0.1", 4343, 1), ("192.0.2.1", 7, 0)]
+AFTER_STOP = [("127.0.0.1", 1, 5555), ("127.0.0.1", 6666, 4242)]
 DATAGRAMS_EACH = 20
+FLOWS_EACH = DATAGRAMS_EACH * 10
 
 
 def datagram(seq: int, in_if: int, out_if: int) -> bytes:
@@ -37,6 +40,30 @@ def datagram(seq: int, in_if: int, out_if: int) -> bytes:
     for record in records:
         packet = packet / record
     return bytes(packet)
+
+
+def produce(producer: Producer, topic: str, traffic: list[tuple[str, int, int]], first: int) -> None:
+    for seq in range(first, first + DATAGRAMS_EACH * len(traffic)):
+        exporter, in_if, out_if = traffic[seq % len(traffic)]
+        value = envelope.encode("netflow", 0, time.time_ns(), exporter, 2055,
+                                datagram(seq, in_if, out_if))
+        producer.produce(topic, key=envelope.address_bytes(exporter), value=value)
+    assert producer.flush(20) == 0
+
+
+def wait_rows(api: int, rows: int, timeout: float = 90) -> str:
+    """The outlet's /metrics once it has inserted `rows` rows."""
+    deadline, text = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            text = scrape(api)
+        except OSError:
+            text = ""
+        if metric(text, "waxflow_clickhouse_rows_total") >= rows:
+            break
+        time.sleep(0.5)
+    assert metric(text, "waxflow_clickhouse_rows_total") == rows
+    return text
 
 
 def scrape(port: int) -> str:
@@ -62,35 +89,31 @@ def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: Sn
         "clickhouse": {"dsn": "chdb:data/clickhouse", "batch_wait": "1s", "batch_rows": 200},
         "api": {"listen": f"127.0.0.1:{api}"},
         "enrichment": {
-            "snmp": {"enabled": True, "timeout": "500ms", "retries": 1, "credentials": [
+            "snmp": {"enabled": True, "timeout": "500ms", "retries": 1, "breaker_failures": 1,
+                     "credentials": [
                 {"subnet": "127.0.0.0/8", "port": snmp_agent.port, "communities": [COMMUNITY]}]},
             "static": {"192.0.2.0/24": {"name": "static-edge", "interfaces": {
                 7: {"name": "ge-0/0/7", "description": "Transit: Lumen", "speed": 10000}}}}},
     }))
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
-    for seq in range(DATAGRAMS_EACH * len(TRAFFIC)):
-        exporter, in_if, out_if = TRAFFIC[seq % len(TRAFFIC)]
-        value = envelope.encode("netflow", 0, time.time_ns(), exporter, 2055,
-                                datagram(seq, in_if, out_if))
-        producer.produce(topic, key=envelope.address_bytes(exporter), value=value)
-    assert producer.flush(20) == 0
-
+    produce(producer, topic, TRAFFIC, 0)
     outlet = Outlet(tmp_path, workers=2)
     outlet.start()
-    total = DATAGRAMS_EACH * len(TRAFFIC) * 10
-    deadline, text = time.monotonic() + 90, ""
-    while time.monotonic() < deadline:
-        try:
-            text = scrape(api)
-        except OSError:
-            text = ""
-        if metric(text, "waxflow_clickhouse_rows_total") >= total:
-            break
-        time.sleep(0.5)
-    outlet.kill()
-    assert metric(text, "waxflow_clickhouse_rows_total") == total, (tmp_path / "outlet.log").read_text()[-3000:]
-    assert metric(text, "waxflow_snmp_requests_total") >= 1
-    assert metric(text, "waxflow_snmp_cache_misses_total") >= 1
+    try:
+        first = wait_rows(api, len(TRAFFIC) * FLOWS_EACH)
+        assert metric(first, "waxflow_snmp_requests_total") >= 1
+        assert metric(first, "waxflow_snmp_cache_misses_total") >= 1
+        assert metric(first, "waxflow_snmp_held_flows_total") > 0
+
+        # The agent goes away: flows with interfaces never seen are released when the poll
+        # fails, the breaker opens, known interfaces keep their names.
+        snmp_agent.stop()
+        produce(producer, topic, AFTER_STOP, 1000)
+        text = wait_rows(api, (len(TRAFFIC) + len(AFTER_STOP)) * FLOWS_EACH)
+    finally:
+        outlet.kill()
+    assert metric(text, "waxflow_snmp_breaker_opens_total") >= 1
+    assert metric(text, "waxflow_snmp_errors_total") >= 1
     assert metric(text, "waxflow_snmp_released_flows_total") == metric(text, "waxflow_snmp_held_flows_total")
     if shutil.which("promtool"):
         snmp_lines = "\n".join(line for line in text.splitlines() if "waxflow_snmp_" in line) + "\n"
@@ -105,10 +128,12 @@ def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: Sn
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [tuple(json.loads(line).values()) for line in result.stdout.splitlines()]
-    each = DATAGRAMS_EACH * 10
+    each, gi, xe = FLOWS_EACH, ("Gi0/0/1", "Transit: Cogent AS174 [10G]", 10000), \
+        ("xe-1/2/3", "PNI: Netflix", 100000)
     assert sorted(rows) == sorted([
-        (SYS_NAME, "Gi0/0/1", "Transit: Cogent AS174 [10G]", 10000, "xe-1/2/3", "PNI: Netflix", 100000, each),
-        (SYS_NAME, "GigabitEthernet0/3", "GigabitEthernet0/3", 1000, "Gi0/0/1",
-         "Transit: Cogent AS174 [10G]", 10000, each),
+        (SYS_NAME, *gi, *xe, each),
+        (SYS_NAME, "GigabitEthernet0/3", "GigabitEthernet0/3", 1000, *gi, each),
         ("static-edge", "ge-0/0/7", "Transit: Lumen", 10000, "", "", 0, each),
+        (SYS_NAME, *gi, "", "", 0, each),  # after the stop: 5555 was never answered
+        (SYS_NAME, "", "", 0, *xe, each),  # ... nor 6666
     ])
