@@ -6,6 +6,7 @@ what is cached; the SNMP metrics pass promtool."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,6 @@ from connectors.broker import LocalBroker
 from flows import envelope
 from tests.conftest import free_port
 from tests.snmpd import COMMUNITY, SYS_NAME, SnmpAgent
-from tests.test_outlet_e2e import Outlet
 
 # (exporter, in ifIndex, out ifIndex) of each datagram's ten flows.
 TRAFFIC = [("127.0.0.1", 1, 4242), ("127.0.0.1", 4343, 1), ("192.0.2.1", 7, 0)]
@@ -62,7 +62,7 @@ def wait_rows(api: int, rows: int, timeout: float = 90) -> str:
         if metric(text, "waxflow_clickhouse_rows_total") >= rows:
             break
         time.sleep(0.5)
-    assert metric(text, "waxflow_clickhouse_rows_total") == rows
+    assert metric(text, "waxflow_clickhouse_rows_total") == rows, text[-2000:]
     return text
 
 
@@ -97,8 +97,12 @@ def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: Sn
     }))
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
     produce(producer, topic, TRAFFIC, 0)
-    outlet = Outlet(tmp_path, workers=2)
-    outlet.start()
+    # As users run it: `waxflow run outlet` (recovery on, snapshots every second).
+    log = tmp_path / "outlet.log"
+    outlet = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "outlet", "-w", "2", "-s", "1"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
         first = wait_rows(api, len(TRAFFIC) * FLOWS_EACH)
         assert metric(first, "waxflow_snmp_requests_total") >= 1
@@ -112,6 +116,7 @@ def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: Sn
         text = wait_rows(api, (len(TRAFFIC) + len(AFTER_STOP)) * FLOWS_EACH)
     finally:
         outlet.kill()
+        outlet.wait(10)
     assert metric(text, "waxflow_snmp_breaker_opens_total") >= 1
     assert metric(text, "waxflow_snmp_errors_total") >= 1
     assert metric(text, "waxflow_snmp_released_flows_total") == metric(text, "waxflow_snmp_held_flows_total")
