@@ -142,23 +142,32 @@ def test_flows_reach_the_store_and_the_api_answers(up: Up) -> None:
     assert up.proc.poll() is None, up.text()
 
 
-def enrichment_has_static_and_networks() -> bool:
-    """Whether the static metadata and networks providers (issue 6, built on other branches:
-    flows/enrich/metadata.py and flows/enrich/networks.py) are part of this tree."""
+def has_enrichment(module: str) -> bool:
+    """Whether an enrichment provider (issue 6, built on several branches) is in this tree."""
     from importlib.util import find_spec
 
-    return all(find_spec(f"flows.enrich.{name}") is not None for name in ("metadata", "networks"))
+    return find_spec(f"flows.enrich.{module}") is not None
 
 
-def test_interface_names_and_countries_are_stored(up: Up) -> None:
-    """Needs the static metadata and networks enrichment (issue 6) the demo configuration wires in."""
-    if not enrichment_has_static_and_networks():
-        pytest.xfail("flows.enrich does not apply enrichment.static/networks yet (issue 6)")
-    named = _wait_for_rows(up, "SELECT count() AS n FROM waxflow.flows WHERE InIfName != '' "
-                               "AND SrcCountry != '' AND ExporterName = 'edge1.par'", timeout=30)
-    assert named > 0, "flows carry no interface names or countries: is enrichment.static/networks applied?"
-    descriptions = up.query("SELECT DISTINCT InIfDescription AS d FROM waxflow.flows WHERE InIfDescription != ''")
-    assert any(row["d"].startswith("PNI: Netflix") for row in descriptions)
+def test_exporter_and_interface_names_are_stored(up: Up) -> None:
+    """The demo configuration's enrichment.static names the routers and their interfaces."""
+    named = _wait_for_rows(up, "SELECT count() AS n FROM waxflow.flows WHERE ExporterName = 'edge1.par' "
+                               "AND InIfName != ''", timeout=30)
+    assert named > 0, "flows carry no exporter or interface names: is enrichment.static applied?"
+    rows = up.query("SELECT DISTINCT ExporterName AS e, InIfDescription AS d FROM waxflow.flows")
+    assert {row["e"] for row in rows} == {"edge1.par", "edge2.ams", "edge3.fra"}
+    assert any(row["d"].startswith("PNI: Netflix") for row in rows)
+    assert any(row["d"].startswith("Transit: Cogent") for row in rows)
+
+
+def test_countries_are_stored(up: Up) -> None:
+    """The demo configuration's enrichment.networks gives countries (and AS numbers to sFlow)."""
+    if not has_enrichment("networks"):
+        pytest.xfail("flows/enrich/networks.py (networks enrichment, issue 6) is not in this tree yet")
+    countries = _wait_for_rows(up, "SELECT count() AS n FROM waxflow.flows WHERE SrcCountry = 'US'", timeout=30)
+    assert countries > 0, "flows carry no countries: is enrichment.networks applied?"
+    sflow_as = up.query("SELECT count() AS n FROM waxflow.flows WHERE ExporterName = 'edge3.fra' AND SrcAS = 2906")
+    assert sflow_as[0]["n"] > 0
 
 
 def test_sigint_stops_everything_cleanly_and_loses_nothing(up: Up) -> None:
