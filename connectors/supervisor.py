@@ -201,6 +201,7 @@ class Monitor:
         self.top_at = 0.0
         self.acked_seen = 0.0
         self.last_read = -1.0
+        self.as_names: dict[int, str] | None = None
 
     def _totals(self) -> dict[str, float]:
         inlet, outlet = scrape(self.inlet_url), scrape(self.outlet_url)
@@ -240,8 +241,19 @@ class Monitor:
                                                                  "limit": "5", "points": "1"}, timeout=10)
             except (APIError, APIUnavailable):
                 continue
-            out[title] = [(" ".join(s["dimensions"]) or "-", s["average"]) for s in body["series"]]
+            out[title] = [(self._label(dimension, s["dimensions"]), s["average"]) for s in body["series"]]
         return out
+
+    def _label(self, dimension: str, values: list[str]) -> str:
+        """`AS2906 Netflix` for AS numbers (the shipped or configured AS names), else the value."""
+        text = " ".join(values) or "-"
+        if dimension.endswith("AS") and text.isdigit():
+            if self.as_names is None:
+                from connectors.clickhouse import lookup_rows
+
+                self.as_names = {int(asn): name for asn, name in lookup_rows("asns", self.settings.clickhouse)}
+            return f"AS{text} {self.as_names.get(int(text), '')}".rstrip()
+        return text
 
     def drained(self) -> bool:
         """The outlet has read at least what the inlet was last seen acknowledging (its /metrics go
