@@ -191,13 +191,15 @@ def run(ctx: Context, dataflow: str, workers: int, recovery: bool, snapshot_seco
 def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes | None, direct):
     """Ask the running outlet's API (it owns the embedded store); when nothing answers, run
     `direct(client)` straight on the store. Exits 1 with the reason on a refusal."""
+    from rich.markup import escape
+
     from connectors.http import APIError, APIUnavailable, call_api
 
     settings = ctx.settings
     try:
         return call_api(settings, path, params, body)
     except APIError as err:
-        err_console.print(f"[bold red]refused ({err.reason}):[/] {err}", highlight=False)
+        err_console.print(f"[bold red]refused ({err.reason}):[/] {escape(str(err))}", highlight=False)
         sys.exit(1)
     except APIUnavailable:
         pass
@@ -207,10 +209,10 @@ def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes
     try:
         return direct(connect(settings.clickhouse))
     except QueryError as err:
-        err_console.print(f"[bold red]refused ({err.reason}):[/] {err}", highlight=False)
+        err_console.print(f"[bold red]refused ({err.reason}):[/] {escape(str(err))}", highlight=False)
         sys.exit(1)
     except Exception as err:  # the store's own message says what is wrong
-        err_console.print(f"[bold red]query failed:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]query failed:[/] {escape(str(err))}", highlight=False)
         sys.exit(1)
 
 
