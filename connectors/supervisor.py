@@ -58,7 +58,11 @@ def write_config(settings: Settings, demo: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = demo_config(settings) if demo else settings.dump()
     header = "# Written by `waxflow up`" + (" --demo" if demo else "") + ": the configuration its processes run with.\n"
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    # It may hold SNMP passphrases and the API token: readable by the owner only.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(header + yaml.safe_dump(data, sort_keys=False))
+    os.chmod(path, 0o600)
     return path.resolve()
 
 
