@@ -194,3 +194,22 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"TCP port {port} on 127.0.0.1 is taken by another program (api.listen)" in done.stdout
     assert not (tmp_path / "data" / "broker.pid").exists()
+
+
+def test_a_second_sigint_kills_what_is_left(tmp_path: Path) -> None:
+    _config(tmp_path)
+    stack = Up(tmp_path)
+    try:
+        stack.wait_ready()
+        stack.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        stack.proc.send_signal(signal.SIGINT)
+        assert stack.proc.wait(60) == 0, stack.text()
+        assert "second interrupt" in stack.text()
+        assert not [pid for pid in stack.children if alive(pid)], stack.text()
+    finally:
+        if stack.proc.poll() is None:
+            stack.proc.kill()
+        for pid in stack.children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
