@@ -408,6 +408,17 @@ class Enrichment(Section):
 class API(Section):
     listen: HostPort = Field("127.0.0.1:8080", description="HTTP API and outlet /metrics")
     token: str | None = Field(None, description="bearer token required by the API when set")
+    query_timeout: Duration = Field(timedelta(seconds=10),
+                                    description="longest an API query may run (max_execution_time)")
+    max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        10_000, description="most rows an API SQL query returns")
+
+    @field_validator("query_timeout")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
 
 
 # --- the whole file --------------------------------------------------------------------------
