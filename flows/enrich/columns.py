@@ -1,0 +1,156 @@
+"""Batch helpers shared by the enrichment steps: distinct keys of a batch, attribute tables
+built per distinct key, and column replacement.
+
+Enrichment works on the distinct keys of a batch (addresses, exporters, interfaces), never per
+flow: a batch is hashed once per key column by Arrow, the Python work is per distinct key
+(and only for keys not seen before), and the per-flow columns are built by numpy/Arrow `take`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client import Counter
+
+LOOKUPS = Counter("waxflow_enrich_lookups_total",
+                  "distinct keys of a batch looked up in an enrichment cache, by cache "
+                  "(address, exporter, interface) and result (hit, miss)", ["cache", "result"])
+
+
+def encode(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Row → index of its value among the array's distinct values, and those values, in one
+    hash pass (distinct values in order of first appearance)."""
+    encoded = pc.dictionary_encode(array)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
+
+
+def first_rows(inverse: np.ndarray, count: int) -> np.ndarray:
+    """The first row holding each of `count` distinct keys."""
+    first = np.empty(count, np.int64)
+    # Later writes win: writing in reverse leaves each key's first row.
+    first[inverse[::-1]] = np.arange(len(inverse) - 1, -1, -1)
+    return first
+
+
+def combine(indices: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose index tuples are equal share one key: (key per row, first row of each key).
+
+    The indices come from `encode` of several columns (sizes: their distinct counts); their
+    product is re-compacted whenever it could overflow 63 bits.
+    """
+    key = indices[0].astype(np.int64)
+    size = max(sizes[0], 1)
+    for index, count in zip(indices[1:], sizes[1:]):
+        count = max(count, 1)
+        if size * count >= 2**62:
+            key, distinct = encode(pa.array(key))
+            size = len(distinct)
+        key = key * count + index
+        size *= count
+    inverse, distinct = encode(pa.array(key))
+    return inverse, first_rows(inverse, len(distinct))
+
+
+def replace(batch: pa.RecordBatch, columns: Mapping[str, pa.Array]) -> pa.RecordBatch:
+    """The batch with these columns replaced (same names and types)."""
+    for name, values in columns.items():
+        position = batch.schema.get_field_index(name)
+        batch = batch.set_column(position, batch.schema.field(position), values)
+    return batch
+
+
+def fixed_binary(values: np.ndarray, width: int) -> pa.Array:
+    """numpy `S<width>` values → a FixedSizeBinary array without a Python loop."""
+    raw = np.ascontiguousarray(values.astype(f"S{width}"))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(raw), [None, pa.py_buffer(raw)])
+
+
+class Profiles:
+    """Distinct attribute tuples, numbered. Many keys (addresses, interfaces) share a few
+    profiles; a batch's columns are one `take` from a small array per attribute."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.position = {name: i for i, name in enumerate(self.names)}
+        self.ids: dict[tuple, int] = {}
+        self.rows: list[tuple] = []
+        self._arrays: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def intern(self, row: tuple) -> int:
+        found = self.ids.get(row)
+        if found is None:
+            found = self.ids[row] = len(self.rows)
+            self.rows.append(row)
+            self._arrays.clear()
+        return found
+
+    def clear(self) -> None:
+        self.ids.clear()
+        self.rows.clear()
+        self._arrays.clear()
+
+    def values(self, name: str) -> list:
+        i = self.position[name]
+        return [row[i] for row in self.rows]
+
+    def strings(self, name: str) -> pa.Array | None:
+        """The attribute per profile as strings, or None when every profile leaves it empty."""
+        if name not in self._arrays:
+            values = self.values(name)
+            self._arrays[name] = pa.array(values, pa.string()) if any(values) else None
+        return self._arrays[name]  # type: ignore[return-value]
+
+    def numbers(self, name: str, dtype: type) -> np.ndarray:
+        key = f"{name}/{np.dtype(dtype).str}"
+        if key not in self._arrays:
+            self._arrays[key] = np.array(self.values(name), dtype)
+        return self._arrays[key]  # type: ignore[return-value]
+
+    def take_strings(self, name: str, ids: np.ndarray) -> pa.Array | None:
+        table = self.strings(name)
+        return None if table is None else table.take(pa.array(ids))
+
+
+class KeyCache:
+    """key → profile id, resolving keys not seen before; bounded: past `limit` keys it starts
+    over (the profiles with it), which costs one cold batch, never unbounded memory."""
+
+    def __init__(self, name: str, profiles: Profiles, resolve: Callable[[Hashable], tuple],
+                 limit: int = 1_000_000) -> None:
+        self.name = name
+        self.profiles = profiles
+        self.resolve = resolve
+        self.limit = limit
+        self.map: dict[Hashable, int] = {}
+        self.hits = LOOKUPS.labels(name, "hit")
+        self.misses = LOOKUPS.labels(name, "miss")
+
+    def clear(self) -> None:
+        self.map.clear()
+        self.profiles.clear()
+
+    def ids(self, keys: Sequence[Hashable]) -> np.ndarray:
+        """Profile id of each key. Call before reading the profiles for this batch: a cache
+        past its limit is cleared here, never between ids() and the take that uses them."""
+        if len(self.map) > self.limit:
+            self.clear()
+        get = self.map.get
+        out = [get(key) for key in keys]
+        missing = 0
+        if None in out:
+            for i, found in enumerate(out):
+                if found is None:
+                    out[i] = self.map[keys[i]] = self.profiles.intern(self.resolve(keys[i]))
+                    missing += 1
+        self.hits.inc(len(out) - missing)
+        if missing:
+            self.misses.inc(missing)
+        return np.array(out, np.int32)
