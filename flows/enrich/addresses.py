@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from flows.enrich.columns import KeyCache, Profiles, encode, fixed_binary, replace
+from flows.enrich.columns import KeyCache, Profiles, encode, fixed_binary, fixed_values, replace
 from flows.enrich.networks import Networks
 from flows.enrich.subnets import as_ip
 from flows.settings import GeoIP
@@ -130,7 +130,7 @@ class AddressEnricher:
             self.cache.clear()  # answers from the previous file are stale
         n = batch.num_rows
         index, distinct = encode(pa.concat_arrays([batch.column("SrcAddr"), batch.column("DstAddr")]))
-        ids = self.cache.ids(distinct.to_pylist())[index]
+        ids = self.cache.ids(fixed_values(distinct))[index]
         columns: dict[str, pa.Array] = {}
         for side, rows in (("Src", ids[:n]), ("Dst", ids[n:])):
             flow_asn = batch.column(f"{side}AS").to_numpy(zero_copy_only=False)

@@ -117,6 +117,21 @@ def values_at(distinct: pa.Array, index: np.ndarray, rows: np.ndarray) -> list:
     return distinct.take(pa.array(index[rows])).to_pylist()
 
 
+class Exporters:
+    """The distinct (exporter address, exporter name) keys of a batch, shared by both classifiers."""
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        addresses, address_values = encode(batch.column("ExporterAddress"))
+        names, name_values = encode(batch.column("ExporterName"))
+        if len(address_values) == 1 and len(name_values) == 1:  # the outlet's usual batch
+            self.inverse, first = np.zeros(batch.num_rows, np.int64), np.zeros(1, np.int64)
+        else:
+            self.inverse, first = combine([addresses, names], [len(address_values), len(name_values)])
+        self.keys = list(zip(values_at(address_values, addresses, first),
+                             values_at(name_values, names, first)))
+        self.count = len(self.keys)
+
+
 class _Classifier:
     """Shared part: compiled rules, cached decisions per key, guarded resolution."""
 
@@ -163,17 +178,12 @@ class ExporterClassifier(_Classifier):
     def profile(self, key: tuple, decided: dict[str, str], rejected: bool) -> tuple:
         return (*(decided.get(a, "") for a in self.attributes), rejected)
 
-    def apply(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+    def apply(self, batch: pa.RecordBatch, exporters: Exporters) -> tuple[pa.RecordBatch, np.ndarray]:
         """The classified batch and which rows a rule rejected."""
-        addresses, address_values = encode(batch.column("ExporterAddress"))
-        names, name_values = encode(batch.column("ExporterName"))
-        inverse, first = combine([addresses, names], [len(address_values), len(name_values)])
-        keys = list(zip(values_at(address_values, addresses, first),
-                        values_at(name_values, names, first)))
-        ids = self.cache.ids(keys)[inverse]
+        ids = self.cache.ids(exporters.keys)[exporters.inverse]
         columns = {}
         for attribute in self.attributes:
-            values = self.profiles.take_strings(attribute, ids)
+            values = self.profiles.take_strings(attribute, ids, exporters.count == 1)
             if values is not None:
                 columns[f"Exporter{attribute.capitalize()}"] = values
         return replace(batch, columns), self.profiles.numbers("rejected", bool)[ids]
@@ -200,22 +210,19 @@ class InterfaceClassifier(_Classifier):
         return (decided.get("connectivity", ""), decided.get("provider", ""), boundary,
                 decided.get("name", name), decided.get("description", description), rejected)
 
-    def apply(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+    def apply(self, batch: pa.RecordBatch, exporters: Exporters) -> tuple[pa.RecordBatch, np.ndarray]:
         """The classified batch and which rows a rule rejected (input or output interface).
 
         Input and output interfaces are keyed together: rows [0, n) are In*, [n, 2n) Out*.
         """
         n = batch.num_rows
-        addresses, address_values = encode(batch.column("ExporterAddress"))
-        exporters, exporter_values = encode(batch.column("ExporterName"))
         encoded = [encode(pa.concat_arrays([batch.column(f"In{c}"), batch.column(f"Out{c}")]))
                    for c in ("IfName", "IfDescription", "IfSpeed")]
-        inverse, first = combine(
-            [np.tile(addresses, 2), np.tile(exporters, 2), *(index for index, _ in encoded)],
-            [len(address_values), len(exporter_values), *(len(values) for _, values in encoded)])
-        keys = list(zip(values_at(address_values, addresses, first % n),
-                        values_at(exporter_values, exporters, first % n),
-                        *(values_at(values, index, first) for index, values in encoded)))
+        inverse, first = combine([np.tile(exporters.inverse, 2), *(index for index, _ in encoded)],
+                                 [exporters.count, *(len(values) for _, values in encoded)])
+        exporter_keys = [exporters.keys[i] for i in exporters.inverse[first % n].tolist()]
+        keys = [(*exporter, *interface) for exporter, interface in
+                zip(exporter_keys, zip(*(values_at(values, index, first) for index, values in encoded)))]
         ids = self.cache.ids(keys)[inverse]
         columns: dict[str, pa.Array] = {}
         for side, side_ids in (("In", ids[:n]), ("Out", ids[n:])):
@@ -247,12 +254,13 @@ class Classification:
         if batch.num_rows == 0:
             return batch
         rejected = None
+        exporters = Exporters(batch)
         if self.exporters:
-            batch, rejected = self.exporters.apply(batch)
+            batch, rejected = self.exporters.apply(batch, exporters)
             if rejected.any():
                 REJECTED.labels("exporter").inc(int(rejected.sum()))
         if self.interfaces:
-            batch, by_interface = self.interfaces.apply(batch)
+            batch, by_interface = self.interfaces.apply(batch, exporters)
             newly = by_interface if rejected is None else by_interface & ~rejected
             if newly.any():
                 REJECTED.labels("interface").inc(int(newly.sum()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.enrich.columns import encode, replace
+from flows.enrich.columns import encode, fixed_values, replace
 from flows.envelope import address_text
 
 
@@ -18,7 +18,7 @@ def name_fallback(batch: pa.RecordBatch) -> pa.RecordBatch:
     if not pc.any(empty).as_py():
         return batch
     index, distinct = encode(batch.column("ExporterAddress"))
-    texts = pa.array([address_text(a) for a in distinct.to_pylist()], pa.string())
+    texts = pa.array([address_text(a) for a in fixed_values(distinct)], pa.string())
     return replace(batch, {"ExporterName": pc.if_else(empty, texts.take(pa.array(index)), names)})
 
 

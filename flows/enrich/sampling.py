@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 from prometheus_client import Counter
 
-from flows.enrich.columns import encode, replace
+from flows.enrich.columns import encode, fixed_values, replace
 from flows.enrich.subnets import SubnetMap
 from flows.settings import Sampling
 
@@ -31,7 +31,7 @@ class SamplingRates:
                       fallback: int | None) -> np.ndarray | None:
         """Rate per row from the exporter's subnet (0 where none applies), or None if none does."""
         index, distinct = encode(batch.column("ExporterAddress"))
-        rates = [table.lookup(address) or fallback or 0 for address in distinct.to_pylist()]
+        rates = [table.lookup(address) or fallback or 0 for address in fixed_values(distinct)]
         if not any(rates):
             return None
         return np.array(rates, np.uint64)[index]
