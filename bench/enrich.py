@@ -125,6 +125,8 @@ class Traffic:
             for i in range(INTERFACES):
                 template = DESCRIPTIONS[(e + i) % len(DESCRIPTIONS)]
                 name = f"xe-0/0/{i}.{100 + i}" if i % 5 == 0 else (f"ae{i}" if i % 7 == 0 else f"et-0/1/{i}")
+                if i == INTERFACES - 1:
+                    name, template = "fxp0", ""  # management: rejected
                 rows.append((name, template.format(i, e, 100 + i), [1000, 10000, 100000][i % 3]))
             self.interfaces.append(rows)
 
@@ -177,14 +179,15 @@ def report(label: str, enricher: Enricher, batches: list[pa.RecordBatch]) -> Non
     flows = sum(b.num_rows for b in batches)
     total = timed(enricher, batches)
     # Per step, on batches already through the steps before it (as in the chain).
+    chain = enricher.chain
     named = [name_fallback(b) for b in batches]
-    classified = [enricher.classification.apply(b) for b in named]
-    located = [enricher.addresses.apply(b) for b in classified]
+    classified = [chain.classification.apply(b) for b in named]
+    located = [chain.addresses.apply(b) for b in classified]
     steps = {
         "exporter name fallback": timed(name_fallback, batches),
-        "classification": timed(enricher.classification.apply, named),
-        "GeoIP + networks": timed(enricher.addresses.apply, classified),
-        "sampling": timed(enricher.sampling.apply, located),
+        "classification": timed(chain.classification.apply, named),
+        "GeoIP + networks": timed(chain.addresses.apply, classified),
+        "sampling": timed(chain.sampling.apply, located),
     }
     print(f"  {label}: {total * 1e6 / flows:.3f} us/flow ({flows / total:,.0f} flows/s per core)")
     for name, seconds in steps.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -87,8 +88,9 @@ class MMDBFile:
                          "GeoIP: %s changed but does not open (%s); keeping the loaded version",
                          self.path, err)
             return False
-        old, self.reader, self.stamp = self.reader, reader, stamp
-        old.close()
+        # The old reader is not closed: another worker thread may be reading it right now; it
+        # is freed with its last reference.
+        self.reader, self.stamp = reader, stamp
         RELOADS.labels(self.label).inc()
         log.info("GeoIP: reloaded %s", self.path)
         return True
@@ -103,9 +105,12 @@ class MMDBFile:
 
 
 class GeoIPDatabases:
-    """The configured ASN and geo databases (either list may be empty)."""
+    """The configured ASN and geo databases (either list may be empty), shared by the worker
+    threads of a process: lookups are read-only, reloads take a lock."""
 
     def __init__(self, cfg: GeoIP, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0
         interval = cfg.check_interval.total_seconds()
         self.asn = [self._open(path, f"asn_database[{i}]", interval, clock)
                     for i, path in enumerate(cfg.asn_database)]
@@ -122,7 +127,11 @@ class GeoIPDatabases:
     def __bool__(self) -> bool:
         return bool(self.asn or self.geo)
 
-    def refresh(self) -> bool:
-        """True when any file was reloaded (cached answers are then stale)."""
-        reloaded = [f.refresh() for f in (*self.asn, *self.geo)]
-        return any(reloaded)
+    def current(self) -> int:
+        """Reload the files that changed (looked at every check_interval) and return the
+        generation, which grows with every reload: answers cached under another are stale."""
+        with self.lock:
+            reloaded = [f.refresh() for f in (*self.asn, *self.geo)]
+            if any(reloaded):
+                self.generation += 1
+            return self.generation

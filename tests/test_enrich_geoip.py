@@ -3,6 +3,7 @@ enricher runs: new answers without a restart, broken files keep the old answers 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -153,3 +154,20 @@ def test_unreadable_database_is_a_startup_error(tmp_path: Path) -> None:
     config.write_text(f"enrichment: {{geoip: {{asn_database: {tmp_path / 'absent.mmdb'}}}}}\n")
     with pytest.raises(ConfigError, match=r"enrichment\.geoip\.asn_database\[0\]: Path does not"):
         load_settings(config)
+
+
+def test_worker_threads_share_the_databases_and_see_every_reload(databases: tuple[Path, Path]) -> None:
+    asn, city = databases
+    clock = Clock()
+    enrich = enricher(asn, city, clock, check_interval=0)
+    batch = flows(["8.8.8.8"], ["8.8.8.8"])
+    with ThreadPoolExecutor(max_workers=1) as worker:  # one other thread, as Bytewax's -w 2
+        assert column(worker.submit(enrich, batch).result(), "SrcCountry") == ["US"]
+        assert column(enrich(batch), "SrcCountry") == ["US"]
+        assert worker.submit(lambda: enrich.chain).result() is not enrich.chain
+
+        write_mmdb(city, {"8.8.8.0/24": maxmind_city("DE", "Berlin")})
+        clock.now += 1
+        assert column(enrich(batch), "SrcCountry") == ["DE"]  # this thread reloads the file
+        # the other thread's cache still holds US: the reload's generation tells it to drop it
+        assert column(worker.submit(enrich, batch).result(), "SrcCountry") == ["DE"]

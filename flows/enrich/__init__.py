@@ -8,6 +8,7 @@ live in connectors/ (GeoIP files: connectors/geoip.py).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pyarrow as pa
@@ -30,16 +31,12 @@ def open_geoip(cfg: Enrichment) -> Any:
     return GeoIPDatabases(cfg.geoip)
 
 
-class Enricher:
-    """The enrichment chain for one worker, built from the `enrichment` settings.
+class Chain:
+    """The enrichment steps with their caches, for one worker thread."""
 
-    `geoip` replaces the databases opened from the settings (tests inject a clock this way).
-    """
-
-    def __init__(self, cfg: Enrichment, geoip: Any = None) -> None:
+    def __init__(self, cfg: Enrichment, geoip: Any) -> None:
         self.classification = Classification(cfg.classifiers)
-        self.addresses = AddressEnricher(Networks(cfg.networks),
-                                         geoip if geoip is not None else open_geoip(cfg), cfg.geoip)
+        self.addresses = AddressEnricher(Networks(cfg.networks), geoip, cfg.geoip)
         self.sampling = SamplingRates(cfg.sampling)
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -48,3 +45,29 @@ class Enricher:
             batch = self.classification.apply(batch)
         batch = self.addresses.apply(batch)
         return self.sampling.apply(batch)
+
+
+class Enricher:
+    """The enrichment chain, built from the `enrichment` settings; one object serves every
+    worker thread of a process. The GeoIP databases (large) are shared; each thread has its own
+    chain of caches, so no lock is taken per batch and no thread sees another's half-built cache.
+
+    `geoip` replaces the databases opened from the settings (tests inject a clock this way).
+    """
+
+    def __init__(self, cfg: Enrichment, geoip: Any = None) -> None:
+        self.cfg = cfg
+        self.geoip = geoip if geoip is not None else open_geoip(cfg)
+        self.local = threading.local()
+        # The constructing thread's chain is built now: a bad setting fails at startup.
+        self.local.chain = Chain(cfg, self.geoip)
+
+    @property
+    def chain(self) -> Chain:
+        chain = getattr(self.local, "chain", None)
+        if chain is None:
+            chain = self.local.chain = Chain(self.cfg, self.geoip)
+        return chain
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return self.chain(batch)

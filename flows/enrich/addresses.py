@@ -98,6 +98,7 @@ class AddressEnricher:
         self.providers = list(cfg.asn_providers)
         self.profiles = Profiles(PROFILE)
         self.cache = KeyCache("address", self.profiles, self.resolve)
+        self.generation = 0
 
     def __bool__(self) -> bool:
         return bool(self.networks) or bool(self.geoip)
@@ -126,8 +127,9 @@ class AddressEnricher:
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if not self or batch.num_rows == 0:
             return batch
-        if self.geoip and self.geoip.refresh():
-            self.cache.clear()  # answers from the previous file are stale
+        if self.geoip and self.geoip.current() != self.generation:
+            self.cache.clear()  # answers from the previous files are stale
+            self.generation = self.geoip.generation
         n = batch.num_rows
         index, distinct = encode(pa.concat_arrays([batch.column("SrcAddr"), batch.column("DstAddr")]))
         ids = self.cache.ids(fixed_values(distinct))[index]
