@@ -186,3 +186,15 @@ def test_bad_rule_is_a_startup_error_naming_it(tmp_path: Path, rule: str, key: s
         load_settings(path)
     lines = [line.strip() for line in str(err.value).splitlines()]
     assert any(line.startswith(f"{key}:") and reason in line for line in lines), str(err.value)
+
+
+def test_readme_example_rules_are_valid(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("the others show the remaining forms:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = rules(block, tmp_path)
+    out = Enricher(cfg)(flows([("fxp0", "", 1000), ("et-0/0/0", "PNI: Netflix", 100000),
+                               ("ae1", "Core: par-core2", 100000)], name="par1-edge2"))
+    assert out.column("InIfConnectivity").to_pylist() == ["pni", ""]
+    assert out.column("ExporterSite").to_pylist() == ["par", "par"]
+    assert [schema.BOUNDARIES[b] for b in out.column("InIfBoundary").to_pylist()] == [
+        "external", "internal"]

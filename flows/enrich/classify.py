@@ -22,7 +22,7 @@ import pyarrow as pa
 from prometheus_client import Counter
 
 from connectors.metrics import RateLimitedLog
-from flows.enrich.columns import KeyCache, Profiles, combine, encode, replace
+from flows.enrich.columns import KeyCache, Profiles, combine, drop_rows, encode, replace
 from flows.enrich.subnets import as_v6_network
 from flows.schema import BOUNDARIES
 from flows.settings import Classifiers, ExporterRule, InterfaceRule
@@ -178,15 +178,17 @@ class ExporterClassifier(_Classifier):
     def profile(self, key: tuple, decided: dict[str, str], rejected: bool) -> tuple:
         return (*(decided.get(a, "") for a in self.attributes), rejected)
 
-    def apply(self, batch: pa.RecordBatch, exporters: Exporters) -> tuple[pa.RecordBatch, np.ndarray]:
-        """The classified batch and which rows a rule rejected."""
-        ids = self.cache.ids(exporters.keys)[exporters.inverse]
+    def ids(self, exporters: Exporters) -> np.ndarray:
+        """Profile id per row."""
+        return self.cache.ids(exporters.keys)[exporters.inverse]
+
+    def columns(self, ids: np.ndarray, constant: bool) -> dict[str, pa.Array]:
         columns = {}
         for attribute in self.attributes:
-            values = self.profiles.take_strings(attribute, ids, exporters.count == 1)
+            values = self.profiles.take_strings(attribute, ids, constant)
             if values is not None:
                 columns[f"Exporter{attribute.capitalize()}"] = values
-        return replace(batch, columns), self.profiles.numbers("rejected", bool)[ids]
+        return columns
 
 
 class InterfaceClassifier(_Classifier):
@@ -210,20 +212,21 @@ class InterfaceClassifier(_Classifier):
         return (decided.get("connectivity", ""), decided.get("provider", ""), boundary,
                 decided.get("name", name), decided.get("description", description), rejected)
 
-    def apply(self, batch: pa.RecordBatch, exporters: Exporters) -> tuple[pa.RecordBatch, np.ndarray]:
-        """The classified batch and which rows a rule rejected (input or output interface).
-
-        Input and output interfaces are keyed together: rows [0, n) are In*, [n, 2n) Out*.
-        """
+    def ids(self, batch: pa.RecordBatch, exporters: Exporters) -> np.ndarray:
+        """Profile id per row and side: rows [0, n) are the input interfaces, [n, 2n) the
+        output ones (both sides are keyed together)."""
         n = batch.num_rows
         encoded = [encode(pa.concat_arrays([batch.column(f"In{c}"), batch.column(f"Out{c}")]))
                    for c in ("IfName", "IfDescription", "IfSpeed")]
         inverse, first = combine([np.tile(exporters.inverse, 2), *(index for index, _ in encoded)],
                                  [exporters.count, *(len(values) for _, values in encoded)])
         exporter_keys = [exporters.keys[i] for i in exporters.inverse[first % n].tolist()]
-        keys = [(*exporter, *interface) for exporter, interface in
-                zip(exporter_keys, zip(*(values_at(values, index, first) for index, values in encoded)))]
-        ids = self.cache.ids(keys)[inverse]
+        interfaces = zip(*(values_at(values, index, first) for index, values in encoded))
+        keys = [(*exporter, *interface) for exporter, interface in zip(exporter_keys, interfaces)]
+        return self.cache.ids(keys)[inverse]
+
+    def columns(self, batch: pa.RecordBatch, ids: np.ndarray) -> dict[str, pa.Array]:
+        n = batch.num_rows
         columns: dict[str, pa.Array] = {}
         for side, side_ids in (("In", ids[:n]), ("Out", ids[n:])):
             for attribute in ("connectivity", "provider"):
@@ -231,13 +234,11 @@ class InterfaceClassifier(_Classifier):
                 if values is not None:
                     columns[f"{side}If{attribute.capitalize()}"] = values
             columns[f"{side}IfBoundary"] = pa.array(self.profiles.numbers("boundary", np.uint8)[side_ids])
-            if "name" in self.renames:
-                columns[f"{side}IfName"] = self.profiles.take_strings("name", side_ids) or batch.column(f"{side}IfName")
-            if "description" in self.renames:
-                columns[f"{side}IfDescription"] = (self.profiles.take_strings("description", side_ids)
-                                                   or batch.column(f"{side}IfDescription"))
-        rejected = self.profiles.numbers("rejected", bool)
-        return replace(batch, columns), rejected[ids[:n]] | rejected[ids[n:]]
+            for attribute in self.renames:  # profiles hold the new name, or the one in the key
+                column = f"{side}If{attribute.capitalize()}"
+                values = self.profiles.take_strings(attribute, side_ids)
+                columns[column] = values if values is not None else batch.column(column)
+        return columns
 
 
 class Classification:
@@ -251,20 +252,36 @@ class Classification:
         return bool(self.exporters) or bool(self.interfaces)
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        if batch.num_rows == 0:
+        """Rows are rejected before the classes are written: the drop then copies the batch
+        with fewer filled columns."""
+        n = batch.num_rows
+        if n == 0:
             return batch
-        rejected = None
         exporters = Exporters(batch)
+        rejected = np.zeros(n, bool)
         if self.exporters:
-            batch, rejected = self.exporters.apply(batch, exporters)
+            exporter_ids = self.exporters.ids(exporters)
+            rejected = self.exporters.profiles.numbers("rejected", bool)[exporter_ids]
             if rejected.any():
                 REJECTED.labels("exporter").inc(int(rejected.sum()))
         if self.interfaces:
-            batch, by_interface = self.interfaces.apply(batch, exporters)
-            newly = by_interface if rejected is None else by_interface & ~rejected
+            interface_ids = self.interfaces.ids(batch, exporters)
+            by_interface = self.interfaces.profiles.numbers("rejected", bool)[interface_ids]
+            by_interface = by_interface[:n] | by_interface[n:]
+            newly = by_interface & ~rejected
             if newly.any():
                 REJECTED.labels("interface").inc(int(newly.sum()))
-            rejected = by_interface if rejected is None else rejected | by_interface
-        if rejected is not None and rejected.any():
-            batch = batch.filter(pa.array(~rejected))
-        return batch
+            rejected |= by_interface
+        if rejected.any():
+            keep = ~rejected
+            batch = drop_rows(batch, keep)
+            if self.exporters:
+                exporter_ids = exporter_ids[keep]
+            if self.interfaces:
+                interface_ids = interface_ids[np.concatenate([keep, keep])]
+        columns = {}
+        if self.exporters:
+            columns.update(self.exporters.columns(exporter_ids, exporters.count == 1))
+        if self.interfaces:
+            columns.update(self.interfaces.columns(batch, interface_ids))
+        return replace(batch, columns)

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import Counter
 
+from flows import schema
+
 LOOKUPS = Counter("waxflow_enrich_lookups_total",
                   "distinct keys of a batch looked up in an enrichment cache, by cache "
                   "(address, exporter, interface) and result (hit, miss)", ["cache", "result"])
@@ -69,6 +71,27 @@ def replace(batch: pa.RecordBatch, columns: Mapping[str, pa.Array]) -> pa.Record
         position = batch.schema.get_field_index(name)
         batch = batch.set_column(position, batch.schema.field(position), values)
     return batch
+
+
+def _holds_nothing(column: pa.Array) -> bool:
+    """A string or list column whose every value is empty (read from its offsets, O(1))."""
+    if not (pa.types.is_string(column.type) or pa.types.is_list(column.type)):
+        return False
+    offsets = np.frombuffer(column.buffers()[1], np.int32)
+    return bool(offsets[column.offset] == offsets[column.offset + len(column)])
+
+
+def drop_rows(batch: pa.RecordBatch, keep: np.ndarray) -> pa.RecordBatch:
+    """The rows where `keep` is true. Filtering copies every column (~0.15 us per flow for the
+    whole schema); string and list columns that hold nothing yet (the attributes later steps
+    fill, MPLS labels of most exporters) are rebuilt empty at the new length instead."""
+    count = int(np.count_nonzero(keep))
+    if count == batch.num_rows:
+        return batch
+    mask = pa.array(keep)
+    arrays = [schema._default_array(schema.BY_NAME[field.name], count) if _holds_nothing(column)
+              else column.filter(mask) for field, column in zip(batch.schema, batch.columns)]
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
 def fixed_binary(values: np.ndarray, width: int) -> pa.Array:

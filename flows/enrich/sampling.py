@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 from prometheus_client import Counter
 
-from flows.enrich.columns import encode, fixed_values, replace
+from flows.enrich.columns import drop_rows, encode, fixed_values, replace
 from flows.enrich.subnets import SubnetMap
 from flows.settings import Sampling
 
@@ -60,4 +60,4 @@ class SamplingRates:
                 keep = ~missing
             rate[missing] = 1
         batch = replace(batch, {"SamplingRate": pa.array(rate, pa.uint64())})
-        return batch.filter(pa.array(keep)) if keep is not None else batch
+        return drop_rows(batch, keep) if keep is not None else batch
