@@ -3,11 +3,14 @@ enricher runs: new answers without a restart, broken files keep the old answers 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from connectors import geoip
 from connectors.geoip import GeoIPDatabases
@@ -171,3 +174,26 @@ def test_worker_threads_share_the_databases_and_see_every_reload(databases: tupl
         assert column(enrich(batch), "SrcCountry") == ["DE"]  # this thread reloads the file
         # the other thread's cache still holds US: the reload's generation tells it to drop it
         assert column(worker.submit(enrich, batch).result(), "SrcCountry") == ["DE"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (Debian package prometheus)")
+def test_enrichment_metrics_pass_promtool(databases: tuple[Path, Path]) -> None:
+    asn, city = databases
+    clock = Clock()
+    cfg = Enrichment.model_validate({
+        "geoip": {"asn_database": [str(asn)], "geo_database": [str(city)], "check_interval": 0},
+        "classifiers": {"interface": [{"reject": True}]}, "sampling": {"missing": "drop"}})
+    enrich = Enricher(cfg, geoip=GeoIPDatabases(cfg.geoip, clock))
+    enrich(flows(["8.8.8.8"], ["8.8.8.8"]))
+    write_mmdb(city, {"8.8.8.0/24": maxmind_city("DE")})
+    clock.now += 1
+    enrich(flows(["8.8.8.8"], ["8.8.8.8"]))
+    prefixes = tuple(f"{kind}waxflow_{name}".encode() for kind in ("", "# HELP ", "# TYPE ")
+                     for name in ("geoip_", "classifier_", "enrich_"))
+    text = b"\n".join(line for line in generate_latest(REGISTRY).splitlines() if line.startswith(prefixes))
+    result = subprocess.run(["promtool", "check", "metrics"], input=text + b"\n", capture_output=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in (b"waxflow_geoip_reloads_total{", b"waxflow_classifier_rejected_flows_total{",
+                 b"waxflow_enrich_lookups_total{", b"waxflow_classifier_errors_total"):
+        assert name in text
