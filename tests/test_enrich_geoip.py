@@ -197,3 +197,19 @@ def test_enrichment_metrics_pass_promtool(databases: tuple[Path, Path]) -> None:
     for name in (b"waxflow_geoip_reloads_total{", b"waxflow_classifier_rejected_flows_total{",
                  b"waxflow_enrich_lookups_total{", b"waxflow_classifier_errors_total"):
         assert name in text
+
+
+def test_odd_records_give_empty_answers_not_errors(tmp_path: Path) -> None:
+    odd = write_mmdb(tmp_path / "odd.mmdb", {
+        "192.0.2.0/25": {"autonomous_system_number": "many", "country": ["FR"], "city": {"names": "x"},
+                         "subdivisions": ["y"]},
+        "192.0.2.128/25": {"asn": "AS-NONE", "country": {"iso_code": "ÉÉ"}, "region": 7,
+                           "country_code": "France"},
+        "198.51.100.0/24": {"asn": "AS99999999999", "country": "fr", "city": "Lyon"},
+    })
+    out = enricher(odd, odd, Clock())(flows(["192.0.2.1", "192.0.2.200", "198.51.100.1"],
+                                            ["192.0.2.1"] * 3))
+    assert column(out, "SrcAS") == [0, 0, 0]
+    assert column(out, "SrcCountry") == ["\0\0", "\0\0", "FR"]
+    assert column(out, "SrcGeoCity") == ["", "", "Lyon"]
+    assert column(out, "SrcGeoState") == ["", "", ""]

@@ -28,22 +28,31 @@ _UNSPECIFIED = bytes(16)
 
 
 # --- reading MMDB records (MaxMind and IPinfo layouts) ------------------------------------
+# A record is whatever the file holds: every reader checks types and returns "" or 0 for
+# anything unexpected, so an odd database can never stop the dataflow.
 
 def record_asn(record: dict[str, Any]) -> int:
     """MaxMind: autonomous_system_number: 15169; IPinfo: asn: "AS15169"."""
     value = record.get("autonomous_system_number", record.get("asn"))
-    if isinstance(value, int):
+    if isinstance(value, str) and value[:2].upper() == "AS":
+        value = int(value[2:]) if value[2:].isdigit() else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**32:
         return value
-    if isinstance(value, str) and value[:2].upper() == "AS" and value[2:].isdigit():
-        return int(value[2:])
     return 0
 
 
 def _name(value: Any) -> str:
     """MaxMind: {"names": {"en": ...}}; IPinfo: a plain string."""
     if isinstance(value, dict):
-        return value.get("names", {}).get("en", "")
+        names = value.get("names")
+        value = names.get("en") if isinstance(names, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _country_code(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 2 and value.isascii() and value.isalpha():
+        return value.upper()
+    return ""
 
 
 def record_country(record: dict[str, Any]) -> str:
@@ -51,10 +60,9 @@ def record_country(record: dict[str, Any]) -> str:
     country when it is a two-letter code."""
     for key in ("country", "registered_country"):
         value = record.get(key)
-        if isinstance(value, dict) and value.get("iso_code"):
-            return value["iso_code"]
-    code = record.get("country_code", record.get("country"))
-    return code.upper() if isinstance(code, str) and len(code) == 2 else ""
+        if isinstance(value, dict) and _country_code(value.get("iso_code")):
+            return _country_code(value["iso_code"])
+    return _country_code(record.get("country_code")) or _country_code(record.get("country"))
 
 
 def record_city(record: dict[str, Any]) -> str:
