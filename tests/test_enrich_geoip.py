@@ -202,7 +202,7 @@ def test_enrichment_metrics_pass_promtool(databases: tuple[Path, Path]) -> None:
 def test_odd_records_give_empty_answers_not_errors(tmp_path: Path) -> None:
     odd = write_mmdb(tmp_path / "odd.mmdb", {
         "192.0.2.0/25": {"autonomous_system_number": "many", "country": ["FR"], "city": {"names": "x"},
-                         "subdivisions": ["y"]},
+                         "subdivisions": [7]},
         "192.0.2.128/25": {"asn": "AS-NONE", "country": {"iso_code": "ÉÉ"}, "region": 7,
                            "country_code": "France"},
         "198.51.100.0/24": {"asn": "AS99999999999", "country": "fr", "city": "Lyon"},
