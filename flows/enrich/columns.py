@@ -8,7 +8,7 @@ flow: a batch is hashed once per key column by Arrow, the Python work is per dis
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -111,14 +111,19 @@ def repeat_string(value: str, n: int) -> pa.Array:
 
 class Profiles:
     """Distinct attribute tuples, numbered. Many keys (addresses, interfaces) share a few
-    profiles; a batch's columns are one `take` from a small array per attribute."""
+    profiles; a batch's columns are one `take` from an array per attribute.
+
+    The per-attribute arrays grow by their new tail only: with many profiles (a full GeoIP
+    City database gives thousands of (AS, city) pairs) a batch bringing one new profile must
+    not rebuild them all from Python objects.
+    """
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
         self.position = {name: i for i, name in enumerate(self.names)}
         self.ids: dict[tuple, int] = {}
         self.rows: list[tuple] = []
-        self._arrays: dict[str, object] = {}
+        self._arrays: dict[str, tuple[int, Any, bool]] = {}  # key → (profiles in it, array, any set)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -128,7 +133,6 @@ class Profiles:
         if found is None:
             found = self.ids[row] = len(self.rows)
             self.rows.append(row)
-            self._arrays.clear()
         return found
 
     def clear(self) -> None:
@@ -136,22 +140,27 @@ class Profiles:
         self.rows.clear()
         self._arrays.clear()
 
-    def values(self, name: str) -> list:
-        i = self.position[name]
-        return [row[i] for row in self.rows]
+    def _grown(self, key: str, name: str, build: Callable[[list], Any],
+               join: Callable[[Any, Any], Any]) -> tuple[Any, bool]:
+        count, array, nonempty = self._arrays.get(key, (0, None, False))
+        if count < len(self.rows) or array is None:
+            i = self.position[name]
+            tail = [row[i] for row in self.rows[count:]]
+            array = build(tail) if array is None else join(array, build(tail))
+            nonempty = nonempty or any(tail)
+            self._arrays[key] = (len(self.rows), array, nonempty)
+        return array, nonempty
 
     def strings(self, name: str) -> pa.Array | None:
         """The attribute per profile as strings, or None when every profile leaves it empty."""
-        if name not in self._arrays:
-            values = self.values(name)
-            self._arrays[name] = pa.array(values, pa.string()) if any(values) else None
-        return self._arrays[name]  # type: ignore[return-value]
+        array, nonempty = self._grown(name, name, lambda tail: pa.array(tail, pa.string()),
+                                      lambda a, b: pa.concat_arrays([a, b]))
+        return array if nonempty else None
 
-    def numbers(self, name: str, dtype: type) -> np.ndarray:
-        key = f"{name}/{np.dtype(dtype).str}"
-        if key not in self._arrays:
-            self._arrays[key] = np.array(self.values(name), dtype)
-        return self._arrays[key]  # type: ignore[return-value]
+    def numbers(self, name: str, dtype: Any) -> np.ndarray:
+        array, _ = self._grown(f"{name}/{np.dtype(dtype).str}", name,
+                               lambda tail: np.array(tail, dtype), lambda a, b: np.concatenate([a, b]))
+        return array
 
     def take_strings(self, name: str, ids: np.ndarray, constant: bool = False) -> pa.Array | None:
         """The attribute per row (None when every profile leaves it empty); `constant` says
