@@ -74,6 +74,8 @@ enrichment:
         set: {boundary: internal, description: 'to $peer'}
       - match: {name: '^(?P<unit>ge-\d+/\d+/\d+)\.(?P<vlan>\d+)$'}
         set: {name: '${unit} vlan ${vlan}'}
+      - match: {speed_max: 0}
+        set: {connectivity: unknown-speed}
       - set: {boundary: internal}
 """, tmp_path)
     before = classify.REJECTED.labels("interface")._value.get()
@@ -83,15 +85,18 @@ enrichment:
         ("ae0", "Core: par-core1", 400000),
         ("mgmt0", "Transit: management network", 1000),
         ("ge-0/0/2.120", "", 1000),
+        ("lo0", "", 0),
     ]))
-    assert out.column("InIfConnectivity").to_pylist() == ["transit", "slow-transit", "", ""]
-    assert out.column("InIfProvider").to_pylist() == ["cogent", "unknown", "", ""]
+    assert out.column("InIfConnectivity").to_pylist() == ["transit", "slow-transit", "", "",
+                                                          "unknown-speed"]
+    assert out.column("InIfProvider").to_pylist() == ["cogent", "unknown", "", "", ""]
     assert [schema.BOUNDARIES[b] for b in out.column("InIfBoundary").to_pylist()] == [
-        "external", "internal", "internal", "internal"]
+        "external", "internal", "internal", "internal", "internal"]
     assert out.column("InIfDescription").to_pylist() == [
-        "Transit: Cogent", "Transit: Tiny", "to par-core1", ""]
-    assert out.column("InIfName").to_pylist() == ["et-0/0/0", "ge-0/0/1", "ae0", "ge-0/0/2 vlan 120"]
-    assert out.column("OutIfDescription").to_pylist() == ["to par-core1"] * 4
+        "Transit: Cogent", "Transit: Tiny", "to par-core1", "", ""]
+    assert out.column("InIfName").to_pylist() == ["et-0/0/0", "ge-0/0/1", "ae0", "ge-0/0/2 vlan 120",
+                                                  "lo0"]
+    assert out.column("OutIfDescription").to_pylist() == ["to par-core1"] * 5
     assert classify.REJECTED.labels("interface")._value.get() == before + 1
 
 

@@ -77,8 +77,8 @@ def compile_rule(rule: ExporterRule | InterfaceRule, regex_fields: dict[str, str
     if getattr(rule.match, subnet_field) is not None:
         network = as_v6_network(getattr(rule.match, subnet_field))
         subnet = (int(network.network_address), int(network.netmask))
-    speed = (getattr(rule.match, "speed_min", None) or 0,
-             getattr(rule.match, "speed_max", None) or 2**64)
+    low, high = getattr(rule.match, "speed_min", None), getattr(rule.match, "speed_max", None)
+    speed = (0 if low is None else low, 2**64 if high is None else high)
     templates = {k: string.Template(v) for k, v in rule.set.model_dump(exclude_none=True).items()}
     return Rule(regexes, subnet, speed, templates, rule.reject)
 
