@@ -89,12 +89,23 @@ def test_without_networks_or_databases_the_columns_are_untouched() -> None:
     assert out.column("SrcNetName").to_pylist() == [""]
 
 
-def test_key_cache_starts_over_past_its_limit() -> None:
-    calls = []
+def test_key_cache_stays_bounded_and_keeps_keys_in_use() -> None:
+    calls: list[int] = []
     profiles = Profiles(("value",))
-    cache = KeyCache("address", profiles, lambda key: (calls.append(key) or f"v{key % 3}",), limit=10)
+    cache = KeyCache("address", profiles, lambda key: (calls.append(key) or f"v{key % 3}",), limit=20)
+    for start in range(0, 200, 5):
+        keys = [0, 1, *range(100 + start, 105 + start)]  # two keys in every batch, five new ones
+        ids = cache.ids(keys)
+        assert profiles.take_strings("value", ids).to_pylist() == [f"v{k % 3}" for k in keys]
+        assert len(cache) <= 20 + len(keys) and len(profiles) <= 3
+    assert calls.count(0) == calls.count(1) == 1  # never evicted while in use
+    assert len(calls) == 2 + 200  # every other key resolved once
+
+
+def test_key_cache_starts_over_when_profiles_pass_the_limit() -> None:
+    profiles = Profiles(("value",))
+    cache = KeyCache("address", profiles, lambda key: (f"v{key}",), limit=10)
     for start in range(0, 100, 5):
         ids = cache.ids(list(range(start, start + 5)))
-        assert profiles.take_strings("value", ids).to_pylist() == [f"v{k % 3}" for k in range(start, start + 5)]
-        assert len(cache.map) <= 15 and len(profiles) <= 3
-    assert len(calls) == 100
+        assert profiles.take_strings("value", ids).to_pylist() == [f"v{k}" for k in range(start, start + 5)]
+        assert len(profiles) <= 15

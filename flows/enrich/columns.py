@@ -174,36 +174,53 @@ class Profiles:
 
 
 class KeyCache:
-    """key → profile id, resolving keys not seen before; bounded: past `limit` keys it starts
-    over (the profiles with it), which costs one cold batch, never unbounded memory."""
+    """key → profile id, resolving keys not seen before.
+
+    Bounded in two generations: keys go to the young map; when it holds `limit / 2` keys it
+    becomes the old map (the previous old one is dropped) and keys found there move back to the
+    young one. Keys in use stay cached, keys no longer seen leave after two generations, and
+    high-cardinality traffic never makes a whole batch cold at once. The profiles (few, but
+    growing with new attribute combinations) start over past `limit`, with the keys.
+    """
 
     def __init__(self, name: str, profiles: Profiles, resolve: Callable[[Hashable], tuple],
-                 limit: int = 1_000_000) -> None:
+                 limit: int = 500_000) -> None:
         self.name = name
         self.profiles = profiles
         self.resolve = resolve
         self.limit = limit
-        self.map: dict[Hashable, int] = {}
+        self.young: dict[Hashable, int] = {}
+        self.old: dict[Hashable, int] = {}
         self.hits = LOOKUPS.labels(name, "hit")
         self.misses = LOOKUPS.labels(name, "miss")
 
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
+
     def clear(self) -> None:
-        self.map.clear()
+        self.young, self.old = {}, {}
         self.profiles.clear()
 
     def ids(self, keys: Sequence[Hashable]) -> np.ndarray:
         """Profile id of each key. Call before reading the profiles for this batch: a cache
         past its limit is cleared here, never between ids() and the take that uses them."""
-        if len(self.map) > self.limit:
+        if len(self.profiles) > self.limit:
             self.clear()
-        get = self.map.get
+        young, old = self.young, self.old
+        get = young.get
         out = [get(key) for key in keys]
         missing = 0
         if None in out:
             for i, found in enumerate(out):
                 if found is None:
-                    out[i] = self.map[keys[i]] = self.profiles.intern(self.resolve(keys[i]))
-                    missing += 1
+                    key = keys[i]
+                    found = old.get(key)
+                    if found is None:
+                        found = self.profiles.intern(self.resolve(key))
+                        missing += 1
+                    out[i] = young[key] = found
+        if len(young) > self.limit // 2:
+            self.old, self.young = young, {}
         self.hits.inc(len(out) - missing)
         if missing:
             self.misses.inc(missing)
