@@ -10,7 +10,7 @@ import pytest
 
 from flows import schema
 from flows.enrich import Enricher, classify
-from flows.enrich.columns import LOOKUPS
+from flows.enrich.columns import LOOKUPS, drop_rows
 from flows.envelope import address_bytes
 from flows.settings import ConfigError, Enrichment, load_settings
 
@@ -203,3 +203,20 @@ def test_readme_example_rules_are_valid(tmp_path: Path) -> None:
     assert out.column("ExporterSite").to_pylist() == ["par", "par"]
     assert [schema.BOUNDARIES[b] for b in out.column("InIfBoundary").to_pylist()] == [
         "external", "internal"]
+
+
+def test_dropped_rows_keep_every_other_column() -> None:
+    n = 6
+    batch = schema.make_batch({
+        "Bytes": list(range(n)), "InIfName": [f"if{i}" for i in range(n)],
+        "MPLSLabels": [[i] if i % 2 else [] for i in range(n)], "DstASPath": [[]] * n}, n)
+    keep = [True, False, True, True, False, True]
+    out = drop_rows(batch, pa.array(keep).to_numpy(zero_copy_only=False))
+    assert out.schema == schema.ARROW_SCHEMA
+    assert out.column("Bytes").to_pylist() == [0, 2, 3, 5]
+    assert out.column("InIfName").to_pylist() == ["if0", "if2", "if3", "if5"]
+    assert out.column("MPLSLabels").to_pylist() == [[], [], [3], [5]]
+    assert out.column("DstASPath").to_pylist() == [[]] * 4  # held nothing: rebuilt empty
+    assert out.column("SrcNetName").to_pylist() == [""] * 4
+    sliced = drop_rows(batch.slice(2), pa.array(keep[2:]).to_numpy(zero_copy_only=False))
+    assert sliced.column("InIfName").to_pylist() == ["if2", "if3", "if5"]
