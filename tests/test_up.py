@@ -142,13 +142,6 @@ def test_flows_reach_the_store_and_the_api_answers(up: Up) -> None:
     assert up.proc.poll() is None, up.text()
 
 
-def has_enrichment(module: str) -> bool:
-    """Whether an enrichment provider (issue 6, built on several branches) is in this tree."""
-    from importlib.util import find_spec
-
-    return find_spec(f"flows.enrich.{module}") is not None
-
-
 def test_exporter_and_interface_names_are_stored(up: Up) -> None:
     """The demo configuration's enrichment.static names the routers and their interfaces."""
     named = _wait_for_rows(up, "SELECT count() AS n FROM waxflow.flows WHERE ExporterName = 'edge1.par' "
@@ -162,8 +155,6 @@ def test_exporter_and_interface_names_are_stored(up: Up) -> None:
 
 def test_countries_are_stored(up: Up) -> None:
     """The demo configuration's enrichment.networks gives countries (and AS numbers to sFlow)."""
-    if not has_enrichment("networks"):
-        pytest.xfail("flows/enrich/networks.py (networks enrichment, issue 6) is not in this tree yet")
     countries = _wait_for_rows(up, "SELECT count() AS n FROM waxflow.flows WHERE SrcCountry = 'US'", timeout=30)
     assert countries > 0, "flows carry no countries: is enrichment.networks applied?"
     sflow_as = up.query("SELECT count() AS n FROM waxflow.flows WHERE ExporterName = 'edge3.fra' AND SrcAS = 2906")
