@@ -44,6 +44,7 @@ BUCKET = "greatest($__interval_s, ${resolution})"
 RANGE_SECONDS = "greatest(dateDiff('second', $__fromTime, $__toTime), 1)"
 UNITS = {"bps": "sum(Bytes * SamplingRate) * 8", "pps": "sum(Packets * SamplingRate)"}
 ORDER_BY_TRAFFIC = "sum(Bytes * SamplingRate) DESC"
+WANTED_SECONDS = f"dateDiff('second', $__fromTime, $__toTime) / {TARGET_POINTS}"
 
 
 # --- columns and expressions ----------------------------------------------------------------
@@ -127,10 +128,15 @@ def series_sql(expression: str, unit: str, condition: str, *, raw: bool = False,
             f"FROM {source}\nWHERE {condition}\nGROUP BY time, series\nORDER BY time")
 
 
+def averages(*units: str) -> str:
+    """Average rates over the dashboard's range, one column per unit."""
+    return ", ".join(f"{UNITS[unit]} / {RANGE_SECONDS} AS {unit}" for unit in units)
+
+
 def top_sql(expression: str, unit: str, condition: str, *, raw: bool = False, limit: int = TOP) -> str:
     """The largest values of an expression by average traffic over the range."""
     source = RAW_SOURCE if raw else AGG_SOURCE
-    return (f"SELECT {expression} AS name, {UNITS[unit]} / {RANGE_SECONDS} AS {unit}\n"
+    return (f"SELECT {expression} AS name, {averages(unit)}\n"
             f"FROM {source}\nWHERE {condition}\nGROUP BY name\nORDER BY {unit} DESC\nLIMIT {limit}")
 
 
@@ -143,8 +149,7 @@ def interfaces_sql(side: str, condition: str, limit: int = 50) -> str:
     columns = ", ".join(f"{name} AS {alias}" for name, alias in names)
     aliases = ", ".join(alias for _, alias in names)
     return (f"SELECT {columns}, toString({col(side + 'IfBoundary')}) AS boundary, "
-            f"{UNITS['bps']} / {RANGE_SECONDS} AS bps, {UNITS['pps']} / {RANGE_SECONDS} AS pps, "
-            f"if(speed > 0, bps / (speed * 1000000), NULL) AS utilization\n"
+            f"{averages('bps', 'pps')}, if(speed > 0, bps / (speed * 1000000), NULL) AS utilization\n"
             f"FROM {AGG_SOURCE}\nWHERE {condition}\nGROUP BY {aliases}, boundary\n"
             f"ORDER BY bps DESC\nLIMIT {limit}")
 
@@ -153,17 +158,21 @@ def conversations_sql(condition: str, limit: int = 50) -> str:
     """Top conversations: source, destination, protocol and destination port (raw table)."""
     return (f"SELECT {label('SrcAddr', aggregated=False)} AS source, "
             f"{label('DstAddr', aggregated=False)} AS destination, {label('Proto')} AS protocol, "
-            f"{col('DstPort', aggregated=False)} AS port, "
-            f"{UNITS['bps']} / {RANGE_SECONDS} AS bps, {UNITS['pps']} / {RANGE_SECONDS} AS pps, "
+            f"{col('DstPort', aggregated=False)} AS port, {averages('bps', 'pps')}, "
             f"sum(Bytes * SamplingRate) AS bytes\n"
             f"FROM {RAW_SOURCE}\nWHERE {condition}\nGROUP BY source, destination, protocol, port\n"
             f"ORDER BY bytes DESC\nLIMIT {limit}")
 
 
+def aggregate_tables() -> list[tuple[str, int]]:
+    """(table, bucket seconds) of the aggregated tables, finest first."""
+    return list(zip(ddl.AGGREGATE_TABLES, (seconds for _, seconds, _ in ddl.RESOLUTIONS)))
+
+
 def table_chooser_sql() -> str:
     """The `table` variable: which aggregated table answers the dashboard's time range."""
-    candidates = ", ".join(f"('flows_{suffix}', {seconds})" for suffix, seconds, _ in ddl.RESOLUTIONS)
-    names = ", ".join(f"'flows_{suffix}'" for suffix, _, _ in ddl.RESOLUTIONS)
+    candidates = ", ".join(f"('{name}', {seconds})" for name, seconds in aggregate_tables())
+    names = ", ".join(f"'{name}'" for name, _ in aggregate_tables())
     oldest = (f"SELECT table AS name, min(min_time) AS oldest FROM system.parts "
               f"WHERE database = '${{database}}' AND active AND rows > 0 AND table IN ({names}) GROUP BY table")
     return (
@@ -173,16 +182,17 @@ def table_chooser_sql() -> str:
         f") AS c LEFT JOIN ({oldest}) AS p USING name\n"
         f"ORDER BY\n"
         f"  p.oldest <= greatest($__fromTime, (SELECT min(oldest) FROM ({oldest}))) + {COVERAGE_SLACK} DESC,\n"
-        f"  seconds <= dateDiff('second', $__fromTime, $__toTime) / {TARGET_POINTS} DESC,\n"
-        f"  if(seconds <= dateDiff('second', $__fromTime, $__toTime) / {TARGET_POINTS}, -seconds, seconds)\n"
+        f"  seconds <= {WANTED_SECONDS} DESC,\n"
+        f"  if(seconds <= {WANTED_SECONDS}, -seconds, seconds)\n"
         f"LIMIT 1")
 
 
 def resolution_sql() -> str:
     """The `resolution` variable: the bucket (seconds) of the table `table` chose."""
-    names = ", ".join(f"'flows_{suffix}'" for suffix, _, _ in ddl.RESOLUTIONS)
-    seconds = ", ".join(str(s) for _, s, _ in ddl.RESOLUTIONS)
-    return f"SELECT transform('${{table}}', [{names}], [{seconds}], {ddl.RESOLUTIONS[0][1]})"
+    tables = aggregate_tables()
+    names = ", ".join(f"'{name}'" for name, _ in tables)
+    seconds = ", ".join(str(s) for _, s in tables)
+    return f"SELECT transform('${{table}}', [{names}], [{seconds}], {tables[0][1]})"
 
 
 # --- Grafana JSON -----------------------------------------------------------------------------
