@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -202,8 +203,20 @@ def test_grafana_provisioning_matches_dashboards_and_services(stack: dict) -> No
     assert clickhouse["host"] in stack["services"] and clickhouse["protocol"] == "http"
     assert clickhouse["port"] in {p["target"] for p in ports(stack["services"]["clickhouse"])}
     assert clickhouse["defaultDatabase"] == dashboards.DATABASE == settings_of(stack, "outlet")["clickhouse"]["database"]
-    # $CLICKHOUSE_USER in the provisioning file is filled from Grafana's environment.
-    assert {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"} <= set(grafana["environment"])
+    # Grafana reads with the read-only user defined in users.d, its password from the environment.
+    users = ElementTree.parse(COMPOSE_DIR / "clickhouse/users.d/grafana.xml").getroot()
+    user = users.find(f"users/{clickhouse['username']}")
+    assert user is not None, "the data source's user is not defined in users.d/grafana.xml"
+    profile = users.find(f"profiles/{user.find('profile').text}")
+    assert profile.find("readonly").text == "2"
+    password_var = user.find("password").get("from_env")
+    secure = by_uid[dashboards.CLICKHOUSE["uid"]]["secureJsonData"]["password"]
+    assert secure == f"${password_var}" and password_var in grafana["environment"]
+    server = stack["services"]["clickhouse"]
+    assert password_var in server["environment"]
+    assert grafana["environment"][password_var] == server["environment"][password_var]
+    assert mounts(server)["/etc/clickhouse-server/users.d/grafana.xml"][1] == str(
+        COMPOSE_DIR / "clickhouse/users.d/grafana.xml")
     assert grafana["environment"]["GF_INSTALL_PLUGINS"].startswith(dashboards.CLICKHOUSE["type"])
     prometheus_url = by_uid[dashboards.PROMETHEUS["uid"]]["url"]
     assert prometheus_url == "http://prometheus:9090"

@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow as pa
@@ -214,8 +215,13 @@ def loaded(exported, chdb_dir) -> ClickHouse:
     client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
 
 
+# Panels run as Grafana's ClickHouse user does: with its read-only profile.
+GRAFANA_USERS = ROOT / "compose" / "clickhouse" / "users.d" / "grafana.xml"
+GRAFANA_READONLY = int(ElementTree.parse(GRAFANA_USERS).getroot().find("profiles/grafana_readonly/readonly").text)
+
+
 def query(cfg: ClickHouse, sql: str) -> tuple[list[str], list[tuple]]:
-    result = clickhouse.connect(cfg).query(sql)
+    result = clickhouse.connect(cfg).query(sql, settings={"readonly": GRAFANA_READONLY})
     return list(result.column_names), result.result_rows
 
 
