@@ -225,9 +225,20 @@ class Layout:
         self.y += 1
 
 
+# The plugin's query types (its editor) and the frame formats its backend builds (the Grafana
+# plugin SDK's sqlutil.FormatQueryOption: 0 time series, 1 table).
+TIME_SERIES, TABLE = "timeseries", "table"
+FORMATS = {TIME_SERIES: 0, TABLE: 1}
+
+
 def ch_target(sql: str, query_type: str) -> dict[str, Any]:
     return {"refId": "A", "datasource": CLICKHOUSE, "editorType": "sql", "queryType": query_type,
-            "format": 0 if query_type == "timeSeries" else 1, "rawSql": sql}
+            "format": FORMATS[query_type], "rawSql": sql}
+
+
+def traffic(title: str, sql: str, unit: str) -> dict[str, Any]:
+    """A stacked time series of ClickHouse traffic, one line per `series` value."""
+    return timeseries(title, [ch_target(sql, TIME_SERIES)], unit)
 
 
 def prom_target(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
@@ -253,7 +264,7 @@ def timeseries(title: str, targets: list[dict[str, Any]], unit: str, *, stacked:
 
 def bargauge(title: str, sql: str, unit: str) -> dict[str, Any]:
     return {"type": "bargauge", "title": title, "datasource": CLICKHOUSE,
-            "targets": [ch_target(sql, "table")],
+            "targets": [ch_target(sql, TABLE)],
             "fieldConfig": {"defaults": {"unit": unit, "min": 0}, "overrides": []},
             "options": {"displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True,
                         "reduceOptions": {"values": True, "calcs": [], "fields": f"/^{unit}$/"}}}
@@ -263,7 +274,7 @@ def table(title: str, sql: str, units: dict[str, str]) -> dict[str, Any]:
     overrides = [{"matcher": {"id": "byName", "options": name},
                   "properties": [{"id": "unit", "value": unit}]} for name, unit in units.items()]
     return {"type": "table", "title": title, "datasource": CLICKHOUSE,
-            "targets": [ch_target(sql, "table")],
+            "targets": [ch_target(sql, TABLE)],
             "fieldConfig": {"defaults": {}, "overrides": overrides},
             "options": {"showHeader": True, "cellHeight": "sm"}}
 
@@ -325,47 +336,45 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: lis
 # --- the dashboards --------------------------------------------------------------------------
 
 def traffic_overview() -> dict[str, Any]:
-    agg, raw = where(EXPORTER_FILTER), where(EXPORTER_FILTER)
-    boundary = (f"concat({text_of(col('InIfBoundary'))}, ' → ', {text_of(col('OutIfBoundary'))})")
+    condition = where(EXPORTER_FILTER)
+    boundary = f"concat({text_of(col('InIfBoundary'))}, ' → ', {text_of(col('OutIfBoundary'))})"
     layout = Layout()
     layout.row("Traffic")
-    layout.add(timeseries("Traffic by exporter", [ch_target(series_sql(label("ExporterName"), "bps", agg),
-                                                            "timeSeries")], "bps"), 12, 8)
-    layout.add(timeseries("Packets by exporter", [ch_target(series_sql(label("ExporterName"), "pps", agg),
-                                                            "timeSeries")], "pps"), 12, 8)
-    layout.add(timeseries("Traffic by boundary (input → output interface)",
-                          [ch_target(series_sql(boundary, "bps", agg), "timeSeries")], "bps"), 12, 8)
-    layout.add(timeseries("Traffic by flow direction",
-                          [ch_target(series_sql(label("FlowDirection"), "bps", agg), "timeSeries")], "bps"), 12, 8)
+    for title, expression, unit in (
+            ("Traffic by exporter", label("ExporterName"), "bps"),
+            ("Packets by exporter", label("ExporterName"), "pps"),
+            ("Traffic by boundary (input → output interface)", boundary, "bps"),
+            ("Traffic by flow direction", label("FlowDirection"), "bps")):
+        layout.add(traffic(title, series_sql(expression, unit, condition), unit), 12, 8)
     layout.row("Top")
     for name, title in (("SrcAS", "Top source AS"), ("DstAS", "Top destination AS"),
                         ("SrcCountry", "Top source countries"), ("DstCountry", "Top destination countries")):
-        layout.add(bargauge(title, top_sql(label(name), "bps", agg), "bps"), 12, 9)
-    layout.add(bargauge("Top protocols", top_sql(label("Proto"), "bps", agg), "bps"), 8, 9)
-    layout.add(bargauge("Top destination ports", top_sql(port_label("DstPort"), "bps", raw, raw=True), "bps"), 8, 9)
-    layout.add(bargauge("Top source ports", top_sql(port_label("SrcPort"), "bps", raw, raw=True), "bps"), 8, 9)
+        layout.add(bargauge(title, top_sql(label(name), "bps", condition), "bps"), 12, 9)
+    layout.add(bargauge("Top protocols", top_sql(label("Proto"), "bps", condition), "bps"), 8, 9)
+    for name, title in (("DstPort", "Top destination ports"), ("SrcPort", "Top source ports")):
+        layout.add(bargauge(title, top_sql(port_label(name), "bps", condition, raw=True), "bps"), 8, 9)
     layout.row("Interfaces")
-    layout.add(timeseries("Traffic by input interface",
-                          [ch_target(series_sql(f"concat(ExporterName, ' ', {col('InIfName')})", "bps", agg),
-                                     "timeSeries")], "bps"), 24, 8)
-    layout.add(table("Input interfaces", interfaces_sql("In", agg), INTERFACE_UNITS), 24, 10)
-    layout.add(table("Output interfaces", interfaces_sql("Out", agg), INTERFACE_UNITS), 24, 10)
+    interface = f"concat(ExporterName, ' ', {col('InIfName')})"
+    layout.add(traffic("Traffic by input interface", series_sql(interface, "bps", condition), "bps"), 24, 8)
+    layout.add(table("Input interfaces", interfaces_sql("In", condition), INTERFACE_UNITS), 24, 10)
+    layout.add(table("Output interfaces", interfaces_sql("Out", condition), INTERFACE_UNITS), 24, 10)
     return dashboard("waxflow-overview", "waxflow / Traffic overview", layout.panels, common_variables(),
                      tags=["flows"])
 
 
 def top_talkers() -> dict[str, Any]:
-    raw = where(EXPORTER_FILTER)
+    condition = where(EXPORTER_FILTER)
     layout = Layout()
-    layout.add(timeseries("Top source addresses", [ch_target(
-        series_sql(label("SrcAddr", aggregated=False), "bps", raw, raw=True), "timeSeries")], "bps"), 12, 9)
-    layout.add(timeseries("Top destination addresses", [ch_target(
-        series_sql(label("DstAddr", aggregated=False), "bps", raw, raw=True), "timeSeries")], "bps"), 12, 9)
-    for name, title in (("SrcAddr", "Top sources"), ("DstAddr", "Top destinations")):
-        layout.add(bargauge(title, top_sql(label(name, aggregated=False), "bps", raw, raw=True, limit=20),
-                            "bps"), 12, 12)
+    for name, side in (("SrcAddr", "source"), ("DstAddr", "destination")):
+        address = label(name, aggregated=False)
+        layout.add(traffic(f"Top {side} addresses", series_sql(address, "bps", condition, raw=True), "bps"),
+                   12, 9)
+    for name, side in (("SrcAddr", "sources"), ("DstAddr", "destinations")):
+        address = label(name, aggregated=False)
+        layout.add(bargauge(f"Top {side}", top_sql(address, "bps", condition, raw=True, limit=20), "bps"),
+                   12, 12)
     layout.add(table("Top conversations (source, destination, protocol, destination port)",
-                     conversations_sql(raw), CONVERSATION_UNITS), 24, 14)
+                     conversations_sql(condition), CONVERSATION_UNITS), 24, 14)
     return dashboard("waxflow-talkers", "waxflow / Top talkers and conversations", layout.panels,
                      common_variables(), tags=["flows"], time_from="now-1h")
 
@@ -387,10 +396,8 @@ def explorer() -> dict[str, Any]:
         constant_variable("clickhouse_adhoc_query", f"{DATABASE}.flows_5m0s"),
     ]
     layout = Layout()
-    layout.add(timeseries("Traffic by $dimension", [ch_target(series_sql(dimension, "bps", filters, top=15),
-                                                              "timeSeries")], "bps"), 24, 10)
-    layout.add(timeseries("Packets by $dimension", [ch_target(series_sql(dimension, "pps", filters, top=15),
-                                                              "timeSeries")], "pps"), 12, 8)
+    layout.add(traffic("Traffic by $dimension", series_sql(dimension, "bps", filters, top=15), "bps"), 24, 10)
+    layout.add(traffic("Packets by $dimension", series_sql(dimension, "pps", filters, top=15), "pps"), 12, 8)
     layout.add(bargauge("Top $dimension", top_sql(dimension, "bps", filters, limit=15), "bps"), 12, 8)
     layout.add(table("Input interfaces", interfaces_sql("In", filters), INTERFACE_UNITS), 24, 10)
     layout.add(table("Output interfaces", interfaces_sql("Out", filters), INTERFACE_UNITS), 24, 10)

@@ -299,7 +299,7 @@ def test_every_panel_returns_rows(loaded: ClickHouse, board_name: str, range_nam
     for panel, target in clickhouse_targets(board):
         sql, columns, rows = run_panel(loaded, panel, target, values, start, end)
         assert rows, f"{board_name} / {panel['title']} returned no rows over {range_name}:\n{sql}"
-        if target["queryType"] == "timeSeries":
+        if target["format"] == dashboards.FORMATS[dashboards.TIME_SERIES]:
             assert columns[:2] == ["time", "series"], panel["title"]
             assert all(row[2] > 0 for row in rows), f"{panel['title']}: a bucket without traffic"
         else:
