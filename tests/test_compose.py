@@ -233,7 +233,7 @@ def test_demo_exporter_only_in_the_demo_profile(stack: dict) -> None:
 def test_dockerfile_copies_what_exists_and_the_ignore_file_lets_it_through() -> None:
     dockerfile = (COMPOSE_DIR / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim-bookworm$", dockerfile, re.M)
-    allowed = [line[1:] for line in (COMPOSE_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = [line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
     for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
         for item in line.split()[:-1]:  # the last word is the destination
