@@ -143,6 +143,9 @@ def test_waxflow_accepts_the_shipped_configuration(stack: dict) -> None:
     outlet = settings_of(stack, "outlet")
     assert outlet["clickhouse"]["dsn"] == (f"http://{env['CLICKHOUSE_USER']}:{env['CLICKHOUSE_PASSWORD']}"
                                            f"@clickhouse:8123")
+    flush = settings_of(stack, "inlet")["kafka"]["flush_timeout"]
+    for name in WAXFLOW_SERVICES:  # a clean stop must not be cut short by SIGKILL
+        assert _seconds(stack["services"][name]["stop_grace_period"]) > _seconds(flush), name
     assert stack["services"]["outlet"]["command"] == ["run", "outlet", "-w", env["OUTLET_WORKERS"]]
     assert stack["services"]["inlet"]["command"] == ["run", "inlet", "-w", env["INLET_WORKERS"]]
 
@@ -158,6 +161,12 @@ def test_inlet_publishes_its_listeners(stack: dict) -> None:
     inlet = stack["services"]["inlet"]
     assert {"BPF", "NET_ADMIN"} <= set(inlet["cap_add"])
     assert mounts(inlet)["/sys/fs/bpf"][0] == "bind"
+
+
+def _seconds(duration: str) -> float:
+    from flows.settings import parse_duration
+
+    return parse_duration(duration).total_seconds()
 
 
 def _port(host_port: str) -> int:
