@@ -40,7 +40,9 @@ TOP = 10
 
 AGG_SOURCE = "${database}.${table}"
 RAW_SOURCE = "${database}.flows"
-BUCKET = "greatest($__interval_s, ${resolution})"
+# A time bucket on an aggregated table: the panel's interval rounded up to a whole number of
+# the table's buckets, so every time bucket sums the same number of rows.
+BUCKET = "(intDiv($__interval_s + ${resolution} - 1, ${resolution}) * ${resolution})"
 RANGE_SECONDS = "greatest(dateDiff('second', $__fromTime, $__toTime), 1)"
 UNITS = {"bps": "sum(Bytes * SamplingRate) * 8", "pps": "sum(Packets * SamplingRate)"}
 ORDER_BY_TRAFFIC = "sum(Bytes * SamplingRate) DESC"

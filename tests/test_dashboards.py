@@ -321,6 +321,33 @@ def test_table_chooser_follows_range_and_retention(loaded: ClickHouse, range_nam
     assert int(values["resolution"]) == {"flows_1m0s": 60, "flows_5m0s": 300, "flows_1h0m0s": 3600}[expected]
 
 
+@pytest.mark.parametrize(("range_name", "points"), [
+    ("last 3 hours", 1000), ("last 2 days", 1000), ("last 30 days", 1000),
+    ("last 3 hours", 70),  # a narrow panel: 154 s per point over 1-minute buckets
+    ("last 2 days", 400),  # 432 s per point over 5-minute buckets
+])
+def test_time_buckets_are_whole_table_buckets_and_keep_every_bit(loaded: ClickHouse, range_name: str,
+                                                                  points: int) -> None:
+    """Time series on an aggregated table use buckets that are whole multiples of the table's
+    resolution, and rate × bucket over all buckets gives back the raw flows' bits."""
+    from datetime import timezone
+
+    start, end = RANGES[range_name]
+    board = dashboards.traffic_overview()
+    values = resolve_variables(board, loaded, start, end)
+    panel = next(p for p in board["panels"] if p["title"] == "Traffic by exporter")
+    panel["maxDataPoints"] = points
+    _, _, rows = run_panel(loaded, panel, panel["targets"][0], values, start, end)
+    resolution = int(values["resolution"])
+    bucket = -(-max(interval_for(start, end, points), resolution) // resolution) * resolution
+    times = {int(row[0].replace(tzinfo=timezone.utc).timestamp()) for row in rows}
+    assert all(t % bucket == 0 for t in times) and bucket % resolution == 0
+    _, raw = query(loaded, f"SELECT sum(Bytes * SamplingRate) * 8 FROM `{loaded.database}`.flows WHERE "
+                           f"toStartOfInterval(TimeReceived, toIntervalSecond({resolution})) "
+                           f"BETWEEN toDateTime({start}) AND toDateTime({end})")
+    assert sum(row[2] for row in rows) * bucket == pytest.approx(raw[0][0], rel=1e-9)
+
+
 def _raw_average_bps(cfg: ClickHouse, start: int, end: int, condition: str = "1") -> float:
     _, rows = query(cfg, f"SELECT sum(Bytes * SamplingRate) * 8 FROM `{cfg.database}`.flows "
                          f"WHERE TimeReceived >= {start} AND TimeReceived <= {end} AND {condition}")
