@@ -56,6 +56,12 @@ def settings_of(stack: dict, service: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.fixture(scope="module")
+def settings(stack: dict) -> dict[str, dict]:
+    """The resolved waxflow configuration of each waxflow service."""
+    return {name: settings_of(stack, name) for name in WAXFLOW_SERVICES}
+
+
 def mounts(service: dict) -> dict[str, tuple[str, str]]:
     """target → (type, source) of a resolved service's volumes."""
     out = {}
@@ -132,27 +138,27 @@ def test_published_ports_are_unique(stack: dict) -> None:
             seen.add(key)
 
 
-def test_waxflow_accepts_the_shipped_configuration(stack: dict) -> None:
+def test_waxflow_accepts_the_shipped_configuration(stack: dict, settings: dict) -> None:
     env = dotenv()
     for name in WAXFLOW_SERVICES:
-        settings = settings_of(stack, name)
-        assert settings["kafka"]["brokers"] == ["kafka:9092"] and "kafka" in stack["services"]
-        assert settings["kafka"]["partitions"] == int(env["KAFKA_PARTITIONS"])
-        data_dir = settings["data_dir"]
+        resolved = settings[name]
+        assert resolved["kafka"]["brokers"] == ["kafka:9092"] and "kafka" in stack["services"]
+        assert resolved["kafka"]["partitions"] == int(env["KAFKA_PARTITIONS"])
+        data_dir = resolved["data_dir"]
         assert mounts(stack["services"][name])[data_dir][0] == "volume", f"{name}: recovery data in a volume"
-    outlet = settings_of(stack, "outlet")
+    outlet = settings["outlet"]
     assert outlet["clickhouse"]["dsn"] == (f"http://{env['CLICKHOUSE_USER']}:{env['CLICKHOUSE_PASSWORD']}"
                                            f"@clickhouse:8123")
-    flush = settings_of(stack, "inlet")["kafka"]["flush_timeout"]
+    flush = settings["inlet"]["kafka"]["flush_timeout"]
     for name in WAXFLOW_SERVICES:  # a clean stop must not be cut short by SIGKILL
         assert _seconds(stack["services"][name]["stop_grace_period"]) > _seconds(flush), name
     assert stack["services"]["outlet"]["command"] == ["run", "outlet", "-w", env["OUTLET_WORKERS"]]
     assert stack["services"]["inlet"]["command"] == ["run", "inlet", "-w", env["INLET_WORKERS"]]
 
 
-def test_inlet_publishes_its_listeners(stack: dict) -> None:
+def test_inlet_publishes_its_listeners(stack: dict, settings: dict) -> None:
     env = dotenv()
-    listeners = settings_of(stack, "inlet")["inlet"]["listeners"]
+    listeners = settings["inlet"]["inlet"]["listeners"]
     published = {p["target"]: p["published"] for p in ports(stack["services"]["inlet"])
                  if p["protocol"] == "udp"}
     assert set(published) == {listener["port"] for listener in listeners}
@@ -173,10 +179,10 @@ def _port(host_port: str) -> int:
     return int(host_port.rpartition(":")[2])
 
 
-def test_prometheus_scrapes_the_metrics_ports(stack: dict) -> None:
+def test_prometheus_scrapes_the_metrics_ports(stack: dict, settings: dict) -> None:
     config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    inlet, outlet = settings_of(stack, "inlet"), settings_of(stack, "outlet")
+    inlet, outlet = settings["inlet"], settings["outlet"]
     assert targets["waxflow-inlet"] == [f"inlet:{_port(inlet['inlet']['metrics_listen'])}"]
     assert targets["waxflow-outlet"] == [f"outlet:{_port(outlet['api']['listen'])}"]
     assert inlet["inlet"]["metrics_listen"].startswith("0.0.0.0:") and outlet["api"]["listen"].startswith("0.0.0.0:")
@@ -196,7 +202,7 @@ def test_prometheus_config_passes_promtool() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_grafana_provisioning_matches_dashboards_and_services(stack: dict) -> None:
+def test_grafana_provisioning_matches_dashboards_and_services(stack: dict, settings: dict) -> None:
     grafana = stack["services"]["grafana"]
     volumes = mounts(grafana)
     assert volumes["/etc/grafana/provisioning"][1] == str(COMPOSE_DIR / "grafana" / "provisioning")
@@ -211,7 +217,7 @@ def test_grafana_provisioning_matches_dashboards_and_services(stack: dict) -> No
     clickhouse = by_uid[dashboards.CLICKHOUSE["uid"]]["jsonData"]
     assert clickhouse["host"] in stack["services"] and clickhouse["protocol"] == "http"
     assert clickhouse["port"] in {p["target"] for p in ports(stack["services"]["clickhouse"])}
-    assert clickhouse["defaultDatabase"] == dashboards.DATABASE == settings_of(stack, "outlet")["clickhouse"]["database"]
+    assert clickhouse["defaultDatabase"] == dashboards.DATABASE == settings["outlet"]["clickhouse"]["database"]
     # Grafana reads with the read-only user defined in users.d, its password from the environment.
     users = ElementTree.parse(COMPOSE_DIR / "clickhouse/users.d/grafana.xml").getroot()
     user = users.find(f"users/{clickhouse['username']}")
