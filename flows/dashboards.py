@@ -63,20 +63,18 @@ def label(name: str, *, aggregated: bool = True) -> str:
     """A readable text for a column's values: AS and protocol names from the dictionaries,
     enum names, addresses without the IPv4-mapped prefix, countries without padding."""
     name = col(name, aggregated=aggregated)
-    ch_type = schema.BY_NAME[name].ch_type
     if name.endswith("AS"):
         return (f"trimRight(concat('AS', toString({name}), ' ', "
                 f"dictGetOrDefault('${{database}}.asns', 'name', toUInt64({name}), '')))")
     if name == "Proto":
         return "dictGetOrDefault('${database}.protocols', 'name', toUInt64(Proto), toString(Proto))"
-    if ch_type == "IPv6":
-        return f"replaceRegexpOne(toString({name}), '^::ffff:', '')"
     return text_of(name)
 
 
 def text_of(expression: str) -> str:
-    """Any column as text (FixedString padding removed), for columns chosen at view time."""
-    return f"replaceAll(toString({expression}), char(0), '')"
+    """Any column as text, for columns chosen at view time too: FixedString padding removed,
+    IPv4 addresses without their IPv4-mapped prefix."""
+    return f"replaceRegexpOne(replaceAll(toString({expression}), char(0), ''), '^::ffff:', '')"
 
 
 def port_label(name: str) -> str:
