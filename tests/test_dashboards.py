@@ -539,3 +539,21 @@ def test_panels_run_on_an_empty_store(store: ClickHouse) -> None:
         for panel, target in clickhouse_targets(board):
             _, _, rows = run_panel(store, panel, target, values, start, end)
             assert rows == [], panel["title"]
+
+
+def test_addresses_and_countries_read_as_text(loaded: ClickHouse) -> None:
+    start, end = RANGES["last 3 hours"]
+    board = dashboards.top_talkers()
+    values = resolve_variables(board, loaded, start, end)
+    panel = next(p for p in board["panels"] if p["title"] == "Top sources")
+    _, _, rows = run_panel(loaded, panel, panel["targets"][0], values, start, end)
+    names = [ipaddress.ip_address(row[0]) for row in rows]
+    # IPv4 sources read as dotted quads, not as IPv4-mapped IPv6 ("::ffff:10.0.0.1").
+    assert any(a.version == 4 for a in names) and any(a.version == 6 for a in names)
+    assert not any(a.version == 6 and a.ipv4_mapped for a in names)
+    board = dashboards.explorer()
+    values = resolve_variables(board, loaded, start, end, {"dimension": "SrcCountry"})
+    panel = next(p for p in board["panels"] if p["title"] == "Top $dimension")
+    _, _, rows = run_panel(loaded, panel, panel["targets"][0], values, start, end)
+    countries = {row[0] for row in rows}
+    assert "FR" in countries and countries <= {c.decode() for _, c in REMOTE + LOCAL}
