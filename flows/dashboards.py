@@ -89,17 +89,19 @@ def group_by_choices() -> list[str]:
 
 # --- filters ---------------------------------------------------------------------------------
 
-def _either_side(template: str, var: str) -> str:
-    sides = " OR ".join(template.format(io=io, var=var) for io in ("In", "Out"))
-    return f"$__conditionalAll(({sides}), ${var})"
+def _either_side(suffix: str, var: str, *, as_text: bool = False) -> str:
+    """The variable's values match the input or the output interface's attribute."""
+    sides = []
+    for io in ("In", "Out"):
+        column = col(f"{io}{suffix}")
+        sides.append(f"{f'toString({column})' if as_text else column} IN (${{{var}:singlequote}})")
+    return f"$__conditionalAll(({' OR '.join(sides)}), ${var})"
 
 
 EXPORTER_FILTER = f"$__conditionalAll({col('ExporterName')} IN (${{exporter:singlequote}}), $exporter)"
-INTERFACE_FILTER = _either_side("{io}IfName IN (${{{var}:singlequote}})", "interface")
-BOUNDARY_FILTER = _either_side("toString({io}IfBoundary) IN (${{{var}:singlequote}})", "boundary")
-PROVIDER_FILTER = _either_side("{io}IfProvider IN (${{{var}:singlequote}})", "provider")
-for _name in ("InIfName", "OutIfName", "InIfBoundary", "OutIfBoundary", "InIfProvider", "OutIfProvider"):
-    col(_name)
+INTERFACE_FILTER = _either_side("IfName", "interface")
+BOUNDARY_FILTER = _either_side("IfBoundary", "boundary", as_text=True)
+PROVIDER_FILTER = _either_side("IfProvider", "provider")
 
 
 def where(*conditions: str) -> str:
@@ -117,7 +119,7 @@ def _top_or_other(expression: str, source: str, condition: str, top: int) -> str
 def series_sql(expression: str, unit: str, condition: str, *, raw: bool = False, top: int = TOP) -> str:
     """Traffic per time bucket and series (the plugin turns `series` into one line each).
 
-    Aggregated tables: buckets are never finer than the table's resolution, and the rate is
+    Aggregated tables: buckets are whole multiples of the table's resolution, and the rate is
     divided by the bucket actually used. Raw table: the panel's own interval.
     """
     source = RAW_SOURCE if raw else AGG_SOURCE
