@@ -247,8 +247,7 @@ def prom_target(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
     return {"refId": ref, "datasource": PROMETHEUS, "expr": expr, "legendFormat": legend, "range": True}
 
 
-def timeseries(title: str, targets: list[dict[str, Any]], unit: str, *, stacked: bool = True,
-               description: str = "") -> dict[str, Any]:
+def timeseries(title: str, targets: list[dict[str, Any]], unit: str, *, stacked: bool = True) -> dict[str, Any]:
     datasource = targets[0]["datasource"]
     defaults: dict[str, Any] = {
         "unit": unit,
@@ -258,7 +257,7 @@ def timeseries(title: str, targets: list[dict[str, Any]], unit: str, *, stacked:
     }
     if datasource is CLICKHOUSE:
         defaults["displayName"] = "${__field.labels.series}"
-    return {"type": "timeseries", "title": title, "description": description, "datasource": datasource,
+    return {"type": "timeseries", "title": title, "datasource": datasource,
             "targets": targets, "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": {"legend": {"displayMode": "table", "placement": "right", "calcs": ["mean", "max"]},
                         "tooltip": {"mode": "multi", "sort": "desc"}}}
@@ -285,12 +284,11 @@ INTERFACE_UNITS = {"speed": "Mbits", "bps": "bps", "pps": "pps", "utilization": 
 CONVERSATION_UNITS = {"bps": "bps", "pps": "pps", "bytes": "decbytes"}
 
 
-def query_variable(name: str, sql: str, *, label_text: str = "", multi: bool = True, hide: int = 0,
-                   refresh: int = 2) -> dict[str, Any]:
-    """refresh 2: on time range change (the table chooser depends on it)."""
+def query_variable(name: str, sql: str, *, multi: bool = True, hide: int = 0) -> dict[str, Any]:
+    """Refreshed on time range change (refresh 2): the table chooser depends on the range."""
     variable: dict[str, Any] = {
-        "name": name, "label": label_text or name, "type": "query", "datasource": CLICKHOUSE,
-        "query": sql, "definition": sql, "refresh": refresh, "hide": hide, "sort": 1,
+        "name": name, "label": name, "type": "query", "datasource": CLICKHOUSE,
+        "query": sql, "definition": sql, "refresh": 2, "hide": hide, "sort": 1,
         "multi": multi, "includeAll": multi,
     }
     variable["current"] = {"text": "All", "value": "$__all"} if multi else {}
