@@ -447,7 +447,14 @@ HEALTH_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
       (_rate("waxflow_snmp_cache_misses_total", "job"), "misses"))),
     ("SNMP: requests and errors /s", "ops",
      ((_rate("waxflow_snmp_requests_total", "job"), "requests"),
-      (_rate("waxflow_snmp_errors_total", "job"), "errors"))),
+      (_rate("waxflow_snmp_errors_total", "reason"), "errors {{reason}}"))),
+    ("SNMP: flows held for metadata and released /s", "ops",
+     ((_rate("waxflow_snmp_held_flows_total", "job"), "held"),
+      (_rate("waxflow_snmp_released_flows_total", "outcome"), "released {{outcome}}"),
+      (_rate("waxflow_snmp_breaker_opens_total", "job"), "breaker opens"))),
+    ("HTTP API requests /s", "reqps",
+     ((_rate("waxflow_api_requests_total", "endpoint, status"), "{{endpoint}} {{status}}"),
+      (_rate("waxflow_api_errors_total", "reason"), "refused {{reason}}"))),
 )
 
 

@@ -255,3 +255,20 @@ def test_dockerfile_copies_what_exists_and_the_ignore_file_lets_it_through() -> 
             assert (ROOT / item).exists(), item
             assert any(item == a or item.startswith(a + "/") for a in allowed), f"{item} is ignored"
     assert "python3-bpfcc" in dockerfile and "pip install ." in dockerfile
+
+
+def test_service_commands_parse_with_the_waxflow_cli(stack: dict) -> None:
+    """The image's entrypoint is `waxflow`; each waxflow service's command is a valid command line
+    of it (options checked by click, nothing run)."""
+    import shlex
+
+    from flows.cli import main
+
+    assert re.search(r'^ENTRYPOINT \["waxflow"\]$', (COMPOSE_DIR / "Dockerfile").read_text(), re.M)
+    for name in (*WAXFLOW_SERVICES, "demo-exporter"):
+        command = stack["services"][name]["command"]
+        args = list(command) if isinstance(command, list) else shlex.split(command)
+        group = main.make_context("waxflow", list(args))
+        sub = main.get_command(group, args[0])
+        assert sub is not None, f"{name}: waxflow has no command {args[0]}"
+        sub.make_context(args[0], args[1:], parent=group)
