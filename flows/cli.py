@@ -300,6 +300,20 @@ def up(ctx: Context, demo: bool, workers: int, demo_rate: float) -> None:
     sys.exit(run_up(ctx.settings, workers=workers, demo=demo, demo_rate=demo_rate))
 
 
+# --- grafana -----------------------------------------------------------------------------------
+
+@main.command("dashboards")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("compose/grafana/dashboards"), show_default=True,
+              help="directory the dashboard JSON files are written to")
+def dashboards_command(output: Path) -> None:
+    """Write the Grafana dashboards generated from the flow schema."""
+    from flows.dashboards import write_all
+
+    for path in write_all(output):
+        click.echo(f"wrote {path}")
+
+
 from flows.decode.cli import decode as _decode_command
 main.add_command(_decode_command)
 
