@@ -17,7 +17,7 @@ import pytest
 from bpf import loader
 from connectors import metrics as metrics_mod
 from connectors.udp import ListenerError, UDPPartition, UDPSource
-from flows.envelope import address_bytes
+from flows.envelope import Envelope, address_bytes, decode
 from flows.settings import Listener
 from tests.conftest import free_port
 
@@ -52,14 +52,15 @@ def send(port: int, payloads: list[bytes]) -> tuple[int, int]:
     return before, time.time_ns()
 
 
-def read_all(parts: list[UDPPartition], expect: int, timeout: float = 10.0) -> list[list]:
-    """Datagrams per worker, reading until `expect` arrived or nothing more comes."""
-    got: list[list] = [[] for _ in parts]
+def read_all(parts: list[UDPPartition], expect: int,
+             timeout: float = 10.0) -> list[list[Envelope]]:
+    """Envelopes per worker, decoded, reading until `expect` arrived or the time is up."""
+    got: list[list[Envelope]] = [[] for _ in parts]
     deadline = time.monotonic() + timeout
     while sum(map(len, got)) < expect and time.monotonic() < deadline:
         for index, part in enumerate(parts):
             for batch in part.next_batch():
-                got[index].extend(batch.datagrams)
+                got[index].extend(map(decode, batch))
         time.sleep(0.01)
     return got
 
