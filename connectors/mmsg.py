@@ -1,4 +1,4 @@
-"""recvmmsg/sendmmsg for UDP sockets: many datagrams per system call, through ctypes.
+"""recvmmsg for UDP sockets: many datagrams per system call, through ctypes.
 
 Python's socket module reads one datagram per call and builds several objects for each
 (the data, the address tuple, the ancillary list); at hundreds of thousands of datagrams per
@@ -15,8 +15,6 @@ import errno
 import mmap
 import os
 import socket
-from typing import Sequence
-
 import numpy as np
 
 MMSGHDR = np.dtype({"names": ["name", "namelen", "iov", "iovlen", "control", "controllen",
@@ -37,9 +35,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
-_sendmmsg = _libc.sendmmsg
-_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-_sendmmsg.restype = ctypes.c_int
 
 
 def _page_round(size: int) -> int:
@@ -126,29 +121,3 @@ class ReceiveRing:
     def release(self, slot: int) -> None:
         """Give back the pages of a slot that held a large datagram (they refill on demand)."""
         self.memory.madvise(mmap.MADV_DONTNEED, int(self.starts[slot]), self.stride)
-
-
-class SendVector:
-    """Datagrams prepared once and sent many per call on a connected socket (bench, tests)."""
-
-    def __init__(self, payloads: Sequence[bytes]) -> None:
-        self.count = len(payloads)
-        self.buffer = np.frombuffer(b"".join(payloads), np.uint8).copy()
-        sizes = np.array([len(p) for p in payloads], np.uint64)
-        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.uint64)
-        self.iov = np.zeros(self.count, IOVEC)
-        self.iov["base"] = self.buffer.ctypes.data + offsets
-        self.iov["len"] = sizes
-        self.headers = np.zeros(self.count, MMSGHDR)
-        self.headers["iov"] = self.iov.ctypes.data + np.arange(self.count, dtype=np.uint64) * 16
-        self.headers["iovlen"] = 1
-        self._vector = self.headers.ctypes.data
-
-    def send(self, fd: int, first: int, count: int) -> int:
-        """Send datagrams first..first+count-1 (count ≤ what remains); returns how many left.
-        Blocks while the socket's send buffer is full."""
-        sent = _sendmmsg(fd, self._vector + first * MMSGHDR.itemsize, count, 0)
-        if sent < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return sent

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -56,6 +57,7 @@ MAX_DATAGRAM = 65535             # any UDP payload fits: a full one is never tru
 RING_SLOTS = 1024                # datagrams per recvmmsg call at most
 _LARGE = 4096 - envelope.HEADER_SIZE   # a datagram past its slot's first page
 _STOP_DRAIN_LIMIT = 1_000_000   # on stop: what the socket holds, bounded against a flood
+READ_PAUSE = 0.005               # seconds between reads once a worker's sockets are empty
 
 
 class ListenerError(RuntimeError):
@@ -218,11 +220,16 @@ def exporter_label(listener: str, exporter: bytes) -> str:
 
 class UDPPartition(StatelessSourcePartition[Envelopes]):
     def __init__(self, sockets: list[ListenerSocket], max_batch: int,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, pause: float = READ_PAUSE) -> None:
         self.sockets = sockets
         self.max_batch = max_batch
         self.stop = stop
+        self.pause = timedelta(seconds=pause)
         self.closed = False
+        self._awake: datetime | None = None
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def next_batch(self) -> list[Envelopes]:
         if self.closed:
@@ -230,10 +237,15 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
         stopping = self.stop.is_set()
         limit = _STOP_DRAIN_LIMIT if stopping else self.max_batch
         batches = []
+        full = False
         for ls in self.sockets:
             envelopes = ls.drain(limit)
             if envelopes:
                 batches.append(envelopes)
+                full = full or len(envelopes) == limit
+        # Sockets emptied: let datagrams gather for a moment rather than read them a few at a
+        # time, since each read has a fixed cost; the receive buffer holds far more than that.
+        self._awake = None if full else datetime.now(timezone.utc) + self.pause
         if stopping:
             self.close()  # what was drained is emitted; the next call ends the partition
         return batches
