@@ -130,6 +130,7 @@ class ListenerSocket:
     worker: str
     metrics: InletMetrics
     kernel_timestamps: bool
+    group: loader.ListenerGroup
     ring_slots: int = RING_SLOTS
     kernel_drops_seen: int = 0
 
@@ -255,6 +256,8 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
             self.closed = True
             for ls in self.sockets:
                 ls.sock.close()
+            for ls in self.sockets:
+                ls.group.release()   # the last socket of the cluster unpins the map
 
 
 class UDPSource(DynamicSource[Envelopes]):
@@ -282,8 +285,7 @@ class UDPSource(DynamicSource[Envelopes]):
                 sockets.append(self._open(listener_id, listener, worker_index, worker_count,
                                           metrics))
         except Exception:
-            for ls in sockets:
-                ls.sock.close()
+            UDPPartition(sockets, self.max_batch, self.stop).close()
             raise
         return UDPPartition(sockets, self.max_batch, self.stop)
 
@@ -305,7 +307,7 @@ class UDPSource(DynamicSource[Envelopes]):
             metrics.balancing.labels(listener.name, each).set(1 if each == mode else 0)
         _announce(listener, worker_count, group, granted, capped,
                   stamps or listener.timestamp_source == "userspace")
-        return ListenerSocket(listener, listener_id, sock, worker, metrics, stamps,
+        return ListenerSocket(listener, listener_id, sock, worker, metrics, stamps, group,
                               min(self.max_batch, RING_SLOTS))
 
 
