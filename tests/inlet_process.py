@@ -18,6 +18,7 @@ import yaml
 from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_BPFFS = Path("/sys/fs/bpf/waxflow-tests")   # not the operators' default directory
 
 
 @dataclass
@@ -68,7 +69,8 @@ def write_config(path: Path, *, port: int, metrics_port: int, bootstrap: str, to
     config = {
         "inlet": {"listeners": [{"name": "netflow", "address": "127.0.0.1", "port": port,
                                  "decoder": "netflow"}],
-                  "metrics_listen": f"127.0.0.1:{metrics_port}", "balancing": balancing},
+                  "metrics_listen": f"127.0.0.1:{metrics_port}", "balancing": balancing,
+                  "bpffs": str(TEST_BPFFS)},
         "kafka": {"brokers": [bootstrap], "topic": topic, "partitions": partitions, **kafka},
     }
     path.write_text(yaml.safe_dump(config))

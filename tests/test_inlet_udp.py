@@ -21,6 +21,7 @@ from connectors.udp import ListenerError, UDPPartition, UDPSource
 from flows.envelope import Envelope, address_bytes, decode
 from flows.settings import Listener
 from tests.conftest import free_port
+from tests.inlet_process import TEST_BPFFS
 
 DATAGRAMS = 10_000
 
@@ -33,7 +34,7 @@ def listener(port: int, **extra) -> Listener:
 @contextmanager
 def workers(lst: Listener, count: int, balancing: str,
             tmp_path: Path | None = None) -> Iterator[list[UDPPartition]]:
-    bpffs = Path("/sys/fs/bpf/waxflow-tests")
+    bpffs = TEST_BPFFS
     source = UDPSource([lst], balancing=balancing, bpffs=bpffs, max_batch=100_000)
     parts = [source.build("receive", index, count) for index in range(count)]
     try:
@@ -68,7 +69,7 @@ def read_all(parts: list[UDPPartition], expect: int,
 
 def group_mode(port: int, count: int, balancing: str) -> loader.ListenerGroup:
     return loader.group_for(f"127.0.0.1:{port}", count, balancing,
-                            Path("/sys/fs/bpf/waxflow-tests"))
+                            TEST_BPFFS)
 
 
 # --- spreading over 4 workers ------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_bpf_clean_removes_only_unused_maps() -> None:
     from bpf import syscall
     from flows.cli import main
 
-    directory = Path("/sys/fs/bpf/waxflow-tests") / f"clean-{free_port()}"
+    directory = TEST_BPFFS / f"clean-{free_port()}"
     try:
         directory.mkdir(parents=True)
         used_fd, stale_fd = syscall.create_socket_array(2), syscall.create_socket_array(2)
