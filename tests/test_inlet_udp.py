@@ -163,6 +163,8 @@ def test_dual_stack_listener_tells_ipv4_and_ipv6_exporters_apart() -> None:
     assert {(e.payload.decode(), e.exporter_address, e.exporter_port) for e in got} == {
         (address, address, sender_port) for address, sender_port in sources.items()}
     assert {(e.decoder, e.listener_id) for e in got} == {("sflow", 0)}
+    per_exporter = metrics_mod.inlet_metrics().exporter_datagrams
+    assert [per_exporter.labels("dual", a)._value.get() for a in sources] == [1, 1]
 
 
 def test_userspace_timestamps_are_within_the_window() -> None:
