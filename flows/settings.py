@@ -278,26 +278,54 @@ class ClickHouse(Section):
 
 # --- enrichment (issue 6 fills in the providers) ------------------------------------------------
 
+SNMPAuth = Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"]
+SNMPPriv = Literal["none", "des", "3des", "aes", "aes192", "aes256", "aes192c", "aes256c"]
+
+
 class SNMPCredentials(Section):
     subnet: Subnet = Field(description="exporters this entry applies to")
     version: Literal["2c", "3"] = Field("2c", description="SNMP version")
-    communities: list[str] = Field(default_factory=lambda: ["public"],
-                                   description="SNMPv2c communities, tried in order")
-    user: str | None = Field(None, description="SNMPv3 USM user")
-    auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = Field(
-        "none", description="SNMPv3 authentication protocol")
-    auth_password: str | None = Field(None, description="SNMPv3 authentication passphrase")
-    priv_protocol: Literal["none", "des", "3des", "aes", "aes192", "aes256"] = Field(
-        "none", description="SNMPv3 privacy protocol")
-    priv_password: str | None = Field(None, description="SNMPv3 privacy passphrase")
+    communities: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["public"], description="SNMPv2c communities, tried in order")
+    user: str | None = Field(None, description="SNMPv3 USM user (required for version 3)")
+    auth_protocol: SNMPAuth = Field("none", description="SNMPv3 authentication protocol")
+    auth_password: str | None = Field(None, description="SNMPv3 authentication passphrase "
+                                                        "(8 characters or more)")
+    priv_protocol: SNMPPriv = Field(
+        "none", description="SNMPv3 privacy protocol (aes192/aes256: Blumenthal key extension as "
+                            "net-snmp; aes192c/aes256c: Reeder's, as Cisco)")
+    priv_password: str | None = Field(None, description="SNMPv3 privacy passphrase "
+                                                        "(8 characters or more)")
+    context: str = Field("", description="SNMPv3 context name")
     port: Port = Field(161, description="agent UDP port")
     agent_address: str | None = Field(None, description="poll this address instead of the exporter's")
+
+    @field_validator("agent_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.ip_address(value))
+
+    @model_validator(mode="after")
+    def _usm_complete(self) -> "SNMPCredentials":
+        if self.version != "3":
+            return self
+        if not self.user:
+            raise ValueError("user: required with version 3")
+        if self.priv_protocol != "none" and self.auth_protocol == "none":
+            raise ValueError("priv_protocol: SNMPv3 privacy needs an auth_protocol")
+        for kind in ("auth", "priv"):
+            password = getattr(self, f"{kind}_password")
+            if getattr(self, f"{kind}_protocol") != "none" and len(password or "") < 8:
+                raise ValueError(f"{kind}_password: needs 8 characters or more with "
+                                 f"{kind}_protocol {getattr(self, f'{kind}_protocol')}")
+        return self
 
 
 class SNMP(Section):
     enabled: bool = Field(False, description="poll exporters with SNMP for names and speeds")
-    credentials: list[SNMPCredentials] = Field(default_factory=list,
-                                               description="per subnet, most specific wins")
+    credentials: list[SNMPCredentials] = Field(
+        default_factory=list, description="per subnet, most specific wins; exporters in none of "
+                                          "them are polled with SNMPv2c community public on port 161")
     timeout: Duration = Field(timedelta(seconds=1), description="per SNMP request")
     retries: Annotated[int, Field(ge=0, le=10)] = Field(1, description="per SNMP request")
     cache_duration: Duration = Field(timedelta(minutes=30), description="forget entries not used this long")
@@ -305,17 +333,37 @@ class SNMP(Section):
     cache_check_interval: Duration = Field(timedelta(minutes=2), description="how often to look for both")
     query_timeout: Duration = Field(timedelta(seconds=5),
                                     description="hold flows waiting for metadata at most this long")
+    breaker_failures: Annotated[int, Field(ge=1)] = Field(
+        3, description="consecutive failed polls that open an exporter's breaker")
+    breaker_duration: Duration = Field(timedelta(minutes=1),
+                                       description="no polls of an exporter with an open breaker "
+                                                   "for this long")
+    max_concurrent: Annotated[int, Field(ge=1, le=1024)] = Field(
+        32, description="SNMP requests in flight at once per outlet process")
+    cache_file: Path | None = Field(
+        None, description="also keep the cache in this file (one per process: <file>.<process "
+                          "id>), read at start, rewritten every cache_check_interval: for outlets "
+                          "run without recovery (recovery snapshots hold the cache anyway)")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "SNMP":
+        for name in ("timeout", "cache_duration", "cache_refresh", "cache_check_interval"):
+            if getattr(self, name).total_seconds() <= 0:
+                raise ValueError(f"{name}: must be more than 0s")
+        return self
 
 
 class StaticInterface(Section):
     name: str = Field(description="interface name")
     description: str = Field("", description="interface description")
-    speed: Annotated[int, Field(ge=0)] = Field(0, description="speed in Mbps")
+    speed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="speed in Mbps")
 
 
 class StaticExporter(Section):
     name: str = Field(description="exporter name")
-    interfaces: dict[int, StaticInterface] = Field(default_factory=dict, description="by ifIndex")
+    interfaces: dict[Annotated[int, Field(ge=1, le=2**32 - 1)], StaticInterface] = Field(
+        default_factory=dict, description="by ifIndex; these win over SNMP, others are polled "
+                                          "when SNMP is enabled")
 
 
 class GeoIP(Section):
@@ -346,8 +394,9 @@ class Sampling(Section):
 
 class Enrichment(Section):
     snmp: SNMP = Field(default_factory=SNMP)
-    static: dict[Subnet, StaticExporter] = Field(default_factory=dict,
-                                                 description="exporters by subnet")
+    static: dict[Subnet, StaticExporter] = Field(
+        default_factory=dict, description="exporter names and interfaces by subnet (most specific "
+                                          "wins), taking precedence over SNMP")
     geoip: GeoIP = Field(default_factory=GeoIP)
     networks: dict[Subnet, Network] = Field(default_factory=dict,
                                             description="subnet attributes; most specific wins")
