@@ -33,9 +33,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
-from bytewax.inputs import DynamicSource, StatelessSourcePartition
-
 import numpy as np
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from bpf import loader
 from connectors import metrics as metrics_mod
@@ -163,23 +162,21 @@ class ListenerSocket:
         now = time.time_ns()   # the fallback receive time (see the module docstring)
         lengths = ring.lengths(count)
         received, has_time, drops = ring.ancillary(count)
-        if not self.kernel_timestamps:
-            has_time[:] = False
         exporters, ports = ring.sources(count)
         envelope.write_headers(ring.rows[:count], self.kind, self.listener_id,
-                               np.where(has_time, received, now), exporters, ports)
+                               np.where(has_time, received, now) if self.kernel_timestamps
+                               else now, exporters, ports)
         keep = (lengths > 0) & ~ring.truncated(count)
-        memory, starts = ring.memory, ring.starts[:count]
+        starts = ring.starts[:count]
         ends = starts + envelope.HEADER_SIZE + lengths
-        if keep.all():
-            out = [memory[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-        else:
-            out = [memory[a:b] for a, b in zip(starts[keep].tolist(), ends[keep].tolist())]
-        self._count(lengths[keep], exporters[keep], count - len(out),
-                    int(((lengths == 0)).sum()), drops)
-        large = np.flatnonzero(lengths > _LARGE)
-        for slot in large.tolist():  # a rare large datagram must not keep its pages forever
-            ring.release(slot)
+        if not keep.all():
+            starts, ends = starts[keep], ends[keep]
+        memory = ring.memory
+        out = [memory[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+        self._count(lengths[keep], exporters[keep], count - len(out), int((lengths == 0).sum()),
+                    drops)
+        for slot in np.flatnonzero(lengths > _LARGE).tolist():
+            ring.release(slot)   # a rare large datagram must not keep its pages forever
         return out
 
     def _count(self, lengths: np.ndarray, exporters: np.ndarray, dropped: int, empty: int,

@@ -123,12 +123,12 @@ def encode_many(decoder_kind: int, listener_id: int,
             for payload, exporter, port, received in datagrams]
 
 
-def write_headers(slots: np.ndarray, decoder_kind: int, listener_id: int, received_ns: np.ndarray,
-                  exporters: np.ndarray, ports: np.ndarray) -> None:
+def write_headers(slots: np.ndarray, decoder_kind: int, listener_id: int,
+                  received_ns: np.ndarray | int, exporters: np.ndarray, ports: np.ndarray) -> None:
     """Write the headers of many envelopes in place: row i of `slots` (uint8, at least
     HEADER_SIZE wide) gets the header of datagram i, whose payload follows it in that row.
-    `exporters` are (n, 16) uint8 rows (IPv4-mapped for IPv4), `ports` are (n, 2) uint8 rows
-    in network order, as in a sockaddr."""
+    `received_ns` is one time per datagram or one for all; `exporters` are (n, 16) uint8 rows
+    (IPv4-mapped for IPv4), `ports` are (n, 2) uint8 rows in network order, as in a sockaddr."""
     headers = np.empty(len(slots), HEADER_DTYPE)
     headers["version"] = ENVELOPE_VERSION
     headers["kind"] = decoder_kind
