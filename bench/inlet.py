@@ -192,7 +192,8 @@ def main() -> None:
                         help="inlet clusters to measure, PROCESSESxWORKERS: 1x2 is two worker "
                              "threads in one process (they share its interpreter lock), 2x1 two "
                              "processes of one worker (-i/-a)")
-    parser.add_argument("--rates", default="50000,75000,100000,125000,150000,175000,200000,250000")
+    parser.add_argument("--rates", default="50000,100000,125000,150000,165000,180000,190000,"
+                                           "200000,225000,250000")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="length of each rate step (the datagram count is rate × seconds)")
     parser.add_argument("--producer", action="append", default=[], metavar="KEY=VALUE",
