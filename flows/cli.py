@@ -312,6 +312,33 @@ def dashboards_command(output: Path) -> None:
 
     for path in write_all(output):
         click.echo(f"wrote {path}")
+# --- eBPF -----------------------------------------------------------------------------------------
+
+@main.group()
+def bpf() -> None:
+    """The eBPF socket maps the inlet pins in bpffs."""
+
+
+@bpf.command("clean")
+@click.option("--bpffs", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="directory of the pinned maps (default: inlet.bpffs)")
+@pass_context
+def bpf_clean(ctx: Context, bpffs: Path | None) -> None:
+    """Remove the pinned socket maps no running inlet uses (a stopped inlet removes its own;
+    a killed one leaves them behind)."""
+    from bpf import loader
+
+    directory = bpffs or ctx.settings.inlet.bpffs
+    try:
+        removed, kept = loader.clean(directory)
+    except OSError as err:
+        err_console.print(f"[bold red]bpf clean:[/] {directory}: {err}", highlight=False)
+        sys.exit(1)
+    for path in removed:
+        click.echo(f"removed {path}")
+    for path in kept:
+        click.echo(f"kept {path} (in use, or not a socket map)")
+    click.echo(f"{len(removed)} removed, {len(kept)} kept")
 
 
 from flows.decode.cli import decode as _decode_command
