@@ -52,7 +52,7 @@ def pipeline(broker, tmp_path_factory):
         inlet={"listeners": [
             {"name": "netflow", "address": "127.0.0.1", "port": netflow_port, "decoder": "netflow"},
             {"name": "sflow", "address": "127.0.0.1", "port": sflow_port, "decoder": "sflow"}],
-            "metrics_listen": f"127.0.0.1:{inlet_metrics_port}"},
+            "metrics_listen": f"127.0.0.1:{inlet_metrics_port}", "bpffs": str(inlet_process.TEST_BPFFS)},
         kafka={"partitions": 2})
     inlet = inlet_process.start(config, workdir / "inlet.log", inlet_metrics_port,
                                 wait_topic=f"{topic}-v1", bootstrap=broker.bootstrap)
