@@ -4,7 +4,6 @@ configuration says."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import weakref
@@ -15,8 +14,6 @@ from prometheus_client import Gauge
 
 from flows import envelope
 from flows.settings import Kafka
-
-log = logging.getLogger(__name__)
 
 CONSUMER_LAG = Gauge(
     "waxflow_kafka_consumer_lag",
