@@ -154,3 +154,26 @@ def test_router_option_selects_routers() -> None:
     assert [t.router.name for t in targets(settings)] == [r.name for r in demo.ROUTERS]
     with pytest.raises(DemoError, match="no demo router 'edge9.xyz' \\(known: edge1.par, edge2.ams"):
         targets(settings, None, ["edge9.xyz"])
+
+
+def test_demo_classifiers_only_touch_the_demo_routers() -> None:
+    """The demo's classifiers are scoped to its routers' addresses: the same port plan on another
+    exporter stays unclassified."""
+    from flows.enrich import Enricher
+    from flows.enrich.metadata import StaticMetadata, annotate
+    from flows.schema import BOUNDARIES
+
+    config = demo.demo_enrichment()
+    assert config["classifiers"]["interface"][0]["match"]["exporter_subnet"] == "127.0.1.0/30"
+    stranger = "127.0.2.1"  # named like a demo router, with the same interfaces, but not one
+    config["static"][f"{stranger}/32"] = {**config["static"]["127.0.1.1/32"], "name": "edge9.xyz"}
+    enrichment = Settings(enrichment=config).enrichment
+    static, enrich = StaticMetadata(enrichment.static), Enricher(enrichment)
+    router = demo.ROUTERS[0]
+    flows = demo.Traffic(seed=6).flows(router, demo.FLOWS_PER_DATAGRAM, NOW_MS)
+    for exporter, classified in ((router.address, True), (stranger, False)):
+        batch = FlowDecoder().decode_many([(encode(router, flows), exporter, NOW_MS / 1000)])
+        rows = pa.Table.from_batches([enrich(annotate(batch, static.name, static.interface))]).to_pylist()
+        assert {bool(row["ExporterSite"]) for row in rows} == {classified}
+        assert {bool(row["InIfConnectivity"]) for row in rows} == {classified}
+        assert {BOUNDARIES[row["InIfBoundary"]] != BOUNDARIES[0] for row in rows} == {classified}
