@@ -283,22 +283,15 @@ def test_compose_demo_flows_get_names_classes_and_countries() -> None:
     """Datagrams of each demo router, sent from its compose address, come out of the outlet's
     metadata and enrichment steps (with compose/dataflows.yaml) with the exporter's and the
     interfaces' names, site, connectivity, provider, boundary, and both countries."""
-    import pyarrow as pa
-
-    from flows.decode import FlowDecoder
-    from flows.enrich import Enricher
-    from flows.enrich.metadata import StaticMetadata, annotate
     from flows.schema import BOUNDARIES
-    from tests.test_demo import NOW_MS, encode
+    from tests.test_demo import NOW_MS, enriched_rows
 
     enrichment = load_settings(COMPOSE_DIR / "dataflows.yaml").enrichment
-    static, enrich = StaticMetadata(enrichment.static), Enricher(enrichment)
     providers = set()
     for router in demo.ROUTERS:
         address = demo.compose_addresses()[router.name]
         flows = demo.Traffic(seed=4).flows(router, demo.SAMPLES_PER_DATAGRAM, NOW_MS)
-        batch = FlowDecoder().decode_many([(encode(router, flows, agent=address), address, NOW_MS / 1000)])
-        rows = pa.Table.from_batches([enrich(annotate(batch, static.name, static.interface))]).to_pylist()
+        rows = enriched_rows(enrichment, router, flows, address)
         assert len(rows) == len(flows)
         ports = {i.ifindex: i for i in demo.interfaces(router)}
         for flow, row in zip(flows, rows):

@@ -15,7 +15,7 @@ import pytest
 from connectors.demo_exporter import DemoError, DemoExporter, Target, targets
 from flows import demo
 from flows.decode import FlowDecoder
-from flows.settings import Settings
+from flows.settings import Enrichment, Settings
 from tests.conftest import free_port
 
 NOW_MS = int(time.time() * 1000)
@@ -35,6 +35,17 @@ def encode(router: demo.Router, flows: list[demo.Flow], agent: str | None = None
 
 def _v4(raw: bytes) -> int:
     return int(ipaddress.ip_address(raw).ipv4_mapped)
+
+
+def enriched_rows(enrichment: Enrichment, router: demo.Router, flows: list[demo.Flow], exporter: str) -> list[dict]:
+    """The router's flows, sent from `exporter` (also the sFlow agent), through the outlet's
+    decode, static metadata and enrichment steps."""
+    from flows.enrich import Enricher
+    from flows.enrich.metadata import StaticMetadata, annotate
+
+    static = StaticMetadata(enrichment.static)
+    batch = FlowDecoder().decode_many([(encode(router, flows, agent=exporter), exporter, NOW_MS / 1000)])
+    return pa.Table.from_batches([Enricher(enrichment)(annotate(batch, static.name, static.interface))]).to_pylist()
 
 
 @pytest.mark.parametrize("router", demo.ROUTERS, ids=lambda r: r.protocol)
@@ -159,8 +170,6 @@ def test_router_option_selects_routers() -> None:
 def test_demo_classifiers_only_touch_the_demo_routers() -> None:
     """The demo's classifiers are scoped to its routers' addresses: the same port plan on another
     exporter stays unclassified."""
-    from flows.enrich import Enricher
-    from flows.enrich.metadata import StaticMetadata, annotate
     from flows.schema import BOUNDARIES
 
     config = demo.demo_enrichment()
@@ -168,12 +177,10 @@ def test_demo_classifiers_only_touch_the_demo_routers() -> None:
     stranger = "127.0.2.1"  # named like a demo router, with the same interfaces, but not one
     config["static"][f"{stranger}/32"] = {**config["static"]["127.0.1.1/32"], "name": "edge9.xyz"}
     enrichment = Settings(enrichment=config).enrichment
-    static, enrich = StaticMetadata(enrichment.static), Enricher(enrichment)
     router = demo.ROUTERS[0]
     flows = demo.Traffic(seed=6).flows(router, demo.FLOWS_PER_DATAGRAM, NOW_MS)
     for exporter, classified in ((router.address, True), (stranger, False)):
-        batch = FlowDecoder().decode_many([(encode(router, flows), exporter, NOW_MS / 1000)])
-        rows = pa.Table.from_batches([enrich(annotate(batch, static.name, static.interface))]).to_pylist()
+        rows = enriched_rows(enrichment, router, flows, exporter)
         assert {bool(row["ExporterSite"]) for row in rows} == {classified}
         assert {bool(row["InIfConnectivity"]) for row in rows} == {classified}
         assert {BOUNDARIES[row["InIfBoundary"]] != BOUNDARIES[0] for row in rows} == {classified}
