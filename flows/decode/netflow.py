@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from flows.decode import metrics
 from flows.decode.state import ExporterState
 from flows.decode.templates import REVERSE_PEN, SCOPE_PEN, Template, options_values
@@ -20,78 +22,202 @@ SET_HEADER = struct.Struct("!HH")
 IPFIX_RANDOM_SAMPLING = 2
 
 
-def walk_v9(chunk, state: ExporterState, data: bytes, received: float) -> None:
-    """Decode one NetFlow v9 datagram into the chunk."""
-    if len(data) < V9_HEADER.size:
-        metrics.error("truncated")
-        return
-    _, _, uptime, secs, _, domain = V9_HEADER.unpack_from(data)
-    meta = (secs * 1000, uptime, int(received))
-    _walk_sets(chunk, state, data, V9_HEADER.size, len(data), 9, domain, meta, received)
+class NetflowQueue:
+    """NetFlow v9 and IPFIX datagrams queued during one decode call (walked together at its end)."""
+
+    __slots__ = ("payloads", "state_ids", "received", "states", "_ids")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.state_ids: list[int] = []
+        self.received: list[float] = []
+        self.states: list[ExporterState] = []
+        self._ids: dict[ExporterState, int] = {}
+
+    def add(self, state: ExporterState, payload: bytes, received: float) -> None:
+        state_id = self._ids.get(state)
+        if state_id is None:
+            state_id = self._ids[state] = len(self.states)
+            self.states.append(state)
+        self.payloads.append(payload)
+        self.state_ids.append(state_id)
+        self.received.append(received)
 
 
-def walk_ipfix(chunk, state: ExporterState, data: bytes, received: float) -> None:
-    """Decode one IPFIX message into the chunk (trailing bytes past its length are ignored)."""
-    if len(data) < IPFIX_HEADER.size:
-        metrics.error("truncated")
-        return
-    _, length, export_time, _, domain = IPFIX_HEADER.unpack_from(data)
-    if length < IPFIX_HEADER.size:
-        metrics.error("bad_length")
-        return
-    if length > len(data):
-        metrics.error("truncated")
-        length = len(data)
-    meta = (export_time * 1000, -1, int(received))
-    _walk_sets(chunk, state, data, IPFIX_HEADER.size, length, 10, domain, meta, received)
+class _Sets:
+    """Every set of the queued messages, in datagram order, as arrays: datagram index, offset in
+    the joined buffer, set id, end offset (cut to the message end) and domain index (into
+    `domain_of`: (state, version, source id / observation domain)); per datagram: export time
+    (ms), sysUptime (v9; -1 for IPFIX) and receive time (s)."""
+
+    def __init__(self, buffer: bytes, datagram: np.ndarray, offset: np.ndarray, set_id: np.ndarray,
+                 following: np.ndarray, dom: np.ndarray, domain_of: list, export_ms: np.ndarray,
+                 uptime: np.ndarray, received: np.ndarray) -> None:
+        self.buffer, self.datagram, self.offset, self.set_id, self.following = \
+            buffer, datagram, offset, set_id, following
+        self.dom, self.domain_of = dom, domain_of
+        self.export_ms, self.uptime, self.received = export_ms, uptime, received
+
+    def body(self, i: int) -> bytes:
+        return self.buffer[int(self.offset[i]) + 4:int(self.following[i])]
+
+    def meta(self, i: int) -> tuple[int, int, int]:
+        d = self.datagram[i]
+        return int(self.export_ms[d]), int(self.uptime[d]), int(self.received[d])
 
 
-def _walk_sets(chunk, state: ExporterState, data: bytes, offset: int, end: int, version: int,
-               domain: int, meta: tuple, received: float) -> None:
-    """Step over the sets of one message by their length field.
+def _strided(buffer: bytes, dtype) -> np.ndarray:
+    """A view of `dtype` items starting at EVERY byte of the buffer (stride 1): indexing it with
+    byte offsets reads (or, for records, gathers) values at arbitrary, unaligned positions."""
+    dtype = np.dtype(dtype)
+    return np.ndarray((len(buffer) - dtype.itemsize + 1,), dtype, buffer, strides=(1,))
 
-    Data sets of a fixed-length template take an inlined fast path (softflowd, for one, sends
-    one set per flow record, so this loop runs about once per flow): the record bytes are
-    sliced straight into the template's group and counted per message, not per set.
+
+def walk_netflow(queue: NetflowQueue, chunk) -> None:
+    """Walk the sets of all queued v9/IPFIX messages at once and queue their records in the chunk.
+
+    The datagrams are joined into one buffer and walked in lock step with numpy: step k reads
+    the k-th set header of every message still open, so the Python cost is per step (about
+    the number of sets in the largest message), not per datagram or per set. Template sets are
+    then applied in datagram order; data sets between two template sets that change anything
+    are decoded per template with one gather of their records from the buffer.
     """
-    template_set, options_set = (0, 1) if version == 9 else (2, 3)
-    unpack = SET_HEADER.unpack_from
-    templates = state.templates
-    last_id, record_len, append, touched = -1, 0, None, {}
-    while end - offset >= 4:
-        set_id, length = unpack(data, offset)
-        if length < 4:
-            metrics.error("bad_length")  # a zero length would loop forever: stop this datagram
+    sets = _walk_sets(queue)
+    if sets is None:
+        return
+    version = np.array([v for _, v, _ in sets.domain_of])[sets.dom]
+    set_id = sets.set_id
+    template_sets = np.where(version == 9, set_id <= 1, (set_id == 2) | (set_id == 3))
+    data_sets = set_id >= 256
+    unsupported = int(np.count_nonzero(~template_sets & ~data_sets))
+    if unsupported:
+        metrics.error("unsupported", unsupported)
+    position = 0
+    buffer = sets.buffer
+    known: set[tuple] = set()  # template sets already found unchanged during this walk
+    rows = np.nonzero(template_sets)[0]
+    for index, dom, sid, start, end in zip(rows.tolist(), sets.dom[rows].tolist(), set_id[rows].tolist(),
+                                           sets.offset[rows].tolist(), sets.following[rows].tolist()):
+        body = buffer[start + 4:end]
+        seen = (dom, sid, body)
+        if seen in known:
+            continue
+        state, ver, domain = sets.domain_of[dom]
+        if state.known_template_set((ver, domain, sid, body)):
+            known.add(seen)
+            continue
+        _data_sets(chunk, sets, position + np.nonzero(data_sets[position:index])[0])
+        _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3))
+        known.clear()
+        position = index
+    _data_sets(chunk, sets, position + np.nonzero(data_sets[position:])[0])
+
+
+def _walk_sets(queue: NetflowQueue) -> _Sets | None:
+    payloads = queue.payloads
+    n = len(payloads)
+    lengths = np.fromiter(map(len, payloads), np.int64, n)
+    starts = np.zeros(n, np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    buffer = b"".join(payloads) + bytes(_PAD)
+    be16, be32 = _strided(buffer, ">u2"), _strided(buffer, ">u4")
+    ipfix = be16[starts] == 10
+    metrics.DATAGRAMS_BY_KIND["ipfix"].inc(int(np.count_nonzero(ipfix)))
+    metrics.DATAGRAMS_BY_KIND["netflow_v9"].inc(int(n - np.count_nonzero(ipfix)))
+    header = np.where(ipfix, IPFIX_HEADER.size, V9_HEADER.size)
+    ends = starts + lengths
+    message = be16[starts + 2].astype(np.int64)  # IPFIX: message length
+    short = lengths < header
+    bad = ipfix & ~short & (message < IPFIX_HEADER.size)
+    cut = ipfix & ~short & ~bad & (message > lengths)
+    _count("truncated", short | cut)
+    _count("bad_length", bad)
+    ends = np.where(ipfix & ~cut, starts + message, ends)
+    export_ms = np.where(ipfix, be32[starts + 4], be32[starts + 8]).astype(np.int64) * 1000
+    uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64))
+    domain = np.where(ipfix, be32[starts + 12], be32[starts + 16]).astype(np.int64)
+    received = np.array(queue.received, np.float64).astype(np.int64)
+    # One index per (exporter, version, source id / observation domain) in the chunk.
+    keys = (np.array(queue.state_ids, np.int64) << 33) | (ipfix.astype(np.int64) << 32) | domain
+    unique_keys, domain_index = np.unique(keys, return_inverse=True)
+    domain_of = [(queue.states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF)
+                 for k in unique_keys.tolist()]
+    open_ = np.nonzero(~short & ~bad)[0]
+    cursor, end, datagram = starts[open_] + header[open_], ends[open_], open_
+    steps = []
+    while True:
+        room = end - cursor >= 4
+        if not room.all():
+            cursor, end, datagram = cursor[room], end[room], datagram[room]
+        if not cursor.size:
             break
-        following = offset + length
-        if following > end:
-            metrics.error("truncated")  # decode the whole records the cut set still holds
-            following = end
-        if set_id >= 256:
-            if set_id != last_id:
-                template = templates.get((version, domain, set_id))
-                if template is None or template.options or template.varlen:
-                    last_id = -1
-                    chunk.data_set(state, (version, domain, set_id), data[offset + 4:following], meta,
-                                   received)
-                    offset = following
-                    continue
-                group = chunk.group(state, template, version, domain)
-                last_id, record_len, append = set_id, template.record_len, group.bodies.append
-            count = (following - offset - 4) // record_len
-            if count:
-                append(data[offset + 4:offset + 4 + count * record_len])
-                touched[group] = touched.get(group, 0) + count
-        elif set_id == template_set or set_id == options_set:
-            last_id = -1  # the set may redefine the template in use
-            _template_set(chunk, state, version, domain, set_id, data[offset + 4:following],
-                          options=set_id == options_set)
-        else:
-            metrics.error("unsupported")
-        offset = following
-    for group, count in touched.items():
-        group.counts.append(count)
-        group.metas.append(meta)
+        length = be16[cursor + 2].astype(np.int64)
+        zero = length < 4
+        if zero.any():  # a set shorter than its header would loop forever: stop that message
+            metrics.error("bad_length", int(np.count_nonzero(zero)))
+            keep = ~zero
+            cursor, end, datagram, length = cursor[keep], end[keep], datagram[keep], length[keep]
+        following = cursor + length
+        over = following > end
+        if over.any():  # decode the whole records the cut set still holds
+            metrics.error("truncated", int(np.count_nonzero(over)))
+            following = np.minimum(following, end)
+        steps.append((datagram, cursor, following))
+        cursor = following
+    if not steps:
+        return None
+    datagram, offset, following = (np.concatenate(column) for column in zip(*steps))
+    order = np.argsort(offset, kind="stable")  # offsets grow with datagram and position
+    datagram, offset, following = datagram[order], offset[order], following[order]
+    return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
+                 domain_index[datagram], domain_of, export_ms, uptime, received)
+
+
+_PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
+
+
+def _count(reason: str, mask: np.ndarray) -> None:
+    count = int(np.count_nonzero(mask))
+    if count:
+        metrics.error(reason, count)
+
+
+def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
+    """Queue the data sets `rows` (indices into sets) under their templates, one gather per template."""
+    if not rows.size:
+        return
+    keys = sets.dom[rows] * 65536 + sets.set_id[rows]
+    unique_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    for i in np.argsort(first).tolist():  # templates in order of first appearance
+        key = int(unique_keys[i])
+        state, version, domain = sets.domain_of[key >> 16]
+        template_key = (version, domain, key & 0xFFFF)
+        these = rows[inverse == i]
+        template = state.templates.get(template_key)
+        if template is None or template.options or template.varlen:
+            for row in these.tolist():  # rare: missing template, options data, variable-length records
+                chunk.data_set(state, template_key, sets.body(row), sets.meta(row), float(sets.received[sets.datagram[row]]))
+            continue
+        record_len = template.record_len
+        counts = (sets.following[these] - sets.offset[these] - 4) // record_len
+        total = int(counts.sum())
+        if not total:
+            continue
+        set_of_record = np.repeat(np.arange(len(these)), counts)
+        first_record = np.cumsum(counts) - counts
+        starts = sets.offset[these][set_of_record] + 4 + (np.arange(total) - first_record[set_of_record]) * record_len
+        records = _strided(sets.buffer, f"V{record_len}")[starts].view(template.dtype)
+        datagram = sets.datagram[these][set_of_record]
+        chunk.group(state, template, version, domain).pieces.append(
+            (records, sets.export_ms[datagram], sets.uptime[datagram], sets.received[datagram]))
+
+
+def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
+                          options: bool) -> None:
+    try:
+        _template_set(chunk, state, version, domain, set_id, body, options)
+    except Exception:  # a parser bug must not stop the dataflow: count it, keep going
+        metrics.error("malformed")
 
 
 def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
@@ -218,4 +344,4 @@ def sampling_rate_of(row: dict[tuple[int, int], int]) -> int:
     return 0
 
 
-__all__ = ["walk_v9", "walk_ipfix", "apply_options", "sampling_rate_of", "REVERSE_PEN"]
+__all__ = ["NetflowQueue", "walk_netflow", "apply_options", "sampling_rate_of", "REVERSE_PEN"]
