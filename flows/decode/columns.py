@@ -54,6 +54,13 @@ def v6(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw, dtype=np.uint8)
 
 
+def strided_view(buffer: bytes, dtype: object) -> np.ndarray:
+    """A view of `dtype` items starting at EVERY byte of the buffer (stride 1): indexing it with
+    byte offsets reads (or, for a void dtype, gathers whole records) at unaligned positions."""
+    dtype = np.dtype(dtype)
+    return np.ndarray((len(buffer) - dtype.itemsize + 1,), dtype, buffer, strides=(1,))
+
+
 def be_uint(raw: np.ndarray) -> np.ndarray:
     """(n, L) big-endian bytes → uint64 values (L of 3, 5, 6, 7 or more: the last 8 bytes)."""
     raw = raw[:, -8:]

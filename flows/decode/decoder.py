@@ -54,6 +54,8 @@ class Chunk:
         self.netflow = NetflowQueue()
         self.v5: list = []
         self.sflow = SflowQueue()
+        # Datagram counts go to the metrics once per call: a Prometheus inc() takes a lock.
+        self.datagrams = {"netflow_v5": 0, "sflow_v5": 0}
 
     def add(self, state: ExporterState, payload: bytes, received: float) -> None:
         """Queue one datagram (any version); never raises."""
@@ -65,10 +67,10 @@ class Chunk:
             if version == 9 or version == 10:
                 self.netflow.add(state, payload, received)
             elif version == 5:
-                metrics.DATAGRAMS_BY_KIND["netflow_v5"].inc()
+                self.datagrams["netflow_v5"] += 1
                 walk_v5(self, state, payload, received)
             elif version == 0 and payload[2:4] == b"\x00\x05":
-                metrics.DATAGRAMS_BY_KIND["sflow_v5"].inc()
+                self.datagrams["sflow_v5"] += 1
                 walk_sflow(self.sflow, payload, received)
             else:
                 metrics.error("unknown_version")
@@ -114,6 +116,11 @@ class Chunk:
         if self.sflow.count:
             parts.extend(_guarded(lambda: [self.sflow.columns()]))
             metrics.FLOWS_BY_KIND["sflow_v5"].inc(self.sflow.count)
+        for kind, count in self.datagrams.items():
+            if count:
+                metrics.DATAGRAMS_BY_KIND[kind].inc(count)
+        if self.sflow.counter_samples:
+            metrics.SFLOW_COUNTER_SAMPLES.inc(self.sflow.counter_samples)
         return assemble(parts)
 
 

@@ -13,6 +13,7 @@ import struct
 import numpy as np
 
 from flows.decode import metrics
+from flows.decode.columns import strided_view
 from flows.decode.state import ExporterState
 from flows.decode.templates import REVERSE_PEN, SCOPE_PEN, Template, options_values
 
@@ -66,13 +67,6 @@ class _Sets:
         return int(self.export_ms[d]), int(self.uptime[d]), int(self.received[d])
 
 
-def _strided(buffer: bytes, dtype) -> np.ndarray:
-    """A view of `dtype` items starting at EVERY byte of the buffer (stride 1): indexing it with
-    byte offsets reads (or, for records, gathers) values at arbitrary, unaligned positions."""
-    dtype = np.dtype(dtype)
-    return np.ndarray((len(buffer) - dtype.itemsize + 1,), dtype, buffer, strides=(1,))
-
-
 def walk_netflow(queue: NetflowQueue, chunk) -> None:
     """Walk the sets of all queued v9/IPFIX messages at once and queue their records in the chunk.
 
@@ -120,7 +114,7 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     starts = np.zeros(n, np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
     buffer = b"".join(payloads) + bytes(_PAD)
-    be16, be32 = _strided(buffer, ">u2"), _strided(buffer, ">u4")
+    be16, be32 = strided_view(buffer, ">u2"), strided_view(buffer, ">u4")
     ipfix = be16[starts] == 10
     metrics.DATAGRAMS_BY_KIND["ipfix"].inc(int(np.count_nonzero(ipfix)))
     metrics.DATAGRAMS_BY_KIND["netflow_v9"].inc(int(n - np.count_nonzero(ipfix)))
@@ -206,7 +200,7 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
         set_of_record = np.repeat(np.arange(len(these)), counts)
         first_record = np.cumsum(counts) - counts
         starts = sets.offset[these][set_of_record] + 4 + (np.arange(total) - first_record[set_of_record]) * record_len
-        records = _strided(sets.buffer, f"V{record_len}")[starts].view(template.dtype)
+        records = strided_view(sets.buffer, f"V{record_len}")[starts].view(template.dtype)
         datagram = sets.datagram[these][set_of_record]
         chunk.group(state, template, version, domain).pieces.append(
             (records, sets.export_ms[datagram], sets.uptime[datagram], sets.received[datagram]))

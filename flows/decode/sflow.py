@@ -14,11 +14,12 @@ is one packet; SamplingRate is the sample's rate. The exporter is the agent addr
 from __future__ import annotations
 
 import struct
+from array import array
 
 import numpy as np
 
 from flows.decode import metrics
-from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn
+from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn, strided_view
 
 U32 = struct.Struct("!I")
 U32x2 = struct.Struct("!II")
@@ -28,6 +29,7 @@ EXPANDED_FLOW_SAMPLE = struct.Struct("!11I")
 IPV4_RECORD = struct.Struct("!II4s4sIIII")
 IPV6_RECORD = struct.Struct("!II16s16sIIII")
 HEADER_BYTES = 160  # enough for Ethernet + 2 tags + 4 labels + IPv6 + 2 ext headers + TCP
+_ROW = HEADER_BYTES + 16  # zero padding: a 16-byte read at the last header byte stays in the row
 DISCARDED = 128  # RFC 7270 forwarding status "dropped, unknown reason"
 ETHERNET, IPV4, IPV6 = 1, 11, 12
 
@@ -41,7 +43,8 @@ class SflowQueue:
     """Samples queued during one decode call."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple] = []
+        self.rows = array("q")  # _ROW_FIELDS values per sample, flat
+        self.counter_samples = 0
         self.headers: list[bytes] = []
         self.agents: dict[bytes, int] = {}
         self.next_hops: dict[int, bytes] = {}  # sample index → 16-byte next hop
@@ -50,7 +53,7 @@ class SflowQueue:
 
     @property
     def count(self) -> int:
-        return len(self.rows)
+        return len(self.rows) // _ROW_FIELDS
 
     def columns(self) -> tuple[int, dict]:
         return sample_columns(self)
@@ -90,16 +93,10 @@ def walk_sflow(queue: SflowQueue, data: bytes, received: float) -> None:
         if sample_format == 1 or sample_format == 3:
             _flow_sample(queue, data, offset, sample_end, sample_format == 3, agent_index, received_s)
         elif sample_format == 2 or sample_format == 4:
-            metrics.SFLOW_COUNTER_SAMPLES.inc()
+            queue.counter_samples += 1  # counted into the metric once per call
         else:
             metrics.error("unsupported")  # enterprise-specific samples
         offset = sample_end
-
-
-def _interface(value: int) -> tuple[int, bool]:
-    """A compact interface field: (ifIndex, discarded); format 1 means the packet was dropped."""
-    fmt = value >> 30
-    return (value & 0x3FFFFFFF if fmt == 0 else 0), fmt == 1
 
 
 def _flow_sample(queue: SflowQueue, data: bytes, offset: int, end: int, expanded: bool,
@@ -120,9 +117,11 @@ def _flow_sample(queue: SflowQueue, data: bytes, offset: int, end: int, expanded
             return
         _, _, rate, _, _, in_value, out_value, records = FLOW_SAMPLE.unpack_from(data, offset)
         offset += 32
-        in_if = _interface(in_value)[0]
-        out_if, discarded = _interface(out_value)
-    index = len(queue.rows)
+        # Compact interface fields: format (top 2 bits) 0 is an ifIndex, 1 a discarded packet.
+        in_if = in_value if in_value < 0x40000000 else 0
+        out_if = out_value if out_value < 0x40000000 else 0
+        discarded = out_value >> 30 == 1
+    index = len(queue.rows) // _ROW_FIELDS
     src_vlan = dst_vlan = src_mask = dst_mask = src_as = dst_as = 0
     header_protocol = frame_length = stripped = 0
     header_index = _NO_HEADER
@@ -138,7 +137,9 @@ def _flow_sample(queue: SflowQueue, data: bytes, offset: int, end: int, expanded
         if record_format == 1 and length >= 16:  # raw packet header
             header_protocol, frame_length, stripped, header_length = U32x4.unpack_from(data, start)
             header_index = len(queue.headers)
-            queue.headers.append(data[start + 16:start + 16 + min(header_length, length - 16, HEADER_BYTES)])
+            if header_length > length - 16:
+                header_length = length - 16
+            queue.headers.append(data[start + 16:start + 16 + (header_length if header_length < HEADER_BYTES else HEADER_BYTES)])
         elif record_format == 1001 and length >= 16:  # extended switch
             src_vlan, _, dst_vlan, _ = U32x4.unpack_from(data, start)
         elif record_format == 1002:  # extended router
@@ -158,7 +159,7 @@ def _flow_sample(queue: SflowQueue, data: bytes, offset: int, end: int, expanded
             queue.sampled_ip[index] = (4,) + IPV4_RECORD.unpack_from(data, start)
         elif record_format == 4 and length >= IPV6_RECORD.size:
             queue.sampled_ip[index] = (6,) + IPV6_RECORD.unpack_from(data, start)
-    queue.rows.append((received, agent, rate, in_if, out_if, DISCARDED if discarded else 0,
+    queue.rows.extend((received, agent, rate, in_if, out_if, DISCARDED if discarded else 0,
                        src_vlan & 0xFFF, dst_vlan & 0xFFF, src_mask, dst_mask, src_as, dst_as,
                        header_protocol, frame_length, stripped, header_index))
 
@@ -197,24 +198,28 @@ def _gateway(data: bytes, offset: int, end: int):
 # -- vectorised header parsing -------------------------------------------------------------------
 
 class _Headers:
-    """The sampled headers as an (n, HEADER_BYTES) matrix with per-row cursors."""
+    """The sampled headers, one zero-padded row of _ROW bytes each, read at per-row cursors
+    through stride-1 views (one gather per field, no 2-D fancy indexing)."""
 
     def __init__(self, headers: list[bytes]) -> None:
         n = len(headers)
-        self.length = np.fromiter((len(h) for h in headers), np.int64, n)
-        padded = b"".join(h.ljust(HEADER_BYTES, b"\0") for h in headers)
-        self.m = np.frombuffer(padded, np.uint8).reshape(n, HEADER_BYTES)
+        self.length = np.fromiter(map(len, headers), np.int64, n)
+        self.buffer = b"".join(h.ljust(_ROW, b"\0") for h in headers)
+        self.flat = np.frombuffer(self.buffer, np.uint8)
+        self.be16 = strided_view(self.buffer, ">u2")
+        self.base = np.arange(n) * _ROW
         self.rows = np.arange(n)
 
     def u8(self, at: np.ndarray) -> np.ndarray:
-        return self.m[self.rows, np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
+        return self.flat[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def u16(self, at: np.ndarray) -> np.ndarray:
-        return (self.u8(at) << 8) | self.u8(at + 1)
+        return self.be16[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def take(self, at: np.ndarray, width: int) -> np.ndarray:
-        idx = np.minimum(at[:, None] + np.arange(width), HEADER_BYTES - 1)
-        return self.m[self.rows[:, None], idx]
+        """(n, width) bytes at the cursors (zeros past the header)."""
+        starts = self.base + np.minimum(at, _ROW - width)
+        return strided_view(self.buffer, f"V{width}")[starts].view(np.uint8).reshape(-1, width)
 
     def has(self, at: np.ndarray, width: int) -> np.ndarray:
         return at + width <= self.length
@@ -323,7 +328,7 @@ def _transport(h: _Headers, out: dict, proto: np.ndarray, l4: np.ndarray, ok: np
 
 def sample_columns(queue: SflowQueue) -> tuple[int, dict]:
     """All queued samples → one part of flow columns."""
-    rows = np.array(queue.rows, np.int64).reshape(-1, _ROW_FIELDS)
+    rows = np.frombuffer(queue.rows, np.int64).reshape(-1, _ROW_FIELDS)
     n = len(rows)
     agents = np.frombuffer(b"".join(queue.agents), np.uint8).reshape(-1, 16)
     cols: dict = {
