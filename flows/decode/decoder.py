@@ -23,7 +23,7 @@ from flows.decode import metrics
 from flows.decode.columns import assemble
 from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
 from flows.decode.records import flow_columns
-from flows.decode.sflow import SflowQueue, walk_sflow
+from flows.decode.sflow import SflowQueue
 from flows.decode.state import MAX_TEMPLATES, ExporterState
 from flows.decode.v5 import v5_columns, walk_v5
 
@@ -71,7 +71,7 @@ class Chunk:
                 walk_v5(self, state, payload, received)
             elif version == 0 and payload[2:4] == b"\x00\x05":
                 self.datagrams["sflow_v5"] += 1
-                walk_sflow(self.sflow, payload, received)
+                self.sflow.add(payload, received)
             else:
                 metrics.error("unknown_version")
         except Exception:  # a decoder bug must not stop the dataflow: count it, keep going
@@ -113,14 +113,11 @@ class Chunk:
         if self.v5:
             parts.extend(_guarded(lambda: [v5_columns(self.v5)]))
             metrics.FLOWS_BY_KIND["netflow_v5"].inc(sum(s[1] for s in self.v5))
-        if self.sflow.count:
-            parts.extend(_guarded(lambda: [self.sflow.columns()]))
-            metrics.FLOWS_BY_KIND["sflow_v5"].inc(self.sflow.count)
+        if self.sflow.payloads:
+            parts.extend(_guarded(self.sflow.parts))
         for kind, count in self.datagrams.items():
             if count:
                 metrics.DATAGRAMS_BY_KIND[kind].inc(count)
-        if self.sflow.counter_samples:
-            metrics.SFLOW_COUNTER_SAMPLES.inc(self.sflow.counter_samples)
         return assemble(parts)
 
 

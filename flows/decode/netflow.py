@@ -49,15 +49,16 @@ class _Sets:
     """Every set of the queued messages, in datagram order, as arrays: datagram index, offset in
     the joined buffer, set id, end offset (cut to the message end) and domain index (into
     `domain_of`: (state, version, source id / observation domain)); per datagram: export time
-    (ms), sysUptime (v9; -1 for IPFIX) and receive time (s)."""
+    (ms), sysUptime (v9; -1 for IPFIX) and receive time (s, as given and whole)."""
 
     def __init__(self, buffer: bytes, datagram: np.ndarray, offset: np.ndarray, set_id: np.ndarray,
                  following: np.ndarray, dom: np.ndarray, domain_of: list, export_ms: np.ndarray,
-                 uptime: np.ndarray, received: np.ndarray) -> None:
+                 uptime: np.ndarray, received_at: list[float]) -> None:
         self.buffer, self.datagram, self.offset, self.set_id, self.following = \
             buffer, datagram, offset, set_id, following
         self.dom, self.domain_of = dom, domain_of
-        self.export_ms, self.uptime, self.received = export_ms, uptime, received
+        self.export_ms, self.uptime, self.received_at = export_ms, uptime, received_at
+        self.received = np.array(received_at, np.float64).astype(np.int64)
 
     def body(self, i: int) -> bytes:
         return self.buffer[int(self.offset[i]) + 4:int(self.following[i])]
@@ -130,7 +131,6 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     export_ms = np.where(ipfix, be32[starts + 4], be32[starts + 8]).astype(np.int64) * 1000
     uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64))
     domain = np.where(ipfix, be32[starts + 12], be32[starts + 16]).astype(np.int64)
-    received = np.array(queue.received, np.float64).astype(np.int64)
     # One index per (exporter, version, source id / observation domain) in the chunk.
     keys = (np.array(queue.state_ids, np.int64) << 33) | (ipfix.astype(np.int64) << 32) | domain
     unique_keys, domain_index = np.unique(keys, return_inverse=True)
@@ -164,7 +164,7 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     order = np.argsort(offset, kind="stable")  # offsets grow with datagram and position
     datagram, offset, following = datagram[order], offset[order], following[order]
     return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
-                 domain_index[datagram], domain_of, export_ms, uptime, received)
+                 domain_index[datagram], domain_of, export_ms, uptime, queue.received)
 
 
 _PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
@@ -182,6 +182,7 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
         return
     keys = sets.dom[rows] * 65536 + sets.set_id[rows]
     unique_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    one_by_one = []
     for i in np.argsort(first).tolist():  # templates in order of first appearance
         key = int(unique_keys[i])
         state, version, domain = sets.domain_of[key >> 16]
@@ -189,8 +190,7 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
         these = rows[inverse == i]
         template = state.templates.get(template_key)
         if template is None or template.options or template.varlen:
-            for row in these.tolist():  # rare: missing template, options data, variable-length records
-                chunk.data_set(state, template_key, sets.body(row), sets.meta(row), float(sets.received[sets.datagram[row]]))
+            one_by_one.extend((row, state, template_key) for row in these.tolist())
             continue
         record_len = template.record_len
         counts = (sets.following[these] - sets.offset[these] - 4) // record_len
@@ -204,6 +204,11 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
         datagram = sets.datagram[these][set_of_record]
         chunk.group(state, template, version, domain).pieces.append(
             (records, sets.export_ms[datagram], sets.uptime[datagram], sets.received[datagram]))
+    # Rare: missing template (held, oldest dropped first), options data, variable-length
+    # records: one set at a time, in datagram order.
+    for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
+        datagram = int(sets.datagram[row])
+        chunk.data_set(state, template_key, sets.body(row), sets.meta(row), sets.received_at[datagram])
 
 
 def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
