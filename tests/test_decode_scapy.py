@@ -227,6 +227,15 @@ def test_state_is_bounded_and_picklable():
     assert batch.column("Bytes").to_pylist() == [77]
 
 
+def test_batches_pickle_to_their_own_size():
+    """The outlet keeps pending batches in its snapshots: a batch must carry its rows only, not
+    buffers shared with other batches (e.g. a slice of a longer cached array)."""
+    template = _v9_template()
+    batch = FlowDecoder().decode(_v9_packet(template, _v9_data(template, **V9_VALUES)), "198.51.100.13", EXPORT)
+    assert batch.num_rows == 1
+    assert len(pickle.dumps(batch)) < 20_000  # ~70 columns of one row, and their schema
+
+
 def test_exporters_are_bounded():
     decoder = FlowDecoder(max_exporters=3)
     for i in range(10):

@@ -107,7 +107,9 @@ def _zero_buffer(size: int) -> pa.Buffer:
 
 
 def _default(column: schema.Column, kind: str, dtype: np.dtype | None, n: int) -> pa.Array:
-    """n default values (zero, empty string, empty list) over the shared zero buffer."""
+    """n default values (zero, empty string, empty list) over slices of the shared zero buffer.
+    (Buffer slices, not a slice of a longer cached array: pickling or IPC of an array slice
+    would carry the whole longer buffer.)"""
     t = column.arrow_type
     if kind == "string":
         return pa.Array.from_buffers(t, n, [None, _zero_buffer(4 * (n + 1)), _zero_buffer(0)])
@@ -138,9 +140,12 @@ def _concat(column: schema.Column, kind: str, dtype: np.dtype | None, pieces: li
         filled = [p if p is not None else np.zeros((n, width), np.uint8) for p, n in zip(pieces, sizes)]
         raw = np.ascontiguousarray(np.concatenate(filled) if len(filled) > 1 else filled[0], np.uint8)
         return pa.FixedSizeBinaryArray.from_buffers(column.arrow_type, len(raw), [None, pa.py_buffer(raw)])
-    filled = [np.asarray(p).astype(dtype, copy=False) if p is not None else np.zeros(n, dtype)
-              for p, n in zip(pieces, sizes)]
-    values = np.ascontiguousarray(np.concatenate(filled) if len(filled) > 1 else filled[0])
+    if len(pieces) == 1:
+        values = np.asarray(pieces[0]).astype(dtype, copy=False)
+    else:  # one pass: converts each piece (big-endian record fields, wider integers) as it copies
+        values = np.concatenate([p if p is not None else np.zeros(n, dtype) for p, n in zip(pieces, sizes)],
+                                dtype=dtype, casting="unsafe")
+    values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(column.arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
@@ -149,12 +154,14 @@ def assemble(parts: Sequence[Part]) -> pa.RecordBatch:
     parts = [(n, cols) for n, cols in parts if n]
     total = sum(n for n, _ in parts)
     sizes = [n for n, _ in parts]
-    arrays: dict[str, object] = {}
+    arrays = []
     for column, kind, dtype in _PLAN:
         name = column.name
         pieces = [cols.get(name) for _, cols in parts]
         if any(p is not None for p in pieces):
-            arrays[name] = _concat(column, kind, dtype, pieces, sizes)
+            arrays.append(_concat(column, kind, dtype, pieces, sizes))
         else:
-            arrays[name] = _default(column, kind, dtype, total)
-    return schema.make_batch(arrays, total)
+            arrays.append(_default(column, kind, dtype, total))
+    # Every array is built here with its schema type, in schema order: no conversion is left
+    # for schema.make_batch to do.
+    return pa.RecordBatch.from_arrays(arrays, schema=schema.ARROW_SCHEMA)

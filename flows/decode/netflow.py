@@ -14,6 +14,7 @@ import numpy as np
 
 from flows.decode import metrics
 from flows.decode.columns import strided_view
+from flows.decode.walk import count, joined, lock_step
 from flows.decode.state import ExporterState
 from flows.decode.templates import REVERSE_PEN, SCOPE_PEN, Template, options_values
 
@@ -109,12 +110,8 @@ def walk_netflow(queue: NetflowQueue, chunk) -> None:
 
 
 def _walk_sets(queue: NetflowQueue) -> _Sets | None:
-    payloads = queue.payloads
-    n = len(payloads)
-    lengths = np.fromiter(map(len, payloads), np.int64, n)
-    starts = np.zeros(n, np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    buffer = b"".join(payloads) + bytes(_PAD)
+    n = len(queue.payloads)
+    buffer, starts, lengths = joined(queue.payloads, _PAD)
     be16, be32 = strided_view(buffer, ">u2"), strided_view(buffer, ">u4")
     ipfix = be16[starts] == 10
     metrics.DATAGRAMS_BY_KIND["ipfix"].inc(int(np.count_nonzero(ipfix)))
@@ -125,8 +122,8 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     short = lengths < header
     bad = ipfix & ~short & (message < IPFIX_HEADER.size)
     cut = ipfix & ~short & ~bad & (message > lengths)
-    _count("truncated", short | cut)
-    _count("bad_length", bad)
+    count("truncated", short | cut)
+    count("bad_length", bad)
     ends = np.where(ipfix & ~cut, starts + message, ends)
     export_ms = np.where(ipfix, be32[starts + 4], be32[starts + 8]).astype(np.int64) * 1000
     uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64))
@@ -137,43 +134,15 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     domain_of = [(queue.states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF)
                  for k in unique_keys.tolist()]
     open_ = np.nonzero(~short & ~bad)[0]
-    cursor, end, datagram = starts[open_] + header[open_], ends[open_], open_
-    steps = []
-    while True:
-        room = end - cursor >= 4
-        if not room.all():
-            cursor, end, datagram = cursor[room], end[room], datagram[room]
-        if not cursor.size:
-            break
-        length = be16[cursor + 2].astype(np.int64)
-        zero = length < 4
-        if zero.any():  # a set shorter than its header would loop forever: stop that message
-            metrics.error("bad_length", int(np.count_nonzero(zero)))
-            keep = ~zero
-            cursor, end, datagram, length = cursor[keep], end[keep], datagram[keep], length[keep]
-        following = cursor + length
-        over = following > end
-        if over.any():  # decode the whole records the cut set still holds
-            metrics.error("truncated", int(np.count_nonzero(over)))
-            following = np.minimum(following, end)
-        steps.append((datagram, cursor, following))
-        cursor = following
-    if not steps:
+    datagram, offset, following = lock_step(buffer, open_, starts[open_] + header[open_], ends[open_],
+                                            header=4, inclusive=True)
+    if not offset.size:
         return None
-    datagram, offset, following = (np.concatenate(column) for column in zip(*steps))
-    order = np.argsort(offset, kind="stable")  # offsets grow with datagram and position
-    datagram, offset, following = datagram[order], offset[order], following[order]
     return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
                  domain_index[datagram], domain_of, export_ms, uptime, queue.received)
 
 
 _PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
-
-
-def _count(reason: str, mask: np.ndarray) -> None:
-    count = int(np.count_nonzero(mask))
-    if count:
-        metrics.error(reason, count)
 
 
 def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from flows.decode import metrics
 from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn, strided_view
+from flows.decode.walk import count, joined, lock_step
 
 U32 = struct.Struct("!I")
 U32x2 = struct.Struct("!II")
@@ -60,45 +61,6 @@ class SflowQueue:
         return [(n, cols)]
 
 
-def _lock_step(be32: np.ndarray, owner: np.ndarray, cursor: np.ndarray, end: np.ndarray,
-               remaining: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Walk (format, length)-prefixed XDR items, `remaining` of them from each cursor up to its
-    end, all owners at once. Returns, in buffer order, each item's owner, body offset, format
-    and body end. An item cut by its owner's end is counted (truncated) and stops that owner."""
-    steps = []
-    while owner.size:
-        live = remaining > 0
-        room = end - cursor >= 8
-        _count("truncated", live & ~room)
-        keep = live & room
-        if not keep.all():
-            owner, cursor, end, remaining = owner[keep], cursor[keep], end[keep], remaining[keep]
-            if not owner.size:
-                break
-        body = cursor + 8
-        following = body + be32[cursor + 4].astype(np.int64)
-        over = following > end
-        if over.any():
-            _count("truncated", over)
-            keep = ~over
-            owner, cursor, end, remaining, body, following = (
-                owner[keep], cursor[keep], end[keep], remaining[keep], body[keep], following[keep])
-        steps.append((owner, body, be32[cursor].astype(np.int64), following))
-        cursor, remaining = following, remaining - 1
-    if not steps:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty, empty
-    owner, body, fmt, following = (np.concatenate(column) for column in zip(*steps))
-    order = np.argsort(body, kind="stable")
-    return owner[order], body[order], fmt[order], following[order]
-
-
-def _count(reason: str, mask: np.ndarray) -> None:
-    count = int(np.count_nonzero(mask))
-    if count:
-        metrics.error(reason, count)
-
-
 class _Samples:
     """The flow samples of one call as per-sample arrays, plus what the walk read in Python."""
 
@@ -115,10 +77,7 @@ class _Samples:
 
 def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
     n = len(payloads)
-    lengths = np.fromiter(map(len, payloads), np.int64, n)
-    starts = np.zeros(n, np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    buffer = b"".join(payloads) + bytes(_PAD)
+    buffer, starts, lengths = joined(payloads, _PAD)
     be32 = strided_view(buffer, ">u4")
     ends = starts + lengths
     short = lengths < 8
@@ -126,23 +85,24 @@ def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
     bad = ~short & (address_type != 1) & (address_type != 2)
     head = starts + np.where(address_type == 2, 24, 12)
     cut = ~short & ~bad & (ends < head + 16)
-    _count("truncated", short | cut)
-    _count("bad_length", bad)
+    count("truncated", short | cut)
+    count("bad_length", bad)
     agents = strided_view(buffer, "V16")[starts + 8].view(np.uint8).reshape(n, 16).copy()
     v4 = address_type == 1
     agents[v4, 12:] = agents[v4, :4]
     agents[v4, :12] = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
     datagrams = np.nonzero(~short & ~bad & ~cut)[0]
-    sample_dg, body, fmt, sample_end = _lock_step(
-        be32, datagrams, head[datagrams] + 16, ends[datagrams], be32[head[datagrams] + 12].astype(np.int64))
+    sample_dg, sample, sample_end = lock_step(buffer, datagrams, head[datagrams] + 16, ends[datagrams], header=8,
+                                              inclusive=False, remaining=be32[head[datagrams] + 12].astype(np.int64))
+    fmt, body = be32[sample], sample + 8
     flow = (fmt == FLOW_SAMPLE) | (fmt == EXPANDED_FLOW_SAMPLE)
     counter = (fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)
     if counter.any():
         metrics.SFLOW_COUNTER_SAMPLES.inc(int(np.count_nonzero(counter)))
-    _count("unsupported", ~flow & ~counter)  # enterprise-specific samples
+    count("unsupported", ~flow & ~counter)  # enterprise-specific samples
     expanded = fmt == EXPANDED_FLOW_SAMPLE
     too_short = flow & (sample_end - body < np.where(expanded, 44, 32))
-    _count("truncated", too_short)
+    count("truncated", too_short)
     keep = flow & ~too_short
     sample_dg, body, sample_end, expanded = sample_dg[keep], body[keep], sample_end[keep], expanded[keep]
     if not body.size:
@@ -154,9 +114,9 @@ def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
     cols["ExporterAddress"] = agents[sample_dg]
     records = np.where(expanded, be32[body + 40], be32[body + 28]).astype(np.int64)
     first = body + np.where(expanded, 44, 32)
-    owner, record, record_fmt, record_end = _lock_step(
-        be32, np.arange(len(body)), first, sample_end, records)
-    _records(samples, buffer, be32, owner, record, record_fmt, record_end)
+    owner, record, record_end = lock_step(buffer, np.arange(len(body)), first, sample_end, header=8,
+                                          inclusive=False, remaining=records)
+    _records(samples, buffer, be32, owner, record + 8, be32[record].astype(np.int64), record_end)
     return samples
 
 
