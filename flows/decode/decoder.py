@@ -65,7 +65,10 @@ class Chunk:
                 return
             version = (payload[0] << 8) | payload[1]
             if version == 9 or version == 10:
-                self.netflow.add(state, payload, received)
+                netflow = self.netflow
+                netflow.payloads.append(payload)
+                netflow.states.append(state)
+                netflow.received.append(received)
             elif version == 5:
                 self.datagrams["netflow_v5"] += 1
                 walk_v5(self, state, payload, received)

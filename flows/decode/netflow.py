@@ -25,25 +25,15 @@ IPFIX_RANDOM_SAMPLING = 2
 
 
 class NetflowQueue:
-    """NetFlow v9 and IPFIX datagrams queued during one decode call (walked together at its end)."""
+    """NetFlow v9 and IPFIX datagrams queued during one decode call (walked together at its end).
+    The chunk appends to the three lists directly: this runs once per datagram."""
 
-    __slots__ = ("payloads", "state_ids", "received", "states", "_ids")
+    __slots__ = ("payloads", "states", "received")
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
-        self.state_ids: list[int] = []
-        self.received: list[float] = []
         self.states: list[ExporterState] = []
-        self._ids: dict[ExporterState, int] = {}
-
-    def add(self, state: ExporterState, payload: bytes, received: float) -> None:
-        state_id = self._ids.get(state)
-        if state_id is None:
-            state_id = self._ids[state] = len(self.states)
-            self.states.append(state)
-        self.payloads.append(payload)
-        self.state_ids.append(state_id)
-        self.received.append(received)
+        self.received: list[float] = []
 
 
 class _Sets:
@@ -129,10 +119,12 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64))
     domain = np.where(ipfix, be32[starts + 12], be32[starts + 16]).astype(np.int64)
     # One index per (exporter, version, source id / observation domain) in the chunk.
-    keys = (np.array(queue.state_ids, np.int64) << 33) | (ipfix.astype(np.int64) << 32) | domain
+    state_ids: dict[ExporterState, int] = {}
+    ids = [state_ids.setdefault(state, len(state_ids)) for state in queue.states]
+    states = list(state_ids)
+    keys = (np.array(ids, np.int64) << 33) | (ipfix.astype(np.int64) << 32) | domain
     unique_keys, domain_index = np.unique(keys, return_inverse=True)
-    domain_of = [(queue.states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF)
-                 for k in unique_keys.tolist()]
+    domain_of = [(states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF) for k in unique_keys.tolist()]
     open_ = np.nonzero(~short & ~bad)[0]
     datagram, offset, following = lock_step(buffer, open_, starts[open_] + header[open_], ends[open_],
                                             header=4, inclusive=True)
@@ -150,27 +142,36 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
     if not rows.size:
         return
     keys = sets.dom[rows] * 65536 + sets.set_id[rows]
-    unique_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(keys, kind="stable")  # grouped by template, datagram order kept within
+    rows, keys = rows[order], keys[order]
+    bounds = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts_of_group = np.concatenate(([0], bounds))
+    groups = sorted(zip(order[starts_of_group].tolist(), starts_of_group.tolist(),
+                        np.append(bounds, len(rows)).tolist()))  # in order of first appearance
     one_by_one = []
-    for i in np.argsort(first).tolist():  # templates in order of first appearance
-        key = int(unique_keys[i])
+    for _, begin, end in groups:
+        key = int(keys[begin])
         state, version, domain = sets.domain_of[key >> 16]
         template_key = (version, domain, key & 0xFFFF)
-        these = rows[inverse == i]
+        these = rows[begin:end]
         template = state.templates.get(template_key)
         if template is None or template.options or template.varlen:
             one_by_one.extend((row, state, template_key) for row in these.tolist())
             continue
         record_len = template.record_len
-        counts = (sets.following[these] - sets.offset[these] - 4) // record_len
-        total = int(counts.sum())
-        if not total:
-            continue
-        set_of_record = np.repeat(np.arange(len(these)), counts)
-        first_record = np.cumsum(counts) - counts
-        starts = sets.offset[these][set_of_record] + 4 + (np.arange(total) - first_record[set_of_record]) * record_len
+        offsets = sets.offset[these] + 4
+        counts = (sets.following[these] - offsets) // record_len
+        if (counts == 1).all():  # one record per set (softflowd)
+            starts, datagram = offsets, sets.datagram[these]
+        else:
+            total = int(counts.sum())
+            if not total:
+                continue
+            set_of_record = np.repeat(np.arange(len(these)), counts)
+            first_record = np.cumsum(counts) - counts
+            starts = offsets[set_of_record] + (np.arange(total) - first_record[set_of_record]) * record_len
+            datagram = sets.datagram[these][set_of_record]
         records = strided_view(sets.buffer, f"V{record_len}")[starts].view(template.dtype)
-        datagram = sets.datagram[these][set_of_record]
         chunk.group(state, template, version, domain).pieces.append(
             (records, sets.export_ms[datagram], sets.uptime[datagram], sets.received[datagram]))
     # Rare: missing template (held, oldest dropped first), options data, variable-length

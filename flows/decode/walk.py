@@ -50,7 +50,7 @@ def lock_step(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndar
         owner, cursor, end, remaining = _keep(room, owner, cursor, end, remaining)
         if not owner.size:
             break
-        length = lengths[cursor + length_at].astype(np.int64)
+        length = lengths[cursor + length_at]  # big-endian; sums with the int64 cursors are int64
         if inclusive:
             bad = length < header  # a zero length would never move on
             count("bad_length", bad)
