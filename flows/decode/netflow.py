@@ -1,9 +1,11 @@
 """NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) messages: walking sets, learning templates.
 
-The walk is the only per-datagram Python: it reads the header, steps over sets by their
-length field (exporters such as softflowd do not pad sets to 4 bytes), learns templates,
-applies options records (sampling, system init time) at once, and hands each data set to the
-chunk, which decodes all sets of one template together (see records.py).
+All v9/IPFIX datagrams of a decode call are walked together (walk.lock_step): headers and set
+headers are read with numpy from one joined buffer, stepping over sets by their length field
+(exporters such as softflowd do not pad sets to 4 bytes). Template sets are then applied in
+datagram order (recognised by their bytes when already seen), options records (sampling,
+system init time) at once, and the records of each template are gathered from the buffer
+together and decoded as one structured array (see records.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ V9_HEADER = struct.Struct("!HHIIII")  # version, count, sysUptime, unix secs, se
 IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, domain
 SET_HEADER = struct.Struct("!HH")
 IPFIX_RANDOM_SAMPLING = 2
+_PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
 
 
 class NetflowQueue:
@@ -132,9 +135,6 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
         return None
     return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
                  domain_index[datagram], domain_of, export_ms, uptime, queue.received)
-
-
-_PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
 
 
 def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:

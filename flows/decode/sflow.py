@@ -412,18 +412,17 @@ def _sampled_ip(cols: dict, sampled: dict, n: int) -> None:
 
 
 def _extended(cols: dict, samples: _Samples, n: int) -> None:
-    queue = samples
-    if queue.next_hops:
+    if samples.next_hops:
         hops = np.zeros((n, 16), np.uint8)
-        for i, hop in queue.next_hops.items():
+        for i, hop in samples.next_hops.items():
             hops[i] = np.frombuffer(hop, np.uint8)
         cols["NextHop"] = hops
-    if queue.as_paths:
+    if samples.as_paths:
         lengths = np.zeros(n, np.int64)
         values = []
-        for i in sorted(queue.as_paths):
-            lengths[i] = len(queue.as_paths[i])
-            values.extend(queue.as_paths[i])
+        for i in sorted(samples.as_paths):
+            lengths[i] = len(samples.as_paths[i])
+            values.extend(samples.as_paths[i])
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         cols["DstASPath"] = ListColumn(offsets, np.array(values, np.uint32))
