@@ -24,6 +24,8 @@ V9_HEADER = struct.Struct("!HHIIII")  # version, count, sysUptime, unix secs, se
 IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, domain
 SET_HEADER = struct.Struct("!HH")
 IPFIX_RANDOM_SAMPLING = 2
+MAX_RATE = (1 << 64) - 1  # SamplingRate is a UInt64
+MAX_TIME_MS = 1 << 62  # times are int64 ms: a boot time must leave room for the uptime added to it
 _PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
 
 
@@ -282,14 +284,16 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
     records, count = template.records(body)
     for row in options_values(template, records, count):
         metrics.OPTIONS_RECORDS.inc()
-        rate = sampling_rate_of(row)
+        # Values kept as state must fit the columns' integers, or every later batch of this
+        # exporter would fail: a rate is capped, an impossible boot time is ignored.
+        rate = min(sampling_rate_of(row), MAX_RATE)
         if rate:
             sampler = row.get((0, 48), row.get((0, 302)))
             if sampler is None:
                 state.set_domain_rate((version, domain), rate)
             else:
                 state.set_sampler_rate((version, domain, sampler), rate)
-        if (0, 160) in row:
+        if row.get((0, 160), MAX_TIME_MS) < MAX_TIME_MS:
             state.set_system_init((version, domain), row[(0, 160)])
 
 
