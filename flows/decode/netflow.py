@@ -109,9 +109,15 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     buffer, starts, lengths = joined(queue.payloads, _PAD)
     be16, be32 = strided_view(buffer, ">u2"), strided_view(buffer, ">u4")
     ipfix = be16[starts] == 10
-    metrics.DATAGRAMS_BY_KIND["ipfix"].inc(int(np.count_nonzero(ipfix)))
-    metrics.DATAGRAMS_BY_KIND["netflow_v9"].inc(int(n - np.count_nonzero(ipfix)))
-    header = np.where(ipfix, IPFIX_HEADER.size, V9_HEADER.size)
+    some = int(np.count_nonzero(ipfix))
+    metrics.DATAGRAMS_BY_KIND["ipfix"].inc(some)
+    metrics.DATAGRAMS_BY_KIND["netflow_v9"].inc(n - some)
+
+    def per_version(for_ipfix: int, for_v9: int):
+        """A header field's position (or size) by version; a number when all are alike."""
+        return for_v9 if some == 0 else for_ipfix if some == n else np.where(ipfix, for_ipfix, for_v9)
+
+    header = per_version(IPFIX_HEADER.size, V9_HEADER.size)
     ends = starts + lengths
     message = be16[starts + 2].astype(np.int64)  # IPFIX: message length
     short = lengths < header
@@ -119,10 +125,11 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     cut = ipfix & ~short & ~bad & (message > lengths)
     count("truncated", short | cut)
     count("bad_length", bad)
-    ends = np.where(ipfix & ~cut, starts + message, ends)
-    export_ms = np.where(ipfix, be32[starts + 4], be32[starts + 8]).astype(np.int64) * 1000
-    uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64))
-    domain = np.where(ipfix, be32[starts + 12], be32[starts + 16]).astype(np.int64)
+    if some:
+        ends = np.where(ipfix & ~cut, starts + message, ends)
+    export_ms = be32[starts + per_version(4, 8)].astype(np.int64) * 1000
+    uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64)) if some else be32[starts + 4].astype(np.int64)
+    domain = be32[starts + per_version(12, 16)].astype(np.int64)
     # One index per (exporter, version, source id / observation domain) in the chunk.
     state_ids: dict[ExporterState, int] = {}
     ids = [state_ids.setdefault(state, len(state_ids)) for state in queue.states]
@@ -131,8 +138,8 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     unique_keys, domain_index = np.unique(keys, return_inverse=True)
     domain_of = [(states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF) for k in unique_keys.tolist()]
     open_ = np.nonzero(~short & ~bad)[0]
-    datagram, offset, following = lock_step(buffer, open_, starts[open_] + header[open_], ends[open_],
-                                            header=4, inclusive=True)
+    first_set = starts[open_] + (header if np.isscalar(header) else header[open_])
+    datagram, offset, following = lock_step(buffer, open_, first_set, ends[open_], header=4, inclusive=True)
     if not offset.size:
         return None
     return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,

@@ -57,18 +57,12 @@ def lock_step(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndar
         if not owner.size:
             break
         length = lengths[cursor + length_at]  # big-endian; sums with the int64 cursors are int64
-        if inclusive:
-            bad = length < header  # a zero length would never move on
-            count("bad_length", bad)
-            owner, cursor, end, remaining, length = _keep(~bad, owner, cursor, end, remaining, length)
-            following = cursor + length
-            count("truncated", following > end)
-            following = np.minimum(following, end)
-        else:
-            following = cursor + header + length
-            over = following > end
-            count("truncated", over)
-            owner, cursor, end, remaining, following = _keep(~over, owner, cursor, end, remaining, following)
+        following = cursor + length if inclusive else cursor + header + length
+        over = following > end
+        bad = length < header if inclusive else None  # a zero length would never move on
+        if over.any() or (inclusive and bad.any()):
+            owner, cursor, end, remaining, following = _problems(
+                owner, cursor, end, remaining, following, over, bad)
         steps.append((owner, cursor, following))
         cursor = following
         if remaining is not None:
@@ -123,6 +117,19 @@ def _tail(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndarray,
     if bad:
         metrics.error("bad_length", bad)
     return np.array(owners, np.int64), np.array(starts, np.int64), np.array(ends, np.int64)
+
+
+def _problems(owner, cursor, end, remaining, following, over, bad) -> tuple:
+    """Count a step's bad items: a length below the header (bad_length: its owner stops), or
+    an item past its owner's end (truncated: a NetFlow set, `bad` given, is cut at the end, its
+    whole records still decoded; an sFlow item is dropped and its owner stops)."""
+    if bad is None:
+        count("truncated", over)
+        return _keep(~over, owner, cursor, end, remaining, following)
+    count("bad_length", bad)
+    count("truncated", over & ~bad)
+    following = np.minimum(following, end)
+    return _keep(~bad, owner, cursor, end, remaining, following)
 
 
 def _keep(mask: np.ndarray, *arrays: np.ndarray | None) -> tuple:
