@@ -11,6 +11,9 @@ Modes, best first (`inlet.balancing: auto` takes the first that works):
   one worker.
 
 Each process compiles and attaches the program once per listener; every socket joins the map.
+A pinned map outlives the processes, so it is removed by whoever leaves it empty: each process
+on a clean stop, once its sockets are closed (`ListenerGroup.release`), and `waxflow bpf clean`
+for what a killed process left behind (`clean`).
 """
 
 from __future__ import annotations
@@ -176,6 +179,42 @@ def shared_socket_map(path: Path, workers: int) -> int:
     raise BalancingError(f"cannot settle on a socket map at {path}")
 
 
+def unused(fd: int) -> bool:
+    """A socket map none of whose slots holds a socket (every process using it has stopped)."""
+    _map_type, entries = syscall.map_info(fd)
+    return not any(syscall.holds_socket(fd, index) for index in range(entries))
+
+
+def remove_if_unused(path: Path) -> bool:
+    """Unpin the socket map at `path` when no socket uses it; True when removed."""
+    try:
+        fd = syscall.open_pinned(str(path))
+    except syscall.BPFError:
+        return False   # gone already, or not a bpf object
+    try:
+        if syscall.map_info(fd)[0] != syscall.BPF_MAP_TYPE_REUSEPORT_SOCKARRAY or not unused(fd):
+            return False
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def clean(bpffs: Path) -> tuple[list[Path], list[Path]]:
+    """Remove the unused socket maps pinned under `bpffs` (and the directory once empty).
+    Returns (removed, kept because in use)."""
+    removed, kept = [], []
+    if not bpffs.is_dir():
+        return removed, kept
+    for path in sorted(bpffs.iterdir()):
+        (removed if remove_if_unused(path) else kept).append(path)
+    try:
+        bpffs.rmdir()
+    except OSError:
+        pass   # not empty: maps in use, or files that are not ours
+    return removed, kept
+
+
 # --- one listener's group, per process -----------------------------------------------------------
 
 @dataclass
@@ -188,6 +227,7 @@ class ListenerGroup:
     bpffs: Path
     mode: str = ""
     reason: str = ""  # why a better mode is not active
+    path: Path | None = None   # the pinned socket map (ebpf)
     map_fd: int = -1
     prog_fd: int = -1
     _program: Any = None
@@ -197,8 +237,8 @@ class ListenerGroup:
         reasons = []
         if self.requested in ("auto", "ebpf"):
             try:
-                self.map_fd = shared_socket_map(pin_path(self.bpffs, self.key, self.workers),
-                                                self.workers)
+                self.path = pin_path(self.bpffs, self.key, self.workers)
+                self.map_fd = shared_socket_map(self.path, self.workers)
                 self._program, self.prog_fd = load_program(self.map_fd, self.workers)
                 self.mode = "ebpf"
                 return
@@ -231,6 +271,15 @@ class ListenerGroup:
             return self.mode
 
 
+    def release(self) -> None:
+        """After this process closed sockets of the group: unpin the map once no socket of
+        the cluster uses it any more (the last process to stop removes it)."""
+        with self._lock:
+            if self.mode == "ebpf" and self.path is not None and remove_if_unused(self.path):
+                log.info("removed the unused socket map %s", self.path)
+                _forget(self)
+
+
 _groups: dict[tuple[str, str, int], ListenerGroup] = {}
 _groups_lock = threading.Lock()
 
@@ -245,3 +294,12 @@ def group_for(key: str, workers: int, requested: str, bpffs: Path) -> ListenerGr
             group = _groups[(key, requested, workers)] = ListenerGroup(key, workers, requested,
                                                                        bpffs)
         return group
+
+
+def _forget(group: ListenerGroup) -> None:
+    """Drop a group whose map is gone: a later listener on the same key starts afresh."""
+    with _groups_lock:
+        if _groups.get((group.key, group.requested, group.workers)) is group:
+            del _groups[(group.key, group.requested, group.workers)]
+    os.close(group.map_fd)
+    group.map_fd, group.mode, group._program = -1, "", None

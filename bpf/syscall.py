@@ -16,6 +16,7 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x"
            "riscv64": 280}
 
 BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -74,6 +75,22 @@ def put_socket(map_fd: int, index: int, socket_fd: int) -> None:
                                     (8, ctypes.c_uint64, ctypes.addressof(key)),
                                     (16, ctypes.c_uint64, ctypes.addressof(value)),
                                     (24, ctypes.c_uint64, BPF_ANY)))
+
+
+def holds_socket(map_fd: int, index: int) -> bool:
+    """Whether a socket sits at `index` of a socket array (the kernel takes a socket out of
+    the map when it closes, so a map whose sockets all closed is empty)."""
+    key = ctypes.c_uint32(index)
+    cookie = ctypes.c_uint64()   # a lookup from user space returns the socket's cookie
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _attr((0, ctypes.c_uint32, map_fd),
+                                        (8, ctypes.c_uint64, ctypes.addressof(key)),
+                                        (16, ctypes.c_uint64, ctypes.addressof(cookie))))
+    except BPFError as err:
+        if err.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def pin(fd: int, path: str) -> None:

@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -226,16 +227,28 @@ BATCHES = Counter("waxflow_clickhouse_batches_total", "insert batches committed 
 INSERT_SECONDS = Histogram("waxflow_clickhouse_insert_seconds", "time to insert one batch",
                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RETRIES = Counter("waxflow_clickhouse_retries_total", "insert attempts that failed and were retried")
-ERRORS = Counter("waxflow_clickhouse_errors_total", "insert errors by reason", ["reason"])
+ERRORS = Counter("waxflow_clickhouse_errors_total", "failed inserts by reason (readonly, closed, "
+                 "connection, storage, other)", ["reason"])
 PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
 
+# The three aggregating views of `flows` are filled on threads of their own rather than one
+# after the other: they are most of an insert's work (measured in bench/outlet.py).
+INSERT_SETTINGS = {"parallel_view_processing": 1}
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 _ratelimited = RateLimitedLog(log)
 
 
+# The store's disk refuses writes: permissions, a read-only or full filesystem.
+_STORAGE_ERRORS = ("filesystem error", "permission denied", "operation not permitted",
+                   "read-only file system", "no space left", "not enough space")
+
+
 def _error_reason(err: Exception) -> str:
+    """One of a fixed set of reasons, from the error's text (clients raise many types)."""
     text = str(err).lower()
+    if any(m in text for m in _STORAGE_ERRORS):
+        return "storage"
     if "readonly" in text or "read-only" in text or "read only" in text:
         return "readonly"
     if "closed" in text:
@@ -261,8 +274,11 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
     """Buffers flow batches and inserts them in large batches, holding them while inserts fail.
 
     Items are flow batches, or None: a tick the decode step sends so that a quiet stream is
-    still flushed after `batch_wait`. The snapshot holds the rows not yet inserted, so a crash
-    after a recovery snapshot loses none of them.
+    still flushed after `batch_wait`. A due batch is inserted by a background thread while the
+    worker goes on decoding (chDB and the HTTP client release the GIL while they work); at most
+    one insert is in flight, so a slow or refusing store stops the worker at the next flush
+    (back-pressure) instead of piling up rows. The snapshot holds the rows not yet inserted,
+    the in-flight ones included, so a crash after a recovery snapshot loses none of them.
     """
 
     def __init__(self, cfg: ClickHouse, resume: bytes | None) -> None:
@@ -272,6 +288,9 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
         self.pending: list[pa.RecordBatch] = _from_ipc(resume) if resume else []
         self.rows = sum(b.num_rows for b in self.pending)
         self.first_at = time.monotonic() if self.pending else None
+        self.in_flight: list[pa.RecordBatch] = []
+        self.inserting: Future | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
         PENDING.inc(self.rows)
 
     def write_batch(self, values: list[pa.RecordBatch | None]) -> None:
@@ -282,6 +301,8 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
                 self.pending.append(batch)
                 self.rows += batch.num_rows
                 PENDING.inc(batch.num_rows)
+        if self.inserting is not None and self.inserting.done():
+            self.wait_inserted()  # frees the rows and surfaces a failure promptly
         if self._due():
             self.flush()
 
@@ -293,15 +314,28 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
         return time.monotonic() - self.first_at >= self.cfg.batch_wait.total_seconds()
 
     def flush(self) -> None:
-        """Insert everything pending; retry with backoff until it succeeds (back-pressure)."""
+        """Start inserting everything pending, once the previous insert has finished."""
+        self.wait_inserted()
         if not self.rows:
             return
-        table = pa.Table.from_batches(self.pending, schema=schema.ARROW_SCHEMA)
+        self.in_flight, rows = self.pending, self.rows
+        self.pending, self.rows, self.first_at = [], 0, None
+        self.inserting = self.executor.submit(self._insert, self.in_flight, rows)
+
+    def wait_inserted(self) -> None:
+        """Block until the insert in flight (with its retries) has succeeded."""
+        if self.inserting is not None:
+            self.inserting.result()
+            self.inserting, self.in_flight = None, []
+
+    def _insert(self, batches: list[pa.RecordBatch], rows: int) -> None:
+        """Insert one batch; retry with backoff until it succeeds (runs in the insert thread)."""
+        table = pa.Table.from_batches(batches, schema=schema.ARROW_SCHEMA)
         delay = BACKOFF_START
         while True:
             started = time.perf_counter()
             try:
-                self.client.insert_arrow(self.table, table)
+                self.client.insert_arrow(self.table, table, settings=INSERT_SETTINGS)
                 break
             except Exception as err:  # any failure: keep the rows, wait, try again
                 reason = _error_reason(err)
@@ -309,22 +343,26 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
                 RETRIES.inc()
                 _ratelimited(logging.WARNING, reason,
                              "insert of %d rows failed (%s: %s); retrying in %.1fs, rows kept",
-                             self.rows, reason, err, delay)
+                             rows, reason, err, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 if reason == "closed":
                     self.client = reconnect(self.cfg)
         INSERT_SECONDS.observe(time.perf_counter() - started)
-        ROWS.inc(self.rows)
+        ROWS.inc(rows)
         BATCHES.inc()
-        PENDING.dec(self.rows)
-        self.pending, self.rows, self.first_at = [], 0, None
+        PENDING.dec(rows)
 
     def snapshot(self) -> bytes | None:
-        return _to_ipc(self.pending) if self.pending else None
+        if self.inserting is not None and self.inserting.done():
+            self.wait_inserted()  # inserted rows need not be replayed
+        batches = self.in_flight + self.pending
+        return _to_ipc(batches) if batches else None
 
     def close(self) -> None:
         self.flush()
+        self.wait_inserted()
+        self.executor.shutdown()
 
 
 class ClickHouseSink(FixedPartitionedSink[pa.RecordBatch | None, bytes | None]):

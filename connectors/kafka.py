@@ -16,11 +16,12 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, Ne
 
 from connectors import metrics as metrics_mod
 from connectors.metrics import InletMetrics, RateLimitedLog
+from flows.envelope import EXPORTER
 from flows.settings import Kafka
 
 log = logging.getLogger(__name__)
 
-Message = tuple[bytes | None, bytes]  # (key, value)
+Envelopes = list[bytes]   # the sink's items: finished envelopes (flows/envelope.py)
 
 
 _ratelimited = RateLimitedLog(log)
@@ -104,16 +105,21 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.kbytes": 256 * 1024,
     "acks": "all",
 }
+# Not overridable: acknowledged messages are counted as produced - failed - still queued, so
+# librdkafka must report failures only (a report per delivered message costs a Python call
+# each, about as much as producing it).
+PRODUCER_FIXED: dict[str, Any] = {"delivery.report.only.error": True}
 
 
 def producer_config(kafka: Kafka, **callbacks: Callable[..., None]) -> dict[str, Any]:
     """Defaults, then the user's `kafka.producer` entries, then the bootstrap and callbacks."""
-    return {**PRODUCER_DEFAULTS, **kafka.producer, "bootstrap.servers": kafka.bootstrap,
-            **callbacks}
+    return {**PRODUCER_DEFAULTS, **kafka.producer, **PRODUCER_FIXED,
+            "bootstrap.servers": kafka.bootstrap, **callbacks}
 
 
-class ProducerPartition(StatelessSinkPartition[list[Message]]):
-    """One producer per worker. Items are lists of (key, value) messages."""
+class ProducerPartition(StatelessSinkPartition[Envelopes]):
+    """One producer per worker. Items are lists of envelopes; the key is each envelope's
+    exporter address (`kafka.key_mode: by-exporter`) or none (librdkafka spreads them)."""
 
     def __init__(self, kafka: Kafka, topic: str, worker: str, metrics: InletMetrics,
                  stop: threading.Event) -> None:
@@ -123,8 +129,8 @@ class ProducerPartition(StatelessSinkPartition[list[Message]]):
         self.metrics = metrics
         self.stop = stop
         self.drop_when_full = kafka.queue_full == "drop"
+        self.by_exporter = kafka.key_mode == "by-exporter"
         self.produced = 0
-        self.acked = 0
         self.failed = 0
         self.discarded = 0
         self._reported = (0, 0)
@@ -132,16 +138,22 @@ class ProducerPartition(StatelessSinkPartition[list[Message]]):
         self.producer = Producer(producer_config(kafka, on_delivery=self._delivered,
                                                  error_cb=self._error))
         self._closing = threading.Event()
-        # Serves delivery callbacks while the dataflow is idle, so counts never go stale.
+        # Serves failure reports while the dataflow is idle, so counts never go stale.
         self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                         name=f"kafka-poll-{worker}")
         self._poller.start()
 
+    @property
+    def acked(self) -> int:
+        """Delivered messages: with failure-only reports, those neither failed nor still in
+        librdkafka's queue. A failed message stays counted in the queue until its report has
+        run (and counted it) and the lock keeps that report from running between the reads."""
+        with self._lock:
+            return self.produced - self.failed - len(self.producer)
+
     # -- callbacks (librdkafka reports through poll/flush) --
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is None:
-            with self._lock:
-                self.acked += 1
+        if err is None:   # only with a non-default delivery.report.only.error
             return
         with self._lock:
             self.failed += 1
@@ -158,9 +170,10 @@ class ProducerPartition(StatelessSinkPartition[list[Message]]):
 
     def _report(self) -> None:
         with self._lock:
-            acked, produced = self.acked, self.produced
+            produced = self.produced
+        acked = self.acked
         last_acked, last_produced = self._reported
-        self._reported = (acked, produced)
+        self._reported = (max(acked, last_acked), produced)
         if acked > last_acked:
             self.metrics.kafka_acked.labels(self.worker).inc(acked - last_acked)
         if produced > last_produced:
@@ -168,12 +181,14 @@ class ProducerPartition(StatelessSinkPartition[list[Message]]):
         self.metrics.kafka_queued.labels(self.worker).set(len(self.producer))
 
     # -- the hot path --
-    def write_batch(self, items: list[list[Message]]) -> None:
+    def write_batch(self, items: list[Envelopes]) -> None:
         produce = self.producer.produce
-        topic = self.topic
+        topic, keyed, key = self.topic, self.by_exporter, None
         produced = 0
-        for messages in items:
-            for key, value in messages:
+        for envelopes in items:
+            for value in envelopes:
+                if keyed:
+                    key = value[EXPORTER]
                 try:
                     produce(topic, value, key)
                 except BufferError:
@@ -221,8 +236,8 @@ class ProducerPartition(StatelessSinkPartition[list[Message]]):
                  self.failed, self.discarded, remaining)
 
 
-class ProducerSink(DynamicSink[list[Message]]):
-    """Produces (key, value) lists to `topic`; ensures the topic first when managed."""
+class ProducerSink(DynamicSink[Envelopes]):
+    """Produces lists of envelopes to `topic`; ensures the topic first when managed."""
 
     def __init__(self, kafka: Kafka, topic: str, stop: threading.Event | None = None) -> None:
         self.kafka = kafka

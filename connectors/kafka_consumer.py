@@ -4,11 +4,23 @@ configuration says."""
 
 from __future__ import annotations
 
-from bytewax.connectors.kafka import KafkaSource
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED
+import threading
+import time
+import weakref
+
+from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, KafkaException, TopicPartition
+from prometheus_client import Gauge
 
 from flows import envelope
 from flows.settings import Kafka
+
+CONSUMER_LAG = Gauge(
+    "waxflow_kafka_consumer_lag",
+    "messages in the partition not yet read by the outlet: the partition's high watermark (as "
+    "the broker's fetch responses last said) minus the next offset the dataflow reads",
+    ["topic", "partition"])
+LAG_INTERVAL = 1.0
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END, "committed": OFFSET_STORED}
 
@@ -37,8 +49,72 @@ def consumer_config(cfg: Kafka) -> dict[str, str]:
     return config
 
 
+class _Partition(_KafkaSourcePartition):
+    """Bytewax's Kafka partition reader, whose lag `_LagReporter` reports."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lag = CONSUMER_LAG.labels(self._topic, str(self._part_idx))
+        self._closed = False
+        _LagReporter.watch(self)
+
+    def _process_stats(self, json_stats: str) -> None:
+        """Bytewax's own statistics handling is not used (statistics are off)."""
+
+    def report_lag(self) -> None:
+        if self._closed:
+            return
+        try:
+            # cached: the high watermark of the last fetch response, no request to the broker
+            # (tansu answers the "latest offset" request wrongly; its fetch responses are right).
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._part_idx), cached=True)
+        except (KafkaException, RuntimeError):  # closing, or not fetched yet
+            return
+        position = self._offset
+        # Before the first fetch answer, or while the start is still a logical offset
+        # (beginning, stored), there is no position to measure from.
+        if high is not None and high >= 0 and position >= 0:
+            self._lag.set(max(high - position, 0))
+
+    def close(self) -> None:
+        self._closed = True
+        super().close()
+
+
+class _LagReporter:
+    """One thread per process sets every partition's lag gauge each LAG_INTERVAL seconds.
+
+    It runs beside the workers, not from within their Kafka polls: when the sink holds the
+    worker back (ClickHouse refusing inserts), librdkafka keeps fetching and the lag keeps
+    growing on the gauge, which is when it matters.
+    """
+
+    _parts: "weakref.WeakSet[_Partition]" = weakref.WeakSet()
+    _thread: threading.Thread | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def watch(cls, part: _Partition) -> None:
+        with cls._lock:
+            cls._parts.add(part)
+            if cls._thread is None:
+                cls._thread = threading.Thread(target=cls._run, name="kafka-lag", daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            with cls._lock:
+                parts = list(cls._parts)
+            for part in parts:
+                part.report_lag()
+            time.sleep(LAG_INTERVAL)
+
+
 class _Source(KafkaSource):
-    """KafkaSource whose partition listing does not hand consumer settings to the admin client."""
+    """KafkaSource whose partitions report their lag, and whose partition listing does not hand
+    consumer settings to the admin client."""
 
     def list_parts(self) -> list[str]:
         from bytewax.connectors.kafka import _list_parts
@@ -46,6 +122,17 @@ class _Source(KafkaSource):
 
         client = AdminClient({"bootstrap.servers": ",".join(self._brokers)})
         return list(_list_parts(client, self._topics))
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+        # As KafkaSource.build_part, with our partition class.
+        index, topic = for_part.split("-", 1)
+        config = {
+            "bootstrap.servers": ",".join(self._brokers),
+            "enable.partition.eof": str(not self._tail),
+            **self._add_config,
+        }
+        return _Partition(step_id, config, topic, int(index), self._starting_offset, resume_state,
+                          self._batch_size, self._raise_on_errors)
 
 
 def kafka_source(cfg: Kafka, batch_size: int = 5000) -> KafkaSource:

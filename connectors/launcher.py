@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +31,20 @@ def ensure_recovery_store(directory: Path, partitions: int = RECOVERY_PARTITIONS
     """Create the Bytewax recovery store in `directory` unless it already holds one.
 
     An existing store is kept as it is (its snapshots are the point); only an empty or
-    missing directory is initialised.
+    missing directory is initialised. The processes of a cluster start together on the same
+    data_dir: a lock beside the store lets one create it while the others wait and reuse it.
     """
     directory = Path(directory)
-    existing = sorted(directory.glob("part-*.sqlite3")) if directory.exists() else []
-    if existing:
-        return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "bytewax.recovery", str(directory), str(partitions)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise LaunchError(f"cannot create the recovery store in {directory}: {done.stderr.strip()}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if directory.exists() and any(directory.glob("part-*.sqlite3")):
+            return directory
+        directory.mkdir(exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "bytewax.recovery", str(directory), str(partitions)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise LaunchError(f"cannot create the recovery store in {directory}: {done.stderr.strip()}")
     return directory
 
 

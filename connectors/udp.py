@@ -4,12 +4,15 @@ All sockets of a listener, in every worker and every process of the cluster, bin
 address with SO_REUSEADDR + SO_REUSEPORT and so form one reuseport group; bpf/loader.py
 decides how the kernel spreads datagrams over the group.
 
-Each `next_batch` drains up to `inlet.max_batch` datagrams per socket without blocking and
-emits one `ReceivedBatch` per socket that had any. Receive time is the kernel's
-(SO_TIMESTAMPNS, read from the recvmsg ancillary data) when `timestamp_source: kernel`;
-the documented fallback, used when the kernel gives none or `timestamp_source: userspace`,
-is the wall clock right after recvmsg returns. The kernel's drop counter (SO_RXQ_OVFL) rides
-along with the datagrams as ancillary data too.
+Each `next_batch` drains up to `inlet.max_batch` datagrams per socket without blocking, with
+recvmmsg (connectors/mmsg.py: up to 1024 per system call, straight into preallocated slots
+that leave room for the envelope header), and emits one list of finished envelopes per socket
+that had any: the one Python object made per datagram is the bytes handed to Kafka. Counters
+move once per read. Receive time is the kernel's (SO_TIMESTAMPNS, read from the ancillary
+data) when `timestamp_source: kernel`; the documented fallback, used when the kernel gives
+none or `timestamp_source: userspace`, is the wall clock right after the read returns (one
+value for the datagrams of one read). The kernel's drop counter (SO_RXQ_OVFL) rides along
+with the datagrams as ancillary data too.
 
 A stop request (SIGTERM/SIGINT, see `stop_on_signals`) makes every partition drain what its
 sockets already hold, close them and end: the dataflow then completes and the Kafka sink
@@ -23,54 +26,44 @@ import errno
 import logging
 import signal
 import socket
-import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
+import numpy as np
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from bpf import loader
 from connectors import metrics as metrics_mod
+from connectors import mmsg
 from connectors.cluster import process_id
 from connectors.metrics import MAX_EXPORTERS, OTHER_EXPORTERS, InletMetrics
-from flows.envelope import DECODER_KINDS, address_bytes, address_text
+from flows import envelope
+from flows.envelope import DECODER_KINDS, address_text
 from flows.settings import Listener
 
 log = logging.getLogger(__name__)
 
 # Linux socket options Python's socket module does not name.
 SO_RCVBUFFORCE = 33
-SO_TIMESTAMPNS = 35
-SCM_TIMESTAMPNS = SO_TIMESTAMPNS
-SO_RXQ_OVFL = 40
+SO_TIMESTAMPNS = mmsg.SO_TIMESTAMPNS
+SO_RXQ_OVFL = mmsg.SO_RXQ_OVFL
 
 MAX_DATAGRAM = 65535             # any UDP payload fits: a full one is never truncated
-ANCILLARY_SPACE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)  # timespec + drop counter
-_TIMESPEC = struct.Struct("@qq")
-_U32 = struct.Struct("@I")
+RING_SLOTS = 1024                # datagrams per recvmmsg call at most
+_LARGE = 4096 - envelope.HEADER_SIZE   # a datagram past its slot's first page
 _STOP_DRAIN_LIMIT = 1_000_000   # on stop: what the socket holds, bounded against a flood
+READ_PAUSE = 0.005               # seconds between reads once a worker's sockets are empty
 
 
 class ListenerError(RuntimeError):
     """A listener that cannot start (its message names the listener and the address)."""
 
 
-class Datagram(NamedTuple):
-    payload: bytes
-    exporter: bytes       # 16 bytes, IPv4-mapped for IPv4
-    exporter_port: int
-    received_ns: int
-
-
-class ReceivedBatch(NamedTuple):
-    """The datagrams one socket delivered in one `next_batch`."""
-
-    listener_id: int
-    decoder_kind: int
-    datagrams: list[Datagram]
+Envelopes = list[bytes]   # what the source emits: one list per socket and read, ready for Kafka
 
 
 # --- socket setup ----------------------------------------------------------------------------------
@@ -128,7 +121,7 @@ def open_listener_socket(listener: Listener) -> socket.socket:
 
 @dataclass
 class ListenerSocket:
-    """One worker's socket for one listener, with its counters."""
+    """One worker's socket for one listener, with its receive ring and counters."""
 
     listener: Listener
     listener_id: int
@@ -136,76 +129,83 @@ class ListenerSocket:
     worker: str
     metrics: InletMetrics
     kernel_timestamps: bool
-    exporters: dict[str, bytes] = field(default_factory=dict)   # text → 16 bytes, bounded
+    group: loader.ListenerGroup
+    ring_slots: int = RING_SLOTS
     kernel_drops_seen: int = 0
-    buffer: bytearray = field(default_factory=lambda: bytearray(MAX_DATAGRAM))
 
     def __post_init__(self) -> None:
-        self.view = memoryview(self.buffer)
+        self.fd = self.sock.fileno()
+        self.kind = DECODER_KINDS[self.listener.decoder]
+        self.ring = mmsg.ReceiveRing(self.ring_slots, envelope.HEADER_SIZE, MAX_DATAGRAM)
 
-    def drain(self, limit: int) -> list[Datagram]:
-        """Read up to `limit` datagrams without blocking. The per-datagram path is this loop."""
-        # recvmsg_into a reused buffer, then one exact-size copy: recvmsg(65535) allocates
-        # 64 KiB per datagram and shrinks it, which costs twice as much under load.
-        recvmsg_into = self.sock.recvmsg_into
-        buffers = [self.buffer]
-        view = self.view
-        exporters = self.exporters
-        now_ns = time.time_ns
-        out: list[Datagram] = []
-        append = out.append
-        empty = truncated = drops = 0
-        for _ in range(limit):
+    def drain(self, limit: int) -> Envelopes:
+        """Read up to `limit` datagrams without blocking, as envelopes: the kernel writes each
+        datagram into its slot behind room for the header, the headers of the whole read are
+        written in one numpy operation, and each envelope is then one copy out of its slot."""
+        out: Envelopes = []
+        while len(out) < limit:
+            wanted = min(self.ring_slots, limit - len(out))
             try:
-                size, ancillary, flags, source = recvmsg_into(buffers, ANCILLARY_SPACE)
-            except BlockingIOError:
-                break
+                got = self.ring.receive(self.fd, wanted)
             except OSError as err:  # e.g. ICMP errors queued on the socket: count, go on
-                self.metrics.discarded.labels(self.listener.name, self.worker,
-                                              f"socket_{errno.errorcode.get(err.errno, 'error')}").inc()
+                self._discard(f"socket_{errno.errorcode.get(err.errno, 'error')}", 1)
                 break
-            received = 0
-            for _level, kind, data in ancillary:
-                if kind == SCM_TIMESTAMPNS:
-                    seconds, nanoseconds = _TIMESPEC.unpack(data)
-                    received = seconds * 1_000_000_000 + nanoseconds
-                elif kind == SO_RXQ_OVFL:
-                    drops = _U32.unpack(data)[0]
-            if not size:
-                empty += 1
-                continue
-            if flags & socket.MSG_TRUNC:
-                truncated += 1
-                continue
-            payload = view[:size].tobytes()
-            host = source[0]
-            exporter = exporters.get(host)
-            if exporter is None:
-                exporter = self._remember(host)
-            append(Datagram(payload, exporter, source[1], received or now_ns()))
-        self._count(out, empty, truncated, drops)
+            if not got:
+                break
+            out += self._envelopes(got)
+            if got < wanted:
+                break
         return out
 
-    def _remember(self, host: str) -> bytes:
-        if len(self.exporters) >= 65536:  # bounded: a spoofed-source flood must not grow it
-            self.exporters.clear()
-        packed = self.exporters[host] = address_bytes(host)
-        return packed
+    def _envelopes(self, count: int) -> Envelopes:
+        ring = self.ring
+        now = time.time_ns()   # the fallback receive time (see the module docstring)
+        lengths = ring.lengths(count)
+        received, has_time, drops = ring.ancillary(count)
+        exporters, ports = ring.sources(count)
+        envelope.write_headers(ring.rows[:count], self.kind, self.listener_id,
+                               np.where(has_time, received, now) if self.kernel_timestamps
+                               else now, exporters, ports)
+        keep = (lengths > 0) & ~ring.truncated(count)
+        starts = ring.starts[:count]
+        ends = starts + envelope.HEADER_SIZE + lengths
+        if not keep.all():
+            starts, ends = starts[keep], ends[keep]
+        memory = ring.memory
+        out = [memory[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+        self._count(lengths[keep], exporters[keep], count - len(out), int((lengths == 0).sum()),
+                    drops)
+        for slot in np.flatnonzero(lengths > _LARGE).tolist():
+            ring.release(slot)   # a rare large datagram must not keep its pages forever
+        return out
 
-    def _count(self, out: list[Datagram], empty: int, truncated: int, drops: int) -> None:
+    def _count(self, lengths: np.ndarray, exporters: np.ndarray, dropped: int, empty: int,
+               drops: int) -> None:
+        """All counters once per read, not per datagram."""
         m, name, worker = self.metrics, self.listener.name, self.worker
-        if out:
-            m.datagrams.labels(name, worker).inc(len(out))
-            m.bytes.labels(name, worker).inc(sum(len(d.payload) for d in out))
-            for exporter, count in collections.Counter(d.exporter for d in out).items():
+        if len(lengths):
+            m.datagrams.labels(name, worker).inc(len(lengths))
+            m.bytes.labels(name, worker).inc(int(lengths.sum()))
+            for exporter, count in exporter_counts(exporters):
                 m.exporter_datagrams.labels(name, exporter_label(name, exporter)).inc(count)
         if empty:
-            m.discarded.labels(name, worker, "empty").inc(empty)
-        if truncated:
-            m.discarded.labels(name, worker, "truncated").inc(truncated)
+            self._discard("empty", empty)
+        if dropped > empty:
+            self._discard("truncated", dropped - empty)
         if drops > self.kernel_drops_seen:  # the cumulative count of this socket
             m.kernel_drops.labels(name, worker).inc(drops - self.kernel_drops_seen)
             self.kernel_drops_seen = drops
+
+    def _discard(self, reason: str, count: int) -> None:
+        self.metrics.discarded.labels(self.listener.name, self.worker, reason).inc(count)
+
+
+def exporter_counts(exporters: np.ndarray) -> list[tuple[bytes, int]]:
+    """(16-byte address, datagrams) per exporter of a read: (n, 16) uint8 rows."""
+    if (exporters == exporters[0]).all():   # the common case, without a sort
+        return [(exporters[0].tobytes(), len(exporters))]
+    unique, counts = np.unique(exporters.view("V16")[:, 0], return_counts=True)
+    return list(zip(unique.tolist(), counts.tolist()))
 
 
 _exporter_labels: dict[str, dict[bytes, str]] = collections.defaultdict(dict)
@@ -223,25 +223,34 @@ def exporter_label(listener: str, exporter: bytes) -> str:
 
 # --- the Bytewax source ----------------------------------------------------------------------------
 
-class UDPPartition(StatelessSourcePartition[ReceivedBatch]):
+class UDPPartition(StatelessSourcePartition[Envelopes]):
     def __init__(self, sockets: list[ListenerSocket], max_batch: int,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, pause: float = READ_PAUSE) -> None:
         self.sockets = sockets
         self.max_batch = max_batch
         self.stop = stop
+        self.pause = timedelta(seconds=pause)
         self.closed = False
+        self._awake: datetime | None = None
 
-    def next_batch(self) -> list[ReceivedBatch]:
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def next_batch(self) -> list[Envelopes]:
         if self.closed:
             raise StopIteration
         stopping = self.stop.is_set()
         limit = _STOP_DRAIN_LIMIT if stopping else self.max_batch
         batches = []
+        full = False
         for ls in self.sockets:
-            datagrams = ls.drain(limit)
-            if datagrams:
-                batches.append(ReceivedBatch(ls.listener_id, DECODER_KINDS[ls.listener.decoder],
-                                             datagrams))
+            envelopes = ls.drain(limit)
+            if envelopes:
+                batches.append(envelopes)
+                full = full or len(envelopes) == limit
+        # Sockets emptied: let datagrams gather for a moment rather than read them a few at a
+        # time, since each read has a fixed cost; the receive buffer holds far more than that.
+        self._awake = None if full else datetime.now(timezone.utc) + self.pause
         if stopping:
             self.close()  # what was drained is emitted; the next call ends the partition
         return batches
@@ -251,9 +260,11 @@ class UDPPartition(StatelessSourcePartition[ReceivedBatch]):
             self.closed = True
             for ls in self.sockets:
                 ls.sock.close()
+            for ls in self.sockets:
+                ls.group.release()   # the last socket of the cluster unpins the map
 
 
-class UDPSource(DynamicSource[ReceivedBatch]):
+class UDPSource(DynamicSource[Envelopes]):
     """One partition per worker, each with one socket per listener."""
 
     def __init__(self, listeners: list[Listener], *, balancing: str = "auto",
@@ -278,8 +289,7 @@ class UDPSource(DynamicSource[ReceivedBatch]):
                 sockets.append(self._open(listener_id, listener, worker_index, worker_count,
                                           metrics))
         except Exception:
-            for ls in sockets:
-                ls.sock.close()
+            UDPPartition(sockets, self.max_batch, self.stop).close()
             raise
         return UDPPartition(sockets, self.max_batch, self.stop)
 
@@ -301,7 +311,8 @@ class UDPSource(DynamicSource[ReceivedBatch]):
             metrics.balancing.labels(listener.name, each).set(1 if each == mode else 0)
         _announce(listener, worker_count, group, granted, capped,
                   stamps or listener.timestamp_source == "userspace")
-        return ListenerSocket(listener, listener_id, sock, worker, metrics, stamps)
+        return ListenerSocket(listener, listener_id, sock, worker, metrics, stamps, group,
+                              min(self.max_batch, RING_SLOTS))
 
 
 _announced: set[str] = set()

@@ -95,24 +95,12 @@ def migrate(ctx: Context) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
 @pass_context
 def query(ctx: Context, sql: str, fmt: str) -> None:
-    """Run a read-only SQL query against the store (the embedded store must not be in use)."""
-    from connectors.clickhouse import read_only_query
+    """Run a read-only SQL query: through the running stack's API, else straight on the store."""
+    from connectors.http import sql_result
 
-    try:
-        columns, rows = read_only_query(ctx.settings.clickhouse, sql)
-    except Exception as err:  # the store's own message says what is wrong with the query
-        err_console.print(f"[bold red]query failed:[/] {err}", highlight=False)
-        sys.exit(1)
-    if fmt == "jsonl":
-        for row in rows:
-            click.echo(json.dumps(dict(zip(columns, row)), default=str))
-        return
-    from rich.table import Table
-
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(str(v) for v in row))
-    Console().print(table)
+    body = _look_up(ctx, "/api/v0/query", None, sql.encode(),
+                    lambda client: sql_result(client, ctx.settings, sql))
+    _print_rows(body["columns"], body["rows"], fmt)
 
 
 # --- local broker ------------------------------------------------------------------------------
@@ -196,6 +184,161 @@ def run(ctx: Context, dataflow: str, workers: int, recovery: bool, snapshot_seco
     if ctx.config:
         os.environ["WAXFLOW_CONFIG"] = ctx.config
     os.execv(argv[0], argv)
+
+
+# --- the main job: waxflow up, demo exporter, look-ups ---------------------------------------------
+
+def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes | None, direct):
+    """Ask the running outlet's API (it owns the embedded store); when nothing answers, run
+    `direct(client)` straight on the store. Exits 1 with the reason on a refusal."""
+    from rich.markup import escape
+
+    from connectors.http import APIError, APIUnavailable, call_api
+
+    settings = ctx.settings
+    try:
+        return call_api(settings, path, params, body)
+    except APIError as err:
+        err_console.print(f"[bold red]refused ({err.reason}):[/] {escape(str(err))}", highlight=False)
+        sys.exit(1)
+    except APIUnavailable:
+        pass
+    from connectors.clickhouse import connect
+    from flows.api import QueryError
+
+    try:
+        return direct(connect(settings.clickhouse))
+    except QueryError as err:
+        err_console.print(f"[bold red]refused ({err.reason}):[/] {escape(str(err))}", highlight=False)
+        sys.exit(1)
+    except Exception as err:  # the store's own message says what is wrong
+        err_console.print(f"[bold red]query failed:[/] {escape(str(err))}", highlight=False)
+        sys.exit(1)
+
+
+def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
+    if fmt == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(dict(zip(columns, row)), default=str))
+        return
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console().print(table)
+
+
+@main.command()
+@click.option("--by", "dimensions", default="SrcAS", show_default=True,
+              help="dimension(s), comma-separated (SrcAS, InIfName, ExporterName, SrcCountry, ...)")
+@click.option("--last", default="15m", show_default=True, help="time range ending now (5m, 1h, 7d)")
+@click.option("--limit", type=click.IntRange(1, 50), default=10, show_default=True)
+@click.option("--filter", "filter_", default="", help="e.g. \"InIfBoundary = 'external' AND Proto = 6\"")
+@click.option("--unit", type=click.Choice(["bps", "pps"]), default="bps", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@pass_context
+def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit: str, fmt: str) -> None:
+    """The top talkers over the last minutes: through the running stack's API, else the store."""
+    from connectors.http import flows_result
+    from connectors.supervisor import human_rate
+
+    params = {"from": f"-{last}", "dimensions": dimensions, "limit": str(limit), "points": "1",
+              "filter": filter_, "unit": unit}
+    body = _look_up(ctx, "/api/v0/flows", params, None, lambda client: flows_result(client, ctx.settings, params))
+    total = sum(s["average"] for s in body["series"]) or 1.0
+    columns = [*body["dimensions"], unit, "share"]
+    rows = [[*(s["dimensions"] + [""] * (len(body["dimensions"]) - len(s["dimensions"]))),
+             human_rate(s["average"], unit) if fmt == "table" else s["average"],
+             f"{100 * s['average'] / total:.1f}%"] for s in body["series"]]
+    _print_rows(columns, rows, fmt)
+
+
+@main.command("demo-exporter")
+@click.option("--rate", type=click.FloatRange(0.1, 1_000_000), default=500, show_default=True,
+              help="flows per second over all routers (at the daily peak)")
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="seconds (default: until stopped)")
+@click.option("--seed", type=int, default=None, help="random seed (reproducible traffic)")
+@click.option("--flat", is_flag=True, help="constant rate, no day/night shape")
+@click.option("--target", default=None, help="inlet host (default: the listeners' addresses on this machine)")
+@pass_context
+def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int | None, flat: bool,
+                  target: str | None) -> None:
+    """Simulated routers exporting NetFlow v9, IPFIX and sFlow to the inlet's listeners."""
+    import signal
+    import threading
+
+    from connectors.demo_exporter import DemoError, DemoExporter, targets
+
+    try:
+        exporter = DemoExporter(targets(ctx.settings, target), rate, seed=seed, shape=not flat)
+    except DemoError as err:
+        err_console.print(f"[bold red]demo exporter:[/] {err}", highlight=False)
+        sys.exit(2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    for each in exporter.targets:
+        click.echo(f"{each.router.name} ({each.router.address}) → {each.router.protocol} "
+                   f"{each.address[0]}:{each.address[1]}")
+    exporter.run(stop, duration)
+    exporter.close()
+    click.echo(f"sent {exporter.sent_flows} flows in {exporter.sent_datagrams} datagrams")
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="also run the demo exporter, with its routers' names and networks")
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="workers of the inlet and of the outlet")
+@click.option("--demo-rate", type=click.FloatRange(1, 1_000_000), default=500, show_default=True,
+              help="demo flows per second")
+@pass_context
+def up(ctx: Context, demo: bool, workers: int, demo_rate: float) -> None:
+    """Run the whole collector: local broker, outlet (store + HTTP API), inlet, with a live status."""
+    from connectors.supervisor import run_up
+
+    sys.exit(run_up(ctx.settings, workers=workers, demo=demo, demo_rate=demo_rate))
+
+
+# --- grafana -----------------------------------------------------------------------------------
+
+@main.command("dashboards")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("compose/grafana/dashboards"), show_default=True,
+              help="directory the dashboard JSON files are written to")
+def dashboards_command(output: Path) -> None:
+    """Write the Grafana dashboards generated from the flow schema."""
+    from flows.dashboards import write_all
+
+    for path in write_all(output):
+        click.echo(f"wrote {path}")
+# --- eBPF -----------------------------------------------------------------------------------------
+
+@main.group()
+def bpf() -> None:
+    """The eBPF socket maps the inlet pins in bpffs."""
+
+
+@bpf.command("clean")
+@click.option("--bpffs", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="directory of the pinned maps (default: inlet.bpffs)")
+@pass_context
+def bpf_clean(ctx: Context, bpffs: Path | None) -> None:
+    """Remove the pinned socket maps no running inlet uses (a stopped inlet removes its own;
+    a killed one leaves them behind)."""
+    from bpf import loader
+
+    directory = bpffs or ctx.settings.inlet.bpffs
+    try:
+        removed, kept = loader.clean(directory)
+    except OSError as err:
+        err_console.print(f"[bold red]bpf clean:[/] {directory}: {err}", highlight=False)
+        sys.exit(1)
+    for path in removed:
+        click.echo(f"removed {path}")
+    for path in kept:
+        click.echo(f"kept {path} (in use, or not a socket map)")
+    click.echo(f"{len(removed)} removed, {len(kept)} kept")
 
 
 from flows.decode.cli import decode as _decode_command

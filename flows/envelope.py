@@ -23,6 +23,8 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
+
 ENVELOPE_VERSION = 1
 
 DECODER_KINDS = {"netflow": 1, "sflow": 2}
@@ -30,6 +32,11 @@ DECODER_NAMES = {code: name for name, code in DECODER_KINDS.items()}
 
 HEADER = struct.Struct("!BBHQ16sH")
 HEADER_SIZE = HEADER.size  # 30
+# The same layout as a numpy record, for writing many headers in one operation (the inlet).
+HEADER_DTYPE = np.dtype([("version", "u1"), ("kind", "u1"), ("listener", ">u2"),
+                         ("received", ">u8"), ("exporter", "V16"), ("port", ">u2")])
+assert HEADER_DTYPE.itemsize == HEADER_SIZE
+EXPORTER = slice(12, 28)   # where the exporter address sits: the inlet's Kafka key
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -114,3 +121,19 @@ def encode_many(decoder_kind: int, listener_id: int,
     version = ENVELOPE_VERSION
     return [pack(version, decoder_kind, listener_id, received, exporter, port) + payload
             for payload, exporter, port, received in datagrams]
+
+
+def write_headers(slots: np.ndarray, decoder_kind: int, listener_id: int,
+                  received_ns: np.ndarray | int, exporters: np.ndarray, ports: np.ndarray) -> None:
+    """Write the headers of many envelopes in place: row i of `slots` (uint8, at least
+    HEADER_SIZE wide) gets the header of datagram i, whose payload follows it in that row.
+    `received_ns` is one time per datagram or one for all; `exporters` are (n, 16) uint8 rows
+    (IPv4-mapped for IPv4), `ports` are (n, 2) uint8 rows in network order, as in a sockaddr."""
+    headers = np.empty(len(slots), HEADER_DTYPE)
+    headers["version"] = ENVELOPE_VERSION
+    headers["kind"] = decoder_kind
+    headers["listener"] = listener_id
+    headers["received"] = received_ns
+    headers["exporter"] = np.ascontiguousarray(exporters).view("V16")[:, 0]
+    headers["port"] = np.ascontiguousarray(ports).view(">u2")[:, 0]
+    slots[:, :HEADER_SIZE] = headers.view(np.uint8).reshape(len(slots), HEADER_SIZE)

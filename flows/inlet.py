@@ -3,8 +3,9 @@
     python -m bytewax.run flows.inlet -w N        (config: $WAXFLOW_CONFIG or ./dataflows.yaml)
 
 Nothing is decoded here: the inlet must keep up with the routers. Each item moving through the
-flow is a batch (the datagrams one socket delivered in one read), so Bytewax's per-item cost
-is paid per batch, not per datagram.
+flow is a batch (the envelopes of the datagrams one socket delivered in one read; the source
+writes the envelope header in place as it receives), so Bytewax's per-item cost is paid per
+batch, not per datagram.
 """
 
 from __future__ import annotations
@@ -12,23 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.kafka import Message, ProducerSink
-from connectors.udp import ReceivedBatch, UDPSource, stop_on_signals
+from connectors.kafka import ProducerSink
+from connectors.udp import UDPSource, stop_on_signals
 from flows import envelope
 from flows.settings import ConfigError, Settings, load_settings
-
-
-def wrap(by_exporter: bool, batch: ReceivedBatch) -> list[Message]:
-    """Envelope each datagram; the Kafka key is the exporter address or none (random)."""
-    values = envelope.encode_many(batch.decoder_kind, batch.listener_id, batch.datagrams)
-    if by_exporter:
-        return [(d.exporter, value) for d, value in zip(batch.datagrams, values)]
-    return [(None, value) for value in values]
 
 
 def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataflow:
@@ -38,8 +30,7 @@ def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataf
     received = op.input("receive", flow, UDPSource(
         inlet.listeners, balancing=inlet.balancing, bpffs=inlet.bpffs,
         max_batch=inlet.max_batch, stop=stop, metrics_listen=inlet.metrics_listen))
-    messages = op.map("wrap", received, partial(wrap, kafka.key_mode == "by-exporter"))
-    op.output("produce", messages, ProducerSink(kafka, envelope.topic_name(kafka.topic), stop))
+    op.output("produce", received, ProducerSink(kafka, envelope.topic_name(kafka.topic), stop))
     return flow
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import string
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    FilePath,
     PlainSerializer,
     ValidationError,
     field_validator,
@@ -278,26 +280,54 @@ class ClickHouse(Section):
 
 # --- enrichment (issue 6 fills in the providers) ------------------------------------------------
 
+SNMPAuth = Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"]
+SNMPPriv = Literal["none", "des", "3des", "aes", "aes192", "aes256", "aes192c", "aes256c"]
+
+
 class SNMPCredentials(Section):
     subnet: Subnet = Field(description="exporters this entry applies to")
     version: Literal["2c", "3"] = Field("2c", description="SNMP version")
-    communities: list[str] = Field(default_factory=lambda: ["public"],
-                                   description="SNMPv2c communities, tried in order")
-    user: str | None = Field(None, description="SNMPv3 USM user")
-    auth_protocol: Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"] = Field(
-        "none", description="SNMPv3 authentication protocol")
-    auth_password: str | None = Field(None, description="SNMPv3 authentication passphrase")
-    priv_protocol: Literal["none", "des", "3des", "aes", "aes192", "aes256"] = Field(
-        "none", description="SNMPv3 privacy protocol")
-    priv_password: str | None = Field(None, description="SNMPv3 privacy passphrase")
+    communities: Annotated[list[str], Field(min_length=1)] = Field(
+        default_factory=lambda: ["public"], description="SNMPv2c communities, tried in order")
+    user: str | None = Field(None, description="SNMPv3 USM user (required for version 3)")
+    auth_protocol: SNMPAuth = Field("none", description="SNMPv3 authentication protocol")
+    auth_password: str | None = Field(None, description="SNMPv3 authentication passphrase "
+                                                        "(8 characters or more)")
+    priv_protocol: SNMPPriv = Field(
+        "none", description="SNMPv3 privacy protocol (aes192/aes256: Blumenthal key extension as "
+                            "net-snmp; aes192c/aes256c: Reeder's, as Cisco)")
+    priv_password: str | None = Field(None, description="SNMPv3 privacy passphrase "
+                                                        "(8 characters or more)")
+    context: str = Field("", description="SNMPv3 context name")
     port: Port = Field(161, description="agent UDP port")
     agent_address: str | None = Field(None, description="poll this address instead of the exporter's")
+
+    @field_validator("agent_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.ip_address(value))
+
+    @model_validator(mode="after")
+    def _usm_complete(self) -> "SNMPCredentials":
+        if self.version != "3":
+            return self
+        if not self.user:
+            raise ValueError("user: required with version 3")
+        if self.priv_protocol != "none" and self.auth_protocol == "none":
+            raise ValueError("priv_protocol: SNMPv3 privacy needs an auth_protocol")
+        for kind in ("auth", "priv"):
+            password = getattr(self, f"{kind}_password")
+            if getattr(self, f"{kind}_protocol") != "none" and len(password or "") < 8:
+                raise ValueError(f"{kind}_password: needs 8 characters or more with "
+                                 f"{kind}_protocol {getattr(self, f'{kind}_protocol')}")
+        return self
 
 
 class SNMP(Section):
     enabled: bool = Field(False, description="poll exporters with SNMP for names and speeds")
-    credentials: list[SNMPCredentials] = Field(default_factory=list,
-                                               description="per subnet, most specific wins")
+    credentials: list[SNMPCredentials] = Field(
+        default_factory=list, description="per subnet, most specific wins; exporters in none of "
+                                          "them are polled with SNMPv2c community public on port 161")
     timeout: Duration = Field(timedelta(seconds=1), description="per SNMP request")
     retries: Annotated[int, Field(ge=0, le=10)] = Field(1, description="per SNMP request")
     cache_duration: Duration = Field(timedelta(minutes=30), description="forget entries not used this long")
@@ -305,22 +335,75 @@ class SNMP(Section):
     cache_check_interval: Duration = Field(timedelta(minutes=2), description="how often to look for both")
     query_timeout: Duration = Field(timedelta(seconds=5),
                                     description="hold flows waiting for metadata at most this long")
+    breaker_failures: Annotated[int, Field(ge=1)] = Field(
+        3, description="consecutive failed polls that open an exporter's breaker")
+    breaker_duration: Duration = Field(timedelta(minutes=1),
+                                       description="no polls of an exporter with an open breaker "
+                                                   "for this long")
+    max_concurrent: Annotated[int, Field(ge=1, le=1024)] = Field(
+        32, description="SNMP requests in flight at once per outlet process")
+    cache_file: Path | None = Field(
+        None, description="also keep the cache in this file (one per process: <file>.<process "
+                          "id>), read at start, rewritten every cache_check_interval: for outlets "
+                          "run without recovery (recovery snapshots hold the cache anyway)")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "SNMP":
+        for name in ("timeout", "cache_duration", "cache_refresh", "cache_check_interval"):
+            if getattr(self, name).total_seconds() <= 0:
+                raise ValueError(f"{name}: must be more than 0s")
+        return self
 
 
 class StaticInterface(Section):
     name: str = Field(description="interface name")
     description: str = Field("", description="interface description")
-    speed: Annotated[int, Field(ge=0)] = Field(0, description="speed in Mbps")
+    speed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="speed in Mbps")
 
 
 class StaticExporter(Section):
     name: str = Field(description="exporter name")
-    interfaces: dict[int, StaticInterface] = Field(default_factory=dict, description="by ifIndex")
+    interfaces: dict[Annotated[int, Field(ge=1, le=2**32 - 1)], StaticInterface] = Field(
+        default_factory=dict, description="by ifIndex; these win over SNMP, others are polled "
+                                          "when SNMP is enabled")
+
+
+def _as_list(value: Any) -> Any:
+    """One path or a list of paths."""
+    return [value] if isinstance(value, (str, Path)) else value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"not a valid regular expression: {err}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+"""A regular expression searched in a text (anchor it with ^ and $ to match the whole text)."""
+
+MMDBFiles = Annotated[list[FilePath], BeforeValidator(_as_list)]
+ASNProvider = Literal["flow", "flow-except-private", "networks", "geoip"]
 
 
 class GeoIP(Section):
-    asn_database: Path | None = Field(None, description="MMDB with AS numbers (MaxMind or IPinfo)")
-    geo_database: Path | None = Field(None, description="MMDB with country/city (MaxMind or IPinfo)")
+    asn_database: MMDBFiles = Field(
+        default_factory=list, description="MMDB files with AS numbers (MaxMind GeoLite2-ASN or "
+                                          "IPinfo layout); one path or a list, the first answer wins")
+    geo_database: MMDBFiles = Field(
+        default_factory=list, description="MMDB files with country, city and state (MaxMind "
+                                          "Country/City or IPinfo layout); one path or a list, "
+                                          "the first answer wins per field")
+    check_interval: Duration = Field(
+        timedelta(seconds=30), description="how often to look at the files' modification time; "
+                                           "a changed file is reloaded without a restart")
+    asn_providers: list[ASNProvider] = Field(
+        default_factory=lambda: ["flow", "networks", "geoip"],
+        description="where Src/DstAS come from, first non-zero wins: flow (as exported), "
+                    "flow-except-private (ignoring private and reserved AS numbers), networks "
+                    "(enrichment.networks), geoip (asn_database)")
 
 
 class Network(Section):
@@ -329,8 +412,104 @@ class Network(Section):
     site: str = Field("", description="site")
     region: str = Field("", description="region")
     tenant: str = Field("", description="tenant")
-    country: str = Field("", description="ISO country code")
+    country: Annotated[str, Field(pattern=r"^([A-Z]{2})?$")] = Field(
+        "", description="ISO country code (two capital letters)")
     asn: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="AS number")
+
+
+def _template_names(template: str) -> list[str]:
+    """Capture names a `${name}` template uses; a malformed template is an error."""
+    parsed = string.Template(template)
+    if not parsed.is_valid():
+        raise ValueError(f"{template!r} is not a valid template (use $name or ${{name}}, $$ for $)")
+    return parsed.get_identifiers()
+
+
+def _check_rule(rule: "ExporterRule | InterfaceRule") -> None:
+    """Templates may only use named groups of the rule's own regexes; a rule must do something."""
+    groups: set[str] = set()
+    for field in type(rule.match).model_fields:
+        value = getattr(rule.match, field)
+        if isinstance(value, str) and field in REGEX_FIELDS:
+            groups |= set(re.compile(value).groupindex)
+    assigned = rule.set.model_dump(exclude_none=True)
+    if not assigned and not rule.reject:
+        raise ValueError("a rule must set an attribute or reject")
+    for attribute, template in assigned.items():
+        unknown = [name for name in _template_names(template) if name not in groups]
+        if unknown:
+            raise ValueError(f"set.{attribute}: ${unknown[0]} is not a named group "
+                             f"(?P<{unknown[0]}>...) of this rule's match")
+        if attribute == "boundary" and "$" not in template and template not in BOUNDARY_VALUES:
+            raise ValueError(f"set.boundary: must be one of {', '.join(BOUNDARY_VALUES)} "
+                             f"(got {template!r})")
+
+
+REGEX_FIELDS = ("name", "description", "exporter")
+BOUNDARY_VALUES = ("external", "internal")
+
+
+class ExporterMatch(Section):
+    name: Regex | None = Field(None, description="regex searched in the exporter name")
+    subnet: Subnet | None = Field(None, description="exporter address in this subnet")
+
+
+class ExporterSet(Section):
+    group: str | None = Field(None, description="ExporterGroup (`$name` inserts the named group `name` of the match)")
+    role: str | None = Field(None, description="ExporterRole")
+    site: str | None = Field(None, description="ExporterSite")
+    region: str | None = Field(None, description="ExporterRegion")
+    tenant: str | None = Field(None, description="ExporterTenant")
+
+
+class ExporterRule(Section):
+    match: ExporterMatch = Field(default_factory=ExporterMatch,
+                                 description="all conditions must hold (none: every exporter)")
+    set: ExporterSet = Field(default_factory=ExporterSet, description="attributes to decide")
+    reject: bool = Field(False, description="drop the flows of matching exporters (counted)")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ExporterRule":
+        _check_rule(self)
+        return self
+
+
+class InterfaceMatch(Section):
+    exporter: Regex | None = Field(None, description="regex searched in the exporter name")
+    exporter_subnet: Subnet | None = Field(None, description="exporter address in this subnet")
+    name: Regex | None = Field(None, description="regex searched in the interface name")
+    description: Regex | None = Field(None, description="regex searched in the interface description")
+    speed_min: Annotated[int, Field(ge=0)] | None = Field(None, description="speed at least (Mbps)")
+    speed_max: Annotated[int, Field(ge=0)] | None = Field(None, description="speed at most (Mbps)")
+
+
+class InterfaceSet(Section):
+    connectivity: str | None = Field(None, description="In/OutIfConnectivity, lower-cased (transit, pni, ix, ...)")
+    provider: str | None = Field(None, description="In/OutIfProvider, lower-cased")
+    boundary: str | None = Field(None, description="In/OutIfBoundary: external or internal")
+    name: str | None = Field(None, description="rename: In/OutIfName")
+    description: str | None = Field(None, description="rename: In/OutIfDescription")
+
+
+class InterfaceRule(Section):
+    match: InterfaceMatch = Field(default_factory=InterfaceMatch,
+                                  description="all conditions must hold (none: every interface)")
+    set: InterfaceSet = Field(default_factory=InterfaceSet, description="attributes to decide")
+    reject: bool = Field(False, description="drop the flows in or out of matching interfaces (counted)")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "InterfaceRule":
+        _check_rule(self)
+        return self
+
+
+class Classifiers(Section):
+    exporter: list[ExporterRule] = Field(
+        default_factory=list, description="exporter rules, in order; the first rule deciding an "
+                                          "attribute wins, a matching reject drops the flows")
+    interface: list[InterfaceRule] = Field(
+        default_factory=list, description="interface rules, in order; the first rule deciding an "
+                                          "attribute wins, a matching reject drops the flows")
 
 
 class Sampling(Section):
@@ -346,19 +525,30 @@ class Sampling(Section):
 
 class Enrichment(Section):
     snmp: SNMP = Field(default_factory=SNMP)
-    static: dict[Subnet, StaticExporter] = Field(default_factory=dict,
-                                                 description="exporters by subnet")
+    static: dict[Subnet, StaticExporter] = Field(
+        default_factory=dict, description="exporter names and interfaces by subnet (most specific "
+                                          "wins), taking precedence over SNMP")
     geoip: GeoIP = Field(default_factory=GeoIP)
     networks: dict[Subnet, Network] = Field(default_factory=dict,
                                             description="subnet attributes; most specific wins")
-    classifiers: dict[str, list[str]] = Field(
-        default_factory=dict, description="exporter and interface classification rules")
+    classifiers: Classifiers = Field(default_factory=Classifiers)
     sampling: Sampling = Field(default_factory=Sampling)
 
 
 class API(Section):
     listen: HostPort = Field("127.0.0.1:8080", description="HTTP API and outlet /metrics")
     token: str | None = Field(None, description="bearer token required by the API when set")
+    query_timeout: Duration = Field(timedelta(seconds=10),
+                                    description="longest an API query may run (max_execution_time)")
+    max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        10_000, description="most rows an API SQL query returns")
+
+    @field_validator("query_timeout")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+        return value
 
 
 # --- the whole file --------------------------------------------------------------------------
@@ -463,8 +653,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 # --- reference documentation ------------------------------------------------------------------
 
 def _type_name(annotation: Any) -> str:
-    from typing import get_args, get_origin
+    from typing import Annotated, get_args, get_origin
 
+    if get_origin(annotation) is Annotated:  # constrained types read as their base type
+        return _type_name(get_args(annotation)[0])
     if get_origin(annotation) is Literal:
         return " or ".join(str(a) for a in get_args(annotation))
     args = [a for a in get_args(annotation) if a is not type(None)]

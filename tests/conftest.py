@@ -52,6 +52,14 @@ def store(chdb_dir: Path) -> Iterator[ClickHouse]:
     clickhouse.connect(cfg).command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
 
 
+@pytest.fixture
+def snmp_agent(tmp_path: Path):
+    """A real Debian snmpd on a loopback port with fixed interface names (tests/snmpd.py)."""
+    from tests.snmpd import running_agent
+
+    yield from running_agent(tmp_path)
+
+
 def consume_messages(bootstrap: str, topic: str, partitions: int, timeout: float = 30.0):
     """(key, value) of every message, reading each partition to its EOF."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",

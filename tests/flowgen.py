@@ -5,6 +5,8 @@
 - `run_softflowd(pcap, version, ...)` and `run_pmacct(pcap, plugin, version, ...)` run the
   Debian exporters over the pcap towards a UDP socket on loopback and return the datagrams
   they sent as (payload, exporter, received) tuples, ready for FlowDecoder.decode_many.
+- `send_softflowd(pcap, version, port)` and `send_pmacct(pcap, port, ...)` run the same exporters
+  towards any UDP port, e.g. a running inlet.
 
 Used by the decoder tests, the decode benchmark and the outlet end-to-end tests.
 """
@@ -179,10 +181,23 @@ def run_softflowd(pcap: str | os.PathLike, version: int | str, *, bidirectional:
     """Run `softflowd -r pcap` exporting NetFlow `version` (5, 9, 10) to a loopback collector;
     all flows are expired at the end of the file. Returns the datagrams received."""
     collector = Collector()
+    try:
+        send_softflowd(pcap, version, collector.port, bidirectional=bidirectional,
+                       sampling=sampling, extra=extra, timeout=timeout)
+    finally:
+        datagrams = collector.drain()
+    return datagrams
+
+
+def send_softflowd(pcap: str | os.PathLike, version: int | str, port: int, *,
+                   host: str = "127.0.0.1", bidirectional: bool = False, sampling: int = 0,
+                   extra: tuple[str, ...] = (), timeout: float = 60.0) -> None:
+    """Run `softflowd -r pcap` exporting NetFlow `version` (5, 9, 10) to host:port (a collector
+    of ours, or a running inlet); returns once softflowd has sent everything and exited."""
     control = _short_control_path()
     with tempfile.TemporaryDirectory(prefix="sfd") as tmp:
         command = [_binary("softflowd"), "-r", str(pcap), "-a", "-v", str(version),
-                   "-n", f"127.0.0.1:{collector.port}", "-c", control, "-p", f"{tmp}/pid", "-6",
+                   "-n", f"{host}:{port}", "-c", control, "-p", f"{tmp}/pid", "-6",
                    "-T", "full"]
         if bidirectional:
             command.append("-b")
@@ -192,10 +207,8 @@ def run_softflowd(pcap: str | os.PathLike, version: int | str, *, bidirectional:
         try:
             _run(command, timeout, tmp)
         finally:
-            datagrams = collector.drain()
             if os.path.exists(control):
                 os.unlink(control)
-    return datagrams
 
 
 def _short_control_path() -> str:
@@ -217,6 +230,19 @@ def run_pmacct(pcap: str | os.PathLike, plugin: str = "nfprobe", version: int = 
     plugin towards a loopback collector. pmacctd exits at the end of the file and flushes its
     caches; sfprobe holds back its last partly filled datagram (add filler traffic)."""
     collector = Collector()
+    try:
+        send_pmacct(pcap, collector.port, plugin, version, sampling=sampling, extra=extra,
+                    timeout=timeout)
+    finally:
+        datagrams = collector.drain()
+    return datagrams
+
+
+def send_pmacct(pcap: str | os.PathLike, port: int, plugin: str = "nfprobe", version: int = 10, *,
+                host: str = "127.0.0.1", sampling: int = 0, extra: dict[str, str] | None = None,
+                timeout: float = 60.0) -> None:
+    """Run pmacctd over the pcap (nfprobe or sfprobe plugin, as `run_pmacct`) towards host:port;
+    returns once pmacctd has sent everything and exited. Its log lands in run_pmacct.last_log."""
     with tempfile.TemporaryDirectory(prefix="pmd") as tmp:
         config = {
             "daemonize": "false",
@@ -227,11 +253,11 @@ def run_pmacct(pcap: str | os.PathLike, plugin: str = "nfprobe", version: int = 
             "logfile": f"{tmp}/log",
         }
         if plugin == "nfprobe":
-            config.update({"nfprobe_receiver[probe]": f"127.0.0.1:{collector.port}",
+            config.update({"nfprobe_receiver[probe]": f"{host}:{port}",
                            "nfprobe_version[probe]": str(version),
                            "nfprobe_timeouts[probe]": "tcp=1:udp=1:icmp=1:general=1:maxlife=60:expint=1"})
         else:
-            config.update({"sfprobe_receiver[probe]": f"127.0.0.1:{collector.port}",
+            config.update({"sfprobe_receiver[probe]": f"{host}:{port}",
                            "sfprobe_agentip[probe]": "127.0.0.1"})
         if sampling:
             config["sampling_rate"] = str(sampling)
@@ -241,10 +267,8 @@ def run_pmacct(pcap: str | os.PathLike, plugin: str = "nfprobe", version: int = 
         try:
             _run([_binary("pmacctd"), "-f", str(path)], timeout, tmp)
         finally:
-            datagrams = collector.drain()
             log = Path(tmp, "log")
             run_pmacct.last_log = log.read_text() if log.exists() else ""
-    return datagrams
 
 
 run_pmacct.last_log = ""

@@ -126,25 +126,14 @@ def test_sigterm_mid_stream_loses_nothing_received(tmp_path: Path, broker: Local
 
 def test_two_processes_on_one_port_both_receive_under_ebpf(tmp_path: Path, broker: LocalBroker,
                                                             topic_name: str) -> None:
-    port, m0, m1 = free_port(socket.SOCK_DGRAM), free_port(), free_port()
-    # Process i serves metrics on metrics_listen's port + i.
-    while m1 != m0 + 1:
-        m0 = free_port()
-        m1 = m0 + 1
-        try:
-            socket.create_server(("127.0.0.1", m1)).close()
-        except OSError:
-            m1 = -1
-    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    config = inlet_process.write_config(tmp_path / "cluster.yaml", port=port, metrics_port=m0,
-                                        bootstrap=broker.bootstrap, topic=topic_name)
+    port, metrics_port = free_port(socket.SOCK_DGRAM), inlet_process.consecutive_ports(2)
+    config = inlet_process.write_config(tmp_path / "cluster.yaml", port=port,
+                                        metrics_port=metrics_port, bootstrap=broker.bootstrap,
+                                        topic=topic_name)
     procs = []
     try:
-        for index, metrics_port in ((0, m0), (1, m1)):
-            procs.append(inlet_process.launch(config, tmp_path / f"p{index}.log", metrics_port,
-                                              "-w", "1", "-i", str(index), "-a", addresses))
-        for proc in procs:  # the cluster starts when both processes have met
-            inlet_process.wait_ready(proc, envelope.topic_name(topic_name), broker.bootstrap)
+        procs = inlet_process.start_cluster(config, tmp_path, metrics_port, 2, 1,
+                                            envelope.topic_name(topic_name), broker.bootstrap)
         # eBPF selection only becomes exact once both processes joined the map.
         if "balancing ebpf" not in procs[0].text():
             line = next(l for l in procs[0].text().splitlines() if "balancing" in l)

@@ -11,11 +11,9 @@ from connectors.metrics import RateLimitedLog
 from connectors import kafka as kafka_mod
 from connectors.broker import LocalBroker
 from connectors.metrics import InletMetrics
-from connectors.udp import Datagram, ReceivedBatch
 from flows import envelope
-from flows.inlet import wrap
 from flows.settings import Kafka
-from tests.conftest import free_port
+from tests.conftest import consume_messages, free_port
 
 
 def partitions_of(bootstrap: str, topic: str) -> int | None:
@@ -62,6 +60,10 @@ def test_unmanaged_topic_is_not_created(broker: LocalBroker, topic_name: str) ->
     assert partitions_of(broker.bootstrap, envelope.topic_name(topic_name)) is None
 
 
+def envelopes(count: int, exporter: str = "10.0.0.1") -> list[bytes]:
+    return [envelope.encode("netflow", 0, i, exporter, 2055, b"v%d" % i) for i in range(count)]
+
+
 def _unreachable(**extra: object) -> Kafka:
     return Kafka(brokers=[f"127.0.0.1:{free_port()}"], manage_topic=False,
                  producer={"queue.buffering.max.messages": 10, "linger.ms": 0,
@@ -72,7 +74,7 @@ def test_queue_full_drop_is_counted() -> None:
     metrics = InletMetrics(CollectorRegistry())
     part = kafka_mod.ProducerPartition(_unreachable(queue_full="drop", flush_timeout=0.5),
                                        "t-v1", "0", metrics, threading.Event())
-    part.write_batch([[(None, b"v%d" % i) for i in range(25)]])
+    part.write_batch([envelopes(25)])
     assert part.produced == 10 and part.discarded == 15
     assert metrics.kafka_discarded.labels("0", "queue_full")._value.get() == 15
     part.close()
@@ -87,7 +89,7 @@ def test_queue_full_block_waits_and_gives_up_only_when_stopping() -> None:
     finished = threading.Event()
 
     def write() -> None:
-        part.write_batch([[(None, b"v%d" % i) for i in range(12)]])
+        part.write_batch([envelopes(12)])
         finished.set()
 
     writer = threading.Thread(target=write)
@@ -102,15 +104,24 @@ def test_queue_full_block_waits_and_gives_up_only_when_stopping() -> None:
     assert part.failed == part.produced
 
 
-def test_wrap_keys_by_exporter_or_random() -> None:
-    exporter = envelope.address_bytes("203.0.113.5")
-    batch = ReceivedBatch(2, 2, [Datagram(b"one", exporter, 6343, 5), Datagram(b"two", exporter,
-                                                                              6343, 6)])
-    keyed = wrap(True, batch)
-    assert [k for k, _ in keyed] == [exporter, exporter]
-    assert [envelope.decode(v).payload for _, v in keyed] == [b"one", b"two"]
-    assert envelope.decode(keyed[0][1]).decoder == "sflow"
-    assert [k for k, _ in wrap(False, batch)] == [None, None]
+def test_keys_by_exporter_or_none_and_acked_counted(broker: LocalBroker, topic_name: str) -> None:
+    """The key is the envelope's exporter address, or none; every message is acknowledged
+    (counted from failure-only delivery reports) and arrives unchanged."""
+    sent = envelopes(3, "203.0.113.5") + envelopes(2, "2001:db8::7")
+    for mode, keys in (("by-exporter", [envelope.address_bytes("203.0.113.5")] * 3
+                        + [envelope.address_bytes("2001:db8::7")] * 2),
+                       ("random", [None] * 5)):
+        cfg = Kafka(brokers=[broker.bootstrap], topic=f"{topic_name}-{mode}", partitions=1,
+                    key_mode=mode)
+        metrics = InletMetrics(CollectorRegistry())
+        topic = envelope.topic_name(cfg.topic)
+        kafka_mod.ensure_topic(cfg, topic)
+        part = kafka_mod.ProducerPartition(cfg, topic, "0", metrics, threading.Event())
+        part.write_batch([sent[:2], sent[2:]])
+        part.close()
+        assert (part.produced, part.acked, part.failed) == (5, 5, 0)
+        assert metrics.kafka_acked.labels("0")._value.get() == 5
+        assert consume_messages(broker.bootstrap, topic, 1) == list(zip(keys, sent)), mode
 
 
 def test_producer_settings_from_config_win_over_defaults() -> None:
@@ -118,6 +129,9 @@ def test_producer_settings_from_config_win_over_defaults() -> None:
     merged = kafka_mod.producer_config(cfg)
     assert merged["linger.ms"] == 50 and merged["compression.type"] == "zstd"
     assert kafka_mod.producer_config(Kafka())["compression.type"] == "lz4"
+    # acked is counted from failure-only reports: a user setting cannot turn that off
+    forced = kafka_mod.producer_config(Kafka(producer={"delivery.report.only.error": False}))
+    assert forced["delivery.report.only.error"] is True
 
 
 def test_ratelimited_log_suppresses_repeats(caplog) -> None:

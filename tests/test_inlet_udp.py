@@ -6,6 +6,7 @@ tests/test_inlet_flow.py runs the whole dataflow.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from contextlib import contextmanager
@@ -17,9 +18,10 @@ import pytest
 from bpf import loader
 from connectors import metrics as metrics_mod
 from connectors.udp import ListenerError, UDPPartition, UDPSource
-from flows.envelope import address_bytes
+from flows.envelope import Envelope, address_bytes, decode
 from flows.settings import Listener
 from tests.conftest import free_port
+from tests.inlet_process import TEST_BPFFS
 
 DATAGRAMS = 10_000
 
@@ -32,7 +34,7 @@ def listener(port: int, **extra) -> Listener:
 @contextmanager
 def workers(lst: Listener, count: int, balancing: str,
             tmp_path: Path | None = None) -> Iterator[list[UDPPartition]]:
-    bpffs = Path("/sys/fs/bpf/waxflow-tests")
+    bpffs = TEST_BPFFS
     source = UDPSource([lst], balancing=balancing, bpffs=bpffs, max_batch=100_000)
     parts = [source.build("receive", index, count) for index in range(count)]
     try:
@@ -52,21 +54,22 @@ def send(port: int, payloads: list[bytes]) -> tuple[int, int]:
     return before, time.time_ns()
 
 
-def read_all(parts: list[UDPPartition], expect: int, timeout: float = 10.0) -> list[list]:
-    """Datagrams per worker, reading until `expect` arrived or nothing more comes."""
-    got: list[list] = [[] for _ in parts]
+def read_all(parts: list[UDPPartition], expect: int,
+             timeout: float = 10.0) -> list[list[Envelope]]:
+    """Envelopes per worker, decoded, reading until `expect` arrived or the time is up."""
+    got: list[list[Envelope]] = [[] for _ in parts]
     deadline = time.monotonic() + timeout
     while sum(map(len, got)) < expect and time.monotonic() < deadline:
         for index, part in enumerate(parts):
             for batch in part.next_batch():
-                got[index].extend(batch.datagrams)
+                got[index].extend(map(decode, batch))
         time.sleep(0.01)
     return got
 
 
 def group_mode(port: int, count: int, balancing: str) -> loader.ListenerGroup:
     return loader.group_for(f"127.0.0.1:{port}", count, balancing,
-                            Path("/sys/fs/bpf/waxflow-tests"))
+                            TEST_BPFFS)
 
 
 # --- spreading over 4 workers ------------------------------------------------------------------
@@ -145,6 +148,25 @@ def test_kernel_timestamps_exporter_and_bytes() -> None:
     assert all(before <= d.received_ns <= after for d in got)
 
 
+def test_dual_stack_listener_tells_ipv4_and_ipv6_exporters_apart() -> None:
+    """On `::`, IPv4 senders arrive IPv4-mapped and are written as such; IPv6 as they are."""
+    port = free_port(socket.SOCK_DGRAM)
+    lst = Listener(name="dual", address="::", port=port, decoder="sflow")
+    with workers(lst, 1, "hash") as parts:
+        sources = {}
+        for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family, socket.SOCK_DGRAM) as tx:
+                tx.bind((address, 0))
+                sources[address] = tx.getsockname()[1]
+                tx.sendto(address.encode(), (address, port))
+        got = read_all(parts, 2)[0]
+    assert {(e.payload.decode(), e.exporter_address, e.exporter_port) for e in got} == {
+        (address, address, sender_port) for address, sender_port in sources.items()}
+    assert {(e.decoder, e.listener_id) for e in got} == {("sflow", 0)}
+    per_exporter = metrics_mod.inlet_metrics().exporter_datagrams
+    assert [per_exporter.labels("dual", a)._value.get() for a in sources] == [1, 1]
+
+
 def test_userspace_timestamps_are_within_the_window() -> None:
     port = free_port(socket.SOCK_DGRAM)
     with workers(listener(port, timestamp_source="userspace"), 1, "hash") as parts:
@@ -167,16 +189,18 @@ def test_oversized_and_empty_datagrams() -> None:
     assert discarded._value.get() == 2
 
 
-def test_kernel_drops_are_counted() -> None:
-    """A tiny receive buffer overflows; SO_RXQ_OVFL tells how many the kernel dropped."""
+@pytest.mark.parametrize("stamps", ["kernel", "userspace"])
+def test_kernel_drops_are_counted(stamps: str) -> None:
+    """A tiny receive buffer overflows; SO_RXQ_OVFL tells how many the kernel dropped (read
+    after the timestamp, or alone when there is none)."""
     port = free_port(socket.SOCK_DGRAM)
-    lst = listener(port, name="tiny", receive_buffer=4096)
+    lst = listener(port, name=f"tiny_{stamps}", receive_buffer=4096, timestamp_source=stamps)
     with workers(lst, 1, "hash") as parts:
         send(port, [b"z" * 500] * 2000)
         received = len(read_all(parts, 2000, timeout=1.0)[0])
         send(port, [b"last"])  # drops are reported with the next datagram received
         received += len(read_all(parts, 1, timeout=1.0)[0])
-    drops = metrics_mod.inlet_metrics().kernel_drops.labels("tiny", "0")._value.get()
+    drops = metrics_mod.inlet_metrics().kernel_drops.labels(lst.name, "0")._value.get()
     assert drops > 0
     assert received + drops == 2001
 
@@ -198,3 +222,50 @@ def test_a_taken_port_is_a_clear_startup_error() -> None:
                            match=f"listener netflow: cannot bind UDP 127.0.0.1:{port}: "
                                  "Address already in use"):
             source.build("receive", 0, 1)
+
+
+# --- pinned maps are removed ---------------------------------------------------------------------
+
+def test_clean_stop_unpins_the_socket_map_after_the_last_socket() -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    with workers(listener(port), 2, "auto") as parts:
+        group = group_mode(port, 2, "auto")
+        if group.mode != "ebpf":
+            pytest.skip(reason=f"eBPF balancing does not load here: {group.reason}")
+        pinned = group.path
+        assert pinned is not None and pinned.exists()
+        parts[0].close()
+        assert pinned.exists()        # worker 1's socket still uses it
+        parts[1].close()
+        assert not pinned.exists()
+
+
+def test_bpf_clean_removes_only_unused_maps() -> None:
+    from click.testing import CliRunner
+
+    from bpf import syscall
+    from flows.cli import main
+
+    directory = TEST_BPFFS / f"clean-{free_port()}"
+    try:
+        directory.mkdir(parents=True)
+        used_fd, stale_fd = syscall.create_socket_array(2), syscall.create_socket_array(2)
+    except OSError as err:
+        pytest.skip(reason=f"cannot create pinned socket maps here: {err}")
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        syscall.put_socket(used_fd, 1, holder.fileno())
+        for fd, name in ((used_fd, "used"), (stale_fd, "stale")):
+            syscall.pin(fd, str(directory / name))
+            os.close(fd)
+        result = CliRunner().invoke(main, ["bpf", "clean", "--bpffs", str(directory)])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in directory.iterdir()) == ["used"]
+        assert "1 removed, 1 kept" in result.output
+    finally:
+        holder.close()   # the kernel takes the socket out of the map: now unused
+    removed, kept = loader.clean(directory)
+    assert [p.name for p in removed] == ["used"] and kept == []
+    assert not directory.exists()

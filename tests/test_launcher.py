@@ -25,3 +25,18 @@ def test_dataflow_argv(tmp_path):
         dataflow_argv("sideways")
     with pytest.raises(LaunchError, match="process id"):
         dataflow_argv("inlet", addresses=["a:1"])
+
+
+def test_processes_starting_together_share_one_store(tmp_path):
+    """The processes of a cluster prepare the same store at once: one creates it, all use it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = recovery_dir(tmp_path, "outlet")
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: ensure_recovery_store(target, partitions=2), range(4)))
+    assert stores == [target] * 4
+    assert sorted(p.name for p in target.glob("part-*.sqlite3")) == ["part-0.sqlite3", "part-1.sqlite3"]
+    import sqlite3
+    for part in target.glob("part-*.sqlite3"):  # complete stores, not half-made ones
+        tables = {r[0] for r in sqlite3.connect(part).execute("SELECT name FROM sqlite_master")}
+        assert "snaps" in tables and "fronts" in tables

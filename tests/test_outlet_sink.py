@@ -39,10 +39,12 @@ def test_flushes_on_size_and_on_time(store: ClickHouse) -> None:
     part.write_batch([flows_batch(600)])
     assert count(cfg) == 0  # below batch_rows and not yet due
     part.write_batch([flows_batch(600, 600)])
+    part.wait_inserted()
     assert count(cfg) == 1200  # size reached
     part.write_batch([flows_batch(10, 1200)])
     time.sleep(0.35)
     part.write_batch([None])  # a tick from the decode step
+    part.wait_inserted()
     assert count(cfg) == 1210
 
 
@@ -60,8 +62,9 @@ def test_snapshot_carries_pending_rows_to_a_new_partition(store: ClickHouse) -> 
 
 
 def test_inserts_retry_while_the_store_refuses(store: ClickHouse, monkeypatch) -> None:
-    """The store refuses inserts for a while (a read-only table); the sink holds the rows,
-    counts the retries, and inserts them once the store accepts again."""
+    """The store refuses inserts for a while (the table is away); the sink holds the rows (in its
+    snapshot too), counts the retries, stops the worker at the next flush (back-pressure), and
+    inserts everything once the store accepts again."""
     monkeypatch.setattr(clickhouse, "BACKOFF_START", 0.05)
     cfg = store.model_copy(update={"batch_rows": 100})
     part = sink_partition(cfg)
@@ -69,6 +72,13 @@ def test_inserts_retry_while_the_store_refuses(store: ClickHouse, monkeypatch) -
     retries_before = clickhouse.RETRIES._value.get()
     # The table is away for a while (as during a maintenance rename), then comes back.
     client.command(f"RENAME TABLE `{cfg.database}`.flows TO `{cfg.database}`.flows_away")
+    part.write_batch([flows_batch(150)])  # due: handed to the insert thread, which retries
+    deadline = time.monotonic() + 10
+    while clickhouse.RETRIES._value.get() == retries_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert clickhouse.RETRIES._value.get() > retries_before
+    held = clickhouse._from_ipc(part.snapshot())
+    assert sum(b.num_rows for b in held) == 150  # in flight, still in the snapshot
 
     def restore() -> None:
         time.sleep(0.6)
@@ -76,10 +86,13 @@ def test_inserts_retry_while_the_store_refuses(store: ClickHouse, monkeypatch) -
 
     fixer = threading.Thread(target=restore)
     fixer.start()
-    part.write_batch([flows_batch(150)])  # blocks (back-pressure) until the insert succeeds
+    started = time.monotonic()
+    part.write_batch([flows_batch(150, 150)])  # the next flush waits for the first insert
+    assert time.monotonic() - started >= 0.3
     fixer.join()
-    assert clickhouse.RETRIES._value.get() > retries_before
-    assert count(cfg) == 150
+    part.close()
+    assert count(cfg) == 300
+    assert part.snapshot() is None
 
 
 def test_a_closed_client_is_replaced(store: ClickHouse, monkeypatch) -> None:
@@ -89,5 +102,6 @@ def test_a_closed_client_is_replaced(store: ClickHouse, monkeypatch) -> None:
     errors_before = clickhouse.ERRORS.labels("closed")._value.get()
     part.client.close()
     part.write_batch([flows_batch(20)])
+    part.wait_inserted()
     assert clickhouse.ERRORS.labels("closed")._value.get() > errors_before
     assert count(cfg) == 20

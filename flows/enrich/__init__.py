@@ -1,24 +1,73 @@
 """Enrichment: flow batch → flow batch, working per batch on unique keys (exporters, addresses).
 
-Steps run in the order the design gives: metadata (exporter and interface names), classification,
-GeoIP/networks, sampling rate. Providers that talk to the outside live in connectors/.
+Steps run in the order the design gives: metadata (exporter and interface names, filled by the
+metadata step before this one; the exporter's address names it until then), classification
+(rejected flows leave here), GeoIP/networks, sampling rate. Providers that talk to the outside
+live in connectors/ (GeoIP files: connectors/geoip.py).
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pyarrow as pa
 
+from flows.enrich.addresses import AddressEnricher
+from flows.enrich.classify import Classification
 from flows.enrich.exporters import name_fallback
+from flows.enrich.networks import Networks
 from flows.enrich.sampling import SamplingRates
 from flows.settings import Enrichment
 
 
-class Enricher:
-    """The enrichment chain for one worker, built from the `enrichment` settings."""
+def open_geoip(cfg: Enrichment) -> Any:
+    """The configured GeoIP databases (None when there are none); a file that does not open
+    is a ConfigError naming its key."""
+    if not (cfg.geoip.asn_database or cfg.geoip.geo_database):
+        return None
+    from connectors.geoip import GeoIPDatabases
 
-    def __init__(self, cfg: Enrichment) -> None:
+    return GeoIPDatabases(cfg.geoip)
+
+
+class Chain:
+    """The enrichment steps with their caches, for one worker thread."""
+
+    def __init__(self, cfg: Enrichment, geoip: Any) -> None:
+        self.classification = Classification(cfg.classifiers)
+        self.addresses = AddressEnricher(Networks(cfg.networks), geoip, cfg.geoip)
         self.sampling = SamplingRates(cfg.sampling)
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         batch = name_fallback(batch)
+        if self.classification:
+            batch = self.classification.apply(batch)
+        batch = self.addresses.apply(batch)
         return self.sampling.apply(batch)
+
+
+class Enricher:
+    """The enrichment chain, built from the `enrichment` settings; one object serves every
+    worker thread of a process. The GeoIP databases (large) are shared; each thread has its own
+    chain of caches, so no lock is taken per batch and no thread sees another's half-built cache.
+
+    `geoip` replaces the databases opened from the settings (tests inject a clock this way).
+    """
+
+    def __init__(self, cfg: Enrichment, geoip: Any = None) -> None:
+        self.cfg = cfg
+        self.geoip = geoip if geoip is not None else open_geoip(cfg)
+        self.local = threading.local()
+        # The constructing thread's chain is built now: a bad setting fails at startup.
+        self.local.chain = Chain(cfg, self.geoip)
+
+    @property
+    def chain(self) -> Chain:
+        chain = getattr(self.local, "chain", None)
+        if chain is None:
+            chain = self.local.chain = Chain(self.cfg, self.geoip)
+        return chain
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return self.chain(batch)

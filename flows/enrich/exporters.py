@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows.enrich.columns import encode, fixed_values, replace
 from flows.envelope import address_text
 
 
@@ -16,13 +17,9 @@ def name_fallback(batch: pa.RecordBatch) -> pa.RecordBatch:
     empty = pc.equal(names, "")
     if not pc.any(empty).as_py():
         return batch
-    exporters = batch.column("ExporterAddress")
-    unique = pc.unique(exporters)
-    texts = pa.array([address_text(a) for a in unique.to_pylist()], pa.string())
-    index = pc.index_in(exporters, value_set=unique)
-    filled = pc.if_else(empty, pc.take(texts, index), names)
-    position = batch.schema.get_field_index("ExporterName")
-    return batch.set_column(position, batch.schema.field(position), filled)
+    index, distinct = encode(batch.column("ExporterAddress"))
+    texts = pa.array([address_text(a) for a in fixed_values(distinct)], pa.string())
+    return replace(batch, {"ExporterName": pc.if_else(empty, texts.take(pa.array(index)), names)})
 
 
 __all__ = ["name_fallback"]

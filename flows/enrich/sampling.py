@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from prometheus_client import Counter
 
+from flows.enrich.columns import drop_rows, encode, fixed_values, replace
 from flows.enrich.subnets import SubnetMap
 from flows.settings import Sampling
 
 UNKNOWN_RATE = Counter("waxflow_enrich_sampling_unknown_flows_total",
-                       "flows that arrived without a sampling rate and had no default",
+                       "flows that arrived without a sampling rate and had no default, by the "
+                       "action of enrichment.sampling.missing (keep: stored at rate 1, drop)",
                        ["action"])
 OVERRIDDEN = Counter("waxflow_enrich_sampling_overridden_flows_total",
                      "flows whose sampling rate was replaced by a configured override")
@@ -29,15 +30,11 @@ class SamplingRates:
     def _per_exporter(self, batch: pa.RecordBatch, table: SubnetMap[int],
                       fallback: int | None) -> np.ndarray | None:
         """Rate per row from the exporter's subnet (0 where none applies), or None if none does."""
-        exporters = batch.column("ExporterAddress")
-        unique = pc.unique(exporters).to_pylist()
-        rates = {address: table.lookup(address) or fallback for address in unique}
-        if not any(rates.values()):
+        index, distinct = encode(batch.column("ExporterAddress"))
+        rates = [table.lookup(address) or fallback or 0 for address in fixed_values(distinct)]
+        if not any(rates):
             return None
-        if len(unique) == 1:
-            return np.full(batch.num_rows, rates[unique[0]] or 0, np.uint64)
-        index = pc.index_in(exporters, value_set=pa.array(unique, exporters.type)).to_numpy()
-        return np.array([rates[a] or 0 for a in unique], np.uint64)[index]
+        return np.array(rates, np.uint64)[index]
 
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if batch.num_rows == 0:
@@ -62,6 +59,5 @@ class SamplingRates:
             if self.cfg.missing == "drop":
                 keep = ~missing
             rate[missing] = 1
-        index = batch.schema.get_field_index("SamplingRate")
-        batch = batch.set_column(index, batch.schema.field(index), pa.array(rate, pa.uint64()))
-        return batch.filter(pa.array(keep)) if keep is not None else batch
+        batch = replace(batch, {"SamplingRate": pa.array(rate, pa.uint64())})
+        return drop_rows(batch, keep) if keep is not None else batch

@@ -13,6 +13,7 @@ from typing import Generic, Mapping, TypeVar
 T = TypeVar("T")
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 def as_v6_network(text: str) -> ipaddress.IPv6Network:
@@ -23,26 +24,43 @@ def as_v6_network(text: str) -> ipaddress.IPv6Network:
     return network
 
 
+def as_ip(address: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """16 bytes as carried in flows → the address object (IPv4 for IPv4-mapped)."""
+    if address[:12] == MAPPED_PREFIX:
+        return ipaddress.IPv4Address(address[12:])
+    return ipaddress.IPv6Address(address)
+
+
 class SubnetMap(Generic[T]):
-    """subnet → value; `lookup` returns the value of the most specific subnet holding an address."""
+    """subnet → value; `lookup` returns the value of the most specific subnet holding an address.
+
+    One hash table per prefix length, longest first: a lookup costs one mask and one dict probe
+    per distinct prefix length configured, whatever the number of subnets.
+    """
 
     def __init__(self, entries: Mapping[str, T]) -> None:
-        networks = sorted(((as_v6_network(k), v) for k, v in entries.items()),
-                          key=lambda item: item[0].prefixlen, reverse=True)
-        self._entries = [(int(n.network_address), int(n.netmask), v) for n, v in networks]
+        by_length: dict[int, dict[int, T]] = {}
+        for text, value in entries.items():
+            network = as_v6_network(text)
+            by_length.setdefault(network.prefixlen, {})[int(network.network_address)] = value
+        self._tables = [(length, int(ipaddress.IPv6Network(("::", length)).netmask), by_length[length])
+                        for length in sorted(by_length, reverse=True)]
         self.lookup = lru_cache(maxsize=65536)(self._lookup)
 
     def __bool__(self) -> bool:
-        return bool(self._entries)
+        return bool(self._tables)
 
     def _lookup(self, address: bytes) -> T | None:
         value = int.from_bytes(address, "big")
-        for network, mask, item in self._entries:
-            if value & mask == network:
+        for _, mask, table in self._tables:
+            item = table.get(value & mask)
+            if item is not None:
                 return item
         return None
 
-    def all_matches(self, address: bytes) -> list[T]:
-        """Every subnet holding the address, most specific first (for inheritance)."""
+    def all_matches(self, address: bytes, longest: int = 128) -> list[T]:
+        """Every subnet holding the address, most specific first (for inheritance), ignoring
+        those longer than `longest` bits (in the IPv4-mapped form for IPv4)."""
         value = int.from_bytes(address, "big")
-        return [item for network, mask, item in self._entries if value & mask == network]
+        return [table[value & mask] for length, mask, table in self._tables
+                if length <= longest and value & mask in table]

@@ -1,0 +1,421 @@
+"""The flows query API, as pure logic: parameter validation, the filter grammar, table choice,
+SQL building and shaping results. No clients or sockets here (connectors/http.py serves it,
+`waxflow top` runs it straight on a stopped store).
+
+User text never reaches SQL: dimension and filter column names are checked against
+flows/schema.py and written by us; every filter value travels as a bound query parameter
+(`{p0:String}`), typed from the column.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import LarkError, VisitError
+
+from flows import ddl, schema
+from flows.settings import parse_duration
+
+MAX_LIMIT = 50
+MAX_DIMENSIONS = 6
+MAX_POINTS = 2000
+DEFAULT_POINTS = 100
+MAX_FILTER_LENGTH = 2000
+MAX_RANGE_SECONDS = 2 * 366 * 86400
+MAX_FILTER_VALUES = 200
+OTHER = "Other"
+
+
+class QueryError(ValueError):
+    """A request the API refuses; `reason` is a short fixed word, the message says what is wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --- columns one may group or filter by --------------------------------------------------------
+
+_EXCLUDED = {"TimeReceived", "TimeFlowStart", "TimeFlowEnd", "Bytes", "Packets"}
+
+
+def queryable_columns() -> dict[str, schema.Column]:
+    """Dimensions and filter columns: every scalar column but times and counters."""
+    return {c.name: c for c in schema.COLUMNS
+            if c.name not in _EXCLUDED and not c.ch_type.startswith("Array")}
+
+
+COLUMNS = queryable_columns()
+AGGREGATED_NAMES = frozenset(c.name for c in schema.AGGREGATED)
+# Raw flows are answered at 1 s resolution; aggregated tables at their own.
+RAW_TABLE = ("flows", 1)
+TABLES_COARSEST_FIRST = tuple((f"flows_{sfx}", seconds) for sfx, seconds, _ in reversed(ddl.RESOLUTIONS))
+
+
+def _kind(column: schema.Column) -> str:
+    t = column.ch_type
+    if t == "IPv6":
+        return "ip"
+    if t.startswith("Enum8"):
+        return "enum"
+    if t.startswith(("UInt", "Int")):
+        return "int"
+    return "string"
+
+
+def column_sql(name: str) -> str:
+    """A column as a display string (addresses without the IPv4-mapped prefix)."""
+    kind = _kind(COLUMNS[name])
+    if kind == "ip":
+        return f"replaceRegexpOne(IPv6NumToString(`{name}`), '^::ffff:', '')"
+    if COLUMNS[name].ch_type.startswith("FixedString"):
+        return f"replaceAll(toString(`{name}`), '\\0', '')"
+    return f"toString(`{name}`)"
+
+
+# --- the filter grammar ------------------------------------------------------------------------
+
+FILTER_GRAMMAR = r"""
+?start: or_expr
+?or_expr: and_expr (_OR and_expr)*
+?and_expr: not_expr (_AND not_expr)*
+?not_expr: _NOT not_expr -> negate
+         | atom
+?atom: comparison
+     | "(" or_expr ")"
+comparison: COLUMN OP value                          -> compare
+          | COLUMN _IN "(" value ("," value)* ")"     -> within
+          | COLUMN _NOT _IN "(" value ("," value)* ")" -> not_within
+?value: NUMBER | STRING
+OP.2: "!=" | "<>" | "<=" | ">=" | "=" | "<" | ">" | /like\b/i | /ilike\b/i
+_AND.2: /and\b/i
+_OR.2: /or\b/i
+_NOT.2: /not\b/i
+_IN.2: /in\b/i
+COLUMN: /[A-Za-z][A-Za-z0-9]*/
+NUMBER: /\d+/
+STRING: /'[^'\n]*'/ | /"[^"\n]*"/
+%ignore /\s+/
+"""
+
+_parser = Lark(FILTER_GRAMMAR, parser="lalr")
+_INT_OPS = {"=", "!=", "<>", "<", "<=", ">", ">="}
+_STRING_OPS = {"=", "!=", "<>", "LIKE", "ILIKE"}
+
+
+@dataclass
+class Filter:
+    """A parsed filter: SQL with placeholders, the bound values, and the columns it reads."""
+
+    sql: str = "1"
+    parameters: dict[str, Any] = field(default_factory=dict)
+    columns: set[str] = field(default_factory=set)
+
+
+class _ToSQL(Transformer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = Filter()
+
+    def _param(self, kind: str, value: Any) -> str:
+        name = f"f{len(self.out.parameters)}"
+        self.out.parameters[name] = value
+        return "{" + name + ":" + {"int": "UInt64", "ip": "String"}.get(kind, "String") + "}"
+
+    def _column(self, token: Token) -> tuple[str, str]:
+        name = str(token)
+        if name not in COLUMNS:
+            raise QueryError("unknown_column", f"filter: unknown column {name!r}")
+        self.out.columns.add(name)
+        return name, _kind(COLUMNS[name])
+
+    def _value(self, name: str, kind: str, token: Token) -> Any:
+        text = str(token)
+        quoted = token.type == "STRING"
+        if quoted:
+            text = text[1:-1]
+        if kind == "int":
+            if quoted or not text.isdigit() or int(text) >= 2**64:
+                raise QueryError("bad_filter", f"filter: {name} needs a whole number, got {token!s}")
+            return int(text)
+        if not quoted:
+            raise QueryError("bad_filter", f"filter: {name} needs a quoted value, got {token!s}")
+        if kind == "enum":
+            allowed = [v.split("'")[1] for v in COLUMNS[name].ch_type[6:-1].split(",")]
+            if text not in allowed:
+                raise QueryError("bad_filter", f"filter: {name} is one of {', '.join(allowed)}")
+        return text
+
+    def _ip_condition(self, name: str, op: str, text: str) -> str:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise QueryError("bad_filter", f"filter: {name} needs an address or a subnet, got {text!r}") from None
+        if op not in ("=", "!=", "<>"):
+            raise QueryError("bad_filter", f"filter: {name} compares with = or != only")
+        lo, hi = _mapped(net.network_address), _mapped(net.broadcast_address)
+        inside = (f"(`{name}` BETWEEN toIPv6({self._param('ip', lo)}) "
+                  f"AND toIPv6({self._param('ip', hi)}))")
+        return inside if op == "=" else f"NOT {inside}"
+
+    @v_args(inline=True)
+    def compare(self, column: Token, op: Token, value: Token) -> str:
+        name, kind = self._column(column)
+        op = str(op).upper()
+        if kind == "ip":
+            return self._ip_condition(name, op, self._value(name, "string", value))
+        allowed = _INT_OPS if kind == "int" else _STRING_OPS
+        if op not in allowed:
+            raise QueryError("bad_filter", f"filter: {name} does not take {op}")
+        return f"`{name}` {'!=' if op == '<>' else op} {self._param(kind, self._value(name, kind, value))}"
+
+    def _within(self, items: list, negate: bool) -> str:
+        column, *values = items
+        name, kind = self._column(column)
+        if len(values) > MAX_FILTER_VALUES:
+            raise QueryError("bad_filter", f"filter: at most {MAX_FILTER_VALUES} values in a list")
+        if kind == "ip":
+            parts = [self._ip_condition(name, "=", self._value(name, "string", v)) for v in values]
+            joined = "(" + " OR ".join(parts) + ")"
+            return f"NOT {joined}" if negate else joined
+        placeholders = ", ".join(self._param(kind, self._value(name, kind, v)) for v in values)
+        return f"`{name}` {'NOT IN' if negate else 'IN'} ({placeholders})"
+
+    def within(self, items: list) -> str:
+        return self._within(items, False)
+
+    def not_within(self, items: list) -> str:
+        return self._within(items, True)
+
+    def and_expr(self, items: list) -> str:
+        return "(" + " AND ".join(items) + ")"
+
+    def or_expr(self, items: list) -> str:
+        return "(" + " OR ".join(items) + ")"
+
+    @v_args(inline=True)
+    def negate(self, item: str) -> str:
+        return f"NOT ({item})"
+
+
+def _mapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"::ffff:{address}" if address.version == 4 else str(address)
+
+
+def parse_filter(text: str) -> Filter:
+    """`SrcAS = 2906 AND InIfBoundary = 'external' AND NOT DstAddr = '10.0.0.0/8'` → SQL + values."""
+    text = (text or "").strip()
+    if not text:
+        return Filter()
+    if len(text) > MAX_FILTER_LENGTH:
+        raise QueryError("bad_filter", f"filter: longer than {MAX_FILTER_LENGTH} characters")
+    try:
+        tree = _parser.parse(text)
+        transformer = _ToSQL()
+        sql = transformer.transform(tree)
+    except VisitError as err:
+        if isinstance(err.orig_exc, QueryError):
+            raise err.orig_exc from None
+        raise
+    except LarkError as err:
+        first = str(err).strip().splitlines()[0]
+        raise QueryError("bad_filter", f"filter: cannot parse: {first}") from None
+    transformer.out.sql = sql
+    return transformer.out
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+def parse_time(value: str | None, now: float, default: float) -> float:
+    """Unix seconds, RFC 3339 (`2024-05-01T10:00:00Z`), `now`, or `-15m` / `15m` (ago)."""
+    if value is None or value == "":
+        return default
+    text = value.strip()
+    if text == "now":
+        return now
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    if text[0] in "-0123456789" and text.lstrip("-")[-1:].isalpha():
+        try:
+            return now - parse_duration(text.lstrip("-")).total_seconds()
+        except ValueError:
+            pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError("bad_time", f"{value!r} is not a time (unix seconds, RFC 3339, now, -15m)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+@dataclass(frozen=True)
+class FlowsQuery:
+    start: int
+    end: int
+    dimensions: tuple[str, ...] = ()
+    limit: int = 10
+    filter: Filter = field(default_factory=Filter)
+    unit: str = "bps"
+    points: int = DEFAULT_POINTS
+
+
+def _bounded_int(params: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    text = params.get(key)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise QueryError(f"bad_{key}", f"{key} must be a whole number in {low}-{high}, got {text!r}")
+    return int(text)
+
+
+def parse_dimensions(text: str | None) -> tuple[str, ...]:
+    names = tuple(d.strip() for d in (text or "").split(",") if d.strip())
+    for name in names:
+        if name not in COLUMNS:
+            raise QueryError("unknown_dimension", f"unknown dimension {name!r}")
+    if len(names) > MAX_DIMENSIONS:
+        raise QueryError("bad_dimensions", f"at most {MAX_DIMENSIONS} dimensions")
+    if len(set(names)) != len(names):
+        raise QueryError("bad_dimensions", "a dimension is listed twice")
+    return names
+
+
+def parse_flows_query(params: Mapping[str, str], now: float | None = None) -> FlowsQuery:
+    """Validate the query string of GET /api/v0/flows; raise QueryError naming what is wrong."""
+    now = time.time() if now is None else now
+    known = {"from", "to", "dimensions", "limit", "filter", "unit", "points"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise QueryError("unknown_parameter", f"unknown parameter(s): {', '.join(unknown)}")
+    end = parse_time(params.get("to"), now, now)
+    start = parse_time(params.get("from"), now, end - 3600)
+    if start >= end:
+        raise QueryError("bad_range", "from must be before to")
+    if start < 0 or end >= 2**32:
+        raise QueryError("bad_range", "times must fall between 1970 and 2106")
+    if end - start > MAX_RANGE_SECONDS:
+        raise QueryError("bad_range", f"the range is longer than {MAX_RANGE_SECONDS // 86400} days")
+    unit = params.get("unit") or "bps"
+    if unit not in ("bps", "pps"):
+        raise QueryError("bad_unit", "unit is bps or pps")
+    return FlowsQuery(
+        start=int(start), end=int(math.ceil(end)),
+        dimensions=parse_dimensions(params.get("dimensions")),
+        limit=_bounded_int(params, "limit", 10, 1, MAX_LIMIT),
+        filter=parse_filter(params.get("filter", "")),
+        unit=unit,
+        points=_bounded_int(params, "points", DEFAULT_POINTS, 1, MAX_POINTS),
+    )
+
+
+# --- table choice and SQL ----------------------------------------------------------------------
+
+def choose_table(query: FlowsQuery, ttl_seconds: Mapping[str, int], now: float) -> tuple[str, int]:
+    """The coarsest table that has every column asked for, still holds `start`, and whose
+    resolution is not coarser than the step the points ask for; else raw flows."""
+    needed = set(query.dimensions) | query.filter.columns
+    wanted_step = (query.end - query.start) / query.points
+    if needed <= AGGREGATED_NAMES:
+        for table, seconds in TABLES_COARSEST_FIRST:
+            if seconds <= wanted_step and query.start >= now - ttl_seconds.get(table, 0):
+                return table, seconds
+    return RAW_TABLE
+
+
+def step_seconds(query: FlowsQuery, resolution: int) -> int:
+    """Bucket width: the points asked for, in whole multiples of the table's resolution."""
+    wanted = (query.end - query.start) / query.points
+    return max(resolution, int(math.ceil(wanted / resolution)) * resolution)
+
+
+def _metric(unit: str) -> str:
+    return "Bytes * SamplingRate * 8" if unit == "bps" else "Packets * SamplingRate"
+
+
+@dataclass(frozen=True)
+class BuiltQuery:
+    sql: str
+    parameters: dict[str, Any]
+    table: str
+    step: int
+    start: int
+    end: int
+
+
+def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, int],
+                    now: float | None = None) -> BuiltQuery:
+    """One query: per time bucket and per top-N group (the rest summed as Other), the total."""
+    now = time.time() if now is None else now
+    table, resolution = choose_table(query, ttl_seconds, now)
+    step = step_seconds(query, resolution)
+    start = query.start - query.start % step
+    end = query.end + (-query.end) % step
+    source = f"`{database}`.`{table}`"
+    where = (f"TimeReceived >= toDateTime({{start:UInt32}}) AND TimeReceived < toDateTime({{end:UInt32}}) "
+             f"AND {query.filter.sql}")
+    metric = _metric(query.unit)
+    if query.dimensions:
+        dims = ", ".join(f"`{d}`" for d in query.dimensions)
+        shown = ", ".join(column_sql(d) for d in query.dimensions)
+        top = (f"SELECT {dims} FROM {source} WHERE {where} GROUP BY {dims} "
+               f"ORDER BY sum({metric}) DESC LIMIT {query.limit}")
+        group = f"if(({dims}) IN ({top}), [{shown}], ['{OTHER}'])"
+    else:
+        group = "CAST([], 'Array(String)')"
+    sql = (f"SELECT toUInt32(toStartOfInterval(TimeReceived, toIntervalSecond({{step:UInt32}}), 'UTC')) AS t, "
+           f"{group} AS d, sum({metric}) AS v FROM {source} WHERE {where} GROUP BY t, d ORDER BY t")
+    parameters = {"start": start, "end": end, "step": step, **query.filter.parameters}
+    return BuiltQuery(sql, parameters, table, step, start, end)
+
+
+def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list[str], int]]) -> dict[str, Any]:
+    """Rows (bucket, group, total) → a filled time series per group, rates per second, and the
+    top-N by average (Other last)."""
+    times = list(range(built.start, built.end, built.step))
+    index = {t: i for i, t in enumerate(times)}
+    series: dict[tuple[str, ...], list[float]] = {}
+    for bucket, group, total in rows:
+        values = series.setdefault(tuple(group), [0.0] * len(times))
+        if bucket in index:
+            values[index[bucket]] += total / built.step
+    ordered = sorted(series.items(), key=lambda item: (item[0] == (OTHER,), -sum(item[1])))
+    return {
+        "table": built.table,
+        "step": built.step,
+        "unit": query.unit,
+        "from": built.start,
+        "to": built.end,
+        "dimensions": list(query.dimensions),
+        "time": times,
+        "series": [
+            {"dimensions": list(group), "values": values,
+             "average": sum(values) / len(values) if values else 0.0,
+             "max": max(values, default=0.0)}
+            for group, values in ordered
+        ],
+    }
+
+
+def exporters_sql(database: str) -> str:
+    """Exporters and their interfaces seen recently (the exporters table, deduplicated)."""
+    return (f"SELECT {column_sql('ExporterAddress')} AS address, ExporterName AS name, IfIndex, IfName, "
+            f"IfDescription, IfSpeed, max(TimeReceived) AS seen FROM `{database}`.`exporters` FINAL "
+            f"GROUP BY ExporterAddress, ExporterName, IfIndex, IfName, IfDescription, IfSpeed "
+            f"ORDER BY name, address, IfIndex")
+
+
+def shape_exporters(rows: list[tuple]) -> list[dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for address, name, ifindex, ifname, description, speed, seen in rows:
+        entry = out.setdefault((address, name), {"address": address, "name": name, "interfaces": []})
+        if ifindex:
+            entry["interfaces"].append({"ifindex": ifindex, "name": ifname, "description": description,
+                                        "speed": speed, "seen": str(seen)})
+    return list(out.values())

@@ -1,0 +1,227 @@
+"""The HTTP API on a real socket, over a chDB store holding known flows: correct rates, tables
+chosen by range and dimensions, and every bad parameter refused with 4xx and a JSON reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from connectors import clickhouse, http
+from flows import api, schema
+from flows.settings import API, Settings
+from tests.conftest import free_port
+
+NOW = int(time.time())
+T0 = NOW - NOW % 300 - 1800  # a 5-minute boundary half an hour ago
+# (SrcAS, InIfName, Bytes, Packets, SamplingRate, seconds after T0)
+ROWS = [
+    (2906, "et-0/0/1", 1000, 10, 10, 0),
+    (2906, "et-0/0/1", 3000, 30, 10, 65),
+    (15169, "et-0/0/2", 2000, 20, 10, 70),
+    (13335, "et-0/0/3", 500, 5, 1, 130),
+    (64500, "et-0/0/4", 100, 1, 1, 10),
+]
+
+
+def _batch(rows):
+    return schema.make_batch({
+        "TimeReceived": [T0 + r[5] for r in rows],
+        "ExporterAddress": [bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1])] * len(rows),
+        "ExporterName": ["edge1"] * len(rows),
+        "SrcAS": [r[0] for r in rows], "InIfName": [r[1] for r in rows],
+        "InIfIndex": [i + 1 for i in range(len(rows))],
+        "SrcAddr": [bytes(10) + b"\xff\xff" + bytes([10, 0, 0, i]) for i in range(len(rows))],
+        "SrcCountry": [b"US"] * len(rows),
+        "Bytes": [r[2] for r in rows], "Packets": [r[3] for r in rows],
+        "SamplingRate": [r[4] for r in rows],
+    }, len(rows))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, chdb_dir):
+    """Migrated store with ROWS, and the API on a free port with a token."""
+    import pyarrow as pa
+
+    settings = Settings(clickhouse={"dsn": f"chdb:{chdb_dir}", "database": f"api_{uuid.uuid4().hex[:8]}"},
+                        kafka={"brokers": [f"127.0.0.1:{free_port()}"]},  # nothing listens there
+                        api=API(listen=f"127.0.0.1:{free_port()}", token="s3cret"))
+    clickhouse.migrate(settings.clickhouse)
+    client = clickhouse.connect(settings.clickhouse)
+    client.insert_arrow(f"{settings.clickhouse.database}.flows", pa.Table.from_batches([_batch(ROWS)]))
+    assert http.serve_outlet(settings)
+    yield settings
+    client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse.database}`")
+
+
+def get(settings, path, params=None, token="s3cret", body=None, content_type="text/plain"):
+    url = http.api_base(settings) + path
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    request = urllib.request.Request(url, data=body)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            raw = answer.read()
+            return answer.status, (json.loads(raw) if answer.headers.get_content_type() == "application/json" else raw)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_flows_rates_top_n_and_other(served) -> None:
+    status, body = get(served, "/api/v0/flows", {"from": T0, "to": T0 + 300, "dimensions": "SrcAS",
+                                                 "limit": 2, "points": 5, "unit": "bps"})
+    assert status == 200, body
+    assert body["step"] == 60 and body["table"] == "flows_1m0s"
+    assert body["time"] == [T0 + 60 * i for i in range(5)]
+    series = {tuple(s["dimensions"]): s["values"] for s in body["series"]}
+    assert [s["dimensions"] for s in body["series"]] == [["2906"], ["15169"], ["Other"]]
+    assert series[("2906",)] == [1000 * 10 * 8 / 60, 3000 * 10 * 8 / 60, 0, 0, 0]
+    assert series[("15169",)] == [0, 2000 * 10 * 8 / 60, 0, 0, 0]
+    # Other = AS13335 (minute 2) + AS64500 (minute 0)
+    assert series[("Other",)] == [100 * 8 / 60, 0, 500 * 8 / 60, 0, 0]
+
+
+def test_flows_pps_with_filter_and_two_dimensions(served) -> None:
+    status, body = get(served, "/api/v0/flows", {
+        "from": T0, "to": T0 + 300, "dimensions": "SrcAS,InIfName", "points": 1, "unit": "pps",
+        "filter": "SrcAS IN (2906, 15169) AND InIfName != 'et-0/0/2' AND SrcAddr = '10.0.0.0/24'"})
+    assert status == 200, body
+    assert body["step"] == 300 and body["table"] == "flows"  # SrcAddr is only in raw flows
+    assert [(s["dimensions"], s["values"]) for s in body["series"]] == [(["2906", "et-0/0/1"], [400 / 300])]
+
+
+def test_no_dimensions_is_the_total(served) -> None:
+    hour = T0 - T0 % 3600
+    status, body = get(served, "/api/v0/flows", {"from": hour, "to": hour + 3600, "points": 1})
+    assert status == 200, body
+    assert body["table"] == "flows_1h0m0s"
+    total = sum(r[2] * r[4] * 8 for r in ROWS)
+    assert body["series"] == [{"dimensions": [], "values": [total / 3600], "average": total / 3600,
+                               "max": total / 3600}]
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"dimensions": "SrcAS,Nope"}, "unknown_dimension"),
+    ({"from": "2024-01-02T00:00:00Z", "to": "2024-01-01T00:00:00Z"}, "bad_range"),
+    ({"filter": "SrcAS = 1; DROP TABLE flows"}, "bad_filter"),
+    ({"filter": "ExporterName = 'x' OR 1=1"}, "bad_filter"),
+    ({"filter": "ExporterName = 'a' UNION SELECT 1"}, "bad_filter"),
+    ({"filter": "Secret = 1"}, "unknown_column"),
+    ({"limit": "100000"}, "bad_limit"),
+    ({"limit": "-1"}, "bad_limit"),
+    ({"points": "0"}, "bad_points"),
+    ({"unit": "furlongs"}, "bad_unit"),
+    ({"from": "yesterday-ish"}, "bad_time"),
+    ({"from": "0", "to": str(NOW)}, "bad_range"),
+    ({"dimensions": "SrcAS", "sql": "SELECT 1"}, "unknown_parameter"),
+])
+def test_bad_parameters_get_400_with_a_reason(served, params, reason) -> None:
+    status, body = get(served, "/api/v0/flows", params)
+    assert status == 400
+    assert body["reason"] == reason and body["error"]
+
+
+def test_token_is_required_for_the_api_but_not_metrics(served) -> None:
+    assert get(served, "/api/v0/exporters", token=None)[0] == 401
+    status, body = get(served, "/api/v0/exporters", token="wrong")
+    assert (status, body["reason"]) == (401, "unauthorized")
+    status, raw = get(served, "/metrics", token=None)
+    assert status == 200 and b'waxflow_api_errors_total{reason="unauthorized"}' in raw
+
+
+def test_metrics_pass_promtool(served) -> None:
+    from tests.test_inlet_flow import promtool_check
+
+    if shutil.which("promtool") is None:
+        pytest.skip(reason="promtool not installed (Debian package prometheus)")
+    get(served, "/api/v0/flows", {"unit": "x"})  # an error counted by reason
+    status, raw = get(served, "/metrics", token=None)
+    assert b'waxflow_api_requests_total{endpoint="flows",status="4xx"}' in raw
+    promtool_check(raw.decode())
+
+
+def test_exporters_lists_interfaces(served) -> None:
+    status, body = get(served, "/api/v0/exporters")
+    assert status == 200
+    [exporter] = body["exporters"]
+    assert exporter["address"] == "192.0.2.1" and exporter["name"] == "edge1"
+    assert {i["name"] for i in exporter["interfaces"]} >= {"et-0/0/1", "et-0/0/4"}
+
+
+def test_read_only_sql(served) -> None:
+    db = served.clickhouse.database
+    status, body = get(served, "/api/v0/query", {"sql": f"SELECT count() AS n FROM {db}.flows"})
+    assert (status, body) == (200, {"columns": ["n"], "rows": [[len(ROWS)]]})
+    status, body = get(served, "/api/v0/query", body=json.dumps({"sql": f"SELECT sum(Bytes) FROM {db}.flows"}).encode(),
+                       content_type="application/json")
+    assert status == 200 and body["rows"] == [[sum(r[2] for r in ROWS)]]
+    status, body = get(served, "/api/v0/query", body=f"DROP TABLE {db}.flows".encode())
+    assert status == 400 and body["reason"] == "query_failed" and "readonly" in body["error"].lower()
+    status, body = get(served, "/api/v0/query", body=b"SELECT 1 SETTINGS readonly = 0")
+    assert status == 400
+    assert get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows"})[1]["rows"] == [[len(ROWS)]]
+
+
+def test_request_limits(served) -> None:
+    status, body = get(served, "/api/v0/query", body=b"SELECT 1 -- " + b"x" * (http.MAX_BODY + 1))
+    assert (status, body["reason"]) == (413, "too_large")
+    status, body = get(served, "/api/v0/nothing")
+    assert (status, body["reason"]) == (404, "not_found")
+
+
+def test_healthz_and_dictionary_files(served) -> None:
+    status, body = get(served, "/healthz")
+    assert body["components"]["store"]["ok"] is True
+    assert body["components"]["kafka"]["ok"] is False and status == 503  # no broker in this test
+    status, raw = get(served, "/api/v0/clickhouse/asns.csv")
+    assert status == 200 and raw.startswith(b"asn,name\n") and b"\n2906," in raw
+    status, raw = get(served, "/api/v0/clickhouse/init.sh")
+    assert status == 200 and b"asns_data FORMAT CSVWithNames" in raw
+    assert subprocess.run(["sh", "-n"], input=raw).returncode == 0
+
+
+def test_filter_grammar_binds_every_value() -> None:
+    parsed = api.parse_filter("SrcCountry = 'US' and not (DstAS < 100 or InIfBoundary = 'external')")
+    assert "US" not in parsed.sql and "100" not in parsed.sql
+    assert sorted(parsed.parameters.values(), key=str) == [100, "US", "external"]
+    with pytest.raises(api.QueryError):
+        api.parse_filter("InIfBoundary = 'sideways'")
+
+
+def test_queries_run_while_another_thread_inserts(served) -> None:
+    """The API's own chDB handle beside the sink's: concurrent inserts and queries both succeed."""
+    import threading
+
+    import pyarrow as pa
+
+    db = served.clickhouse.database
+    client = clickhouse.connect(served.clickhouse)
+    client.command(f"CREATE TABLE `{db}`.flows_copy AS `{db}`.flows")
+    errors: list[BaseException] = []
+
+    def insert() -> None:
+        try:
+            for _ in range(20):
+                client.insert_arrow(f"{db}.flows_copy", pa.Table.from_batches([_batch(ROWS)]))
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    writer = threading.Thread(target=insert)
+    writer.start()
+    answers = []
+    while writer.is_alive():
+        answers.append(get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows_copy"}))
+    writer.join()
+    assert not errors
+    assert answers and all(status == 200 for status, _ in answers)
+    assert get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows_copy"})[1]["rows"] == [[20 * len(ROWS)]]
