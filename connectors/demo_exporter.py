@@ -1,8 +1,11 @@
 """`waxflow demo-exporter`: the demo routers (flows/demo.py) sending to the inlet's listeners.
 
 Each router sends from its own loopback address (127.0.1.x), so the collector sees distinct
-exporters (when the inlet runs on this machine; `--target HOST` sends to another one); NetFlow v9 goes to the `netflow` listener, IPFIX to `ipfix` (else the first netflow
-listener), sFlow to the first sflow listener.
+exporters, when the inlet runs on this machine; `--target HOST` sends to another one, from this
+machine's address (the compose stack's `demo` profile runs one router per container, `--router
+NAME`, each at its own address). NetFlow v9 goes to the `netflow` listener, IPFIX to `ipfix`
+(else the first netflow listener), sFlow to the first sflow listener; an sFlow router names as
+its agent the address its datagrams leave from, as the decoder keys sFlow exporters on it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from flows import demo
 from flows.settings import Settings
@@ -47,14 +51,19 @@ def _listener_for(settings: Settings, protocol: str, host: str | None = None) ->
     return host, chosen.port
 
 
-def targets(settings: Settings, host: str | None = None) -> list[Target]:
-    """Where each demo router sends: the inlet's listeners on this machine, or on `host`."""
+def targets(settings: Settings, host: str | None = None, routers: Sequence[str] = ()) -> list[Target]:
+    """Where each demo router (those named in `routers`, default all) sends: the inlet's
+    listeners on this machine, or on `host`."""
+    try:
+        chosen = [demo.router(name) for name in dict.fromkeys(routers)] or list(demo.ROUTERS)
+    except ValueError as err:
+        raise DemoError(str(err)) from None
     if host is not None:
         try:
             host = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0]
         except socket.gaierror as err:
             raise DemoError(f"cannot resolve {host}: {err.strerror}") from None
-    return [Target(router, _listener_for(settings, router.protocol, host)) for router in demo.ROUTERS]
+    return [Target(router, _listener_for(settings, router.protocol, host)) for router in chosen]
 
 
 class DemoExporter:
@@ -73,19 +82,24 @@ class DemoExporter:
         self.sent_flows = 0
         self.sent_datagrams = 0
         self.sockets = {t.router.name: self._socket(t) for t in targets}
+        # The address each router's datagrams leave from: what the collector sees as the exporter.
+        self.agents = {name: sock.getsockname()[0] for name, sock in self.sockets.items()}
 
     @staticmethod
     def _socket(target: Target) -> socket.socket:
         family = socket.AF_INET6 if ":" in target.address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        # Only on loopback can a router send from its own 127.0.1.x address; elsewhere every router
-        # shares the host's address (sFlow still names its agent).
-        if family == socket.AF_INET and ipaddress.ip_address(target.address[0]).is_loopback:
-            try:
+        # Only on loopback can a router send from its own 127.0.1.x address; elsewhere it sends
+        # from this machine's (or container's) address.
+        step = f"send from {target.router.address}"
+        try:
+            if family == socket.AF_INET and ipaddress.ip_address(target.address[0]).is_loopback:
                 sock.bind((target.router.address, 0))  # the router's own address: a distinct exporter
-            except OSError as err:
-                sock.close()
-                raise DemoError(f"cannot send from {target.router.address}: {err.strerror}") from None
+            step = f"send to {target.address[0]}:{target.address[1]}"
+            sock.connect(target.address)  # fixes the source address (sFlow's agent) before any send
+        except OSError as err:
+            sock.close()
+            raise DemoError(f"{target.router.name}: cannot {step}: {err.strerror}") from None
         return sock
 
     def _datagrams(self, router: demo.Router, flows: list[demo.Flow], now_ms: int) -> list[bytes]:
@@ -101,7 +115,7 @@ class DemoExporter:
                 out.append(demo.ipfix(chunk, now_ms=now_ms, sequence=seq, domain=0, sampling=router.sampling))
                 self.sequence[router.name] += len(chunk)
             else:
-                out.append(demo.sflow(chunk, agent=router.address, uptime_ms=now_ms - self.boot_ms,
+                out.append(demo.sflow(chunk, agent=self.agents[router.name], uptime_ms=now_ms - self.boot_ms,
                                       sequence=seq, sample_sequence=self.samples[router.name],
                                       sampling=router.sampling))
                 self.sequence[router.name] += 1
@@ -120,7 +134,7 @@ class DemoExporter:
             flows = self.traffic.flows(target.router, count, now_ms)
             for datagram in self._datagrams(target.router, flows, now_ms):
                 try:
-                    self.sockets[target.router.name].sendto(datagram, target.address)
+                    self.sockets[target.router.name].send(datagram)
                 except OSError as err:  # nobody listening yet (ICMP refused): the demo goes on
                     log.debug("demo: send to %s failed: %s", target.address, err)
                     continue

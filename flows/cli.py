@@ -261,9 +261,11 @@ def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit
 @click.option("--seed", type=int, default=None, help="random seed (reproducible traffic)")
 @click.option("--flat", is_flag=True, help="constant rate, no day/night shape")
 @click.option("--target", default=None, help="inlet host (default: the listeners' addresses on this machine)")
+@click.option("--router", "routers", multiple=True, metavar="NAME",
+              help="run only this router, e.g. edge1.par (repeatable; default: all three); the rate is theirs")
 @pass_context
 def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int | None, flat: bool,
-                  target: str | None) -> None:
+                  target: str | None, routers: tuple[str, ...]) -> None:
     """Simulated routers exporting NetFlow v9, IPFIX and sFlow to the inlet's listeners."""
     import signal
     import threading
@@ -271,7 +273,7 @@ def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int |
     from connectors.demo_exporter import DemoError, DemoExporter, targets
 
     try:
-        exporter = DemoExporter(targets(ctx.settings, target), rate, seed=seed, shape=not flat)
+        exporter = DemoExporter(targets(ctx.settings, target, routers), rate, seed=seed, shape=not flat)
     except DemoError as err:
         err_console.print(f"[bold red]demo exporter:[/] {err}", highlight=False)
         sys.exit(2)
@@ -279,7 +281,7 @@ def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int |
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     for each in exporter.targets:
-        click.echo(f"{each.router.name} ({each.router.address}) → {each.router.protocol} "
+        click.echo(f"{each.router.name} ({exporter.agents[each.router.name]}) → {each.router.protocol} "
                    f"{each.address[0]}:{each.address[1]}")
     exporter.run(stop, duration)
     exporter.close()

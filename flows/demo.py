@@ -6,8 +6,14 @@ comes from a weighted mix of well-known networks (AS numbers, countries) to the 
 customer prefixes, over realistic protocols and ports, with a day/night shape.
 
 `demo_enrichment()` is the metadata the demo configuration wires in (`enrichment.static` for
-exporter and interface names, `enrichment.networks` for AS numbers, countries and names), so the
-stored flows carry names, not numbers. Pure logic: connectors/demo_exporter.py sends the bytes.
+exporter and interface names, `enrichment.networks` for AS numbers, countries and names,
+`enrichment.classifiers` for sites, connectivity, providers and boundaries), so the stored flows
+carry names, not numbers. Pure logic: connectors/demo_exporter.py sends the bytes.
+
+Where the routers export from: 127.0.1.x on one machine (`waxflow up --demo`); in the compose
+stack's `demo` profile each router is a container at a fixed address of the stack's network
+(`compose_addresses()`), and the demo block of compose/dataflows.yaml is generated from this
+module (`python -m flows.demo`; tests/test_compose.py fails when it is stale).
 
 Encoders are struct-based: the demo needs a few thousand flows per second, built per record.
 """
@@ -19,7 +25,10 @@ import math
 import random
 import struct
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Sequence
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,48 @@ def interfaces(router: Router) -> tuple[Interface, ...]:
     )
 
 
-def demo_enrichment() -> dict:
-    """`enrichment.static` and `enrichment.networks` for the demo routers and networks."""
+def router(name: str) -> Router:
+    """The demo router called `name` (ValueError naming the known ones otherwise)."""
+    for each in ROUTERS:
+        if each.name == name:
+            return each
+    raise ValueError(f"no demo router {name!r} (known: {', '.join(r.name for r in ROUTERS)})")
+
+
+def covering_subnet(addresses: Iterable[str]) -> str:
+    """The smallest subnet holding every address: scopes the demo's classifiers to its routers."""
+    networks = [ipaddress.ip_network(address) for address in addresses]
+    subnet = networks[0]
+    while not all(network.subnet_of(subnet) for network in networks):
+        subnet = subnet.supernet()
+    return str(subnet)
+
+
+# The demo's classifiers read what the port plan writes: "Transit: Cogent AS174 [100G]" is a
+# transit from provider cogent crossing the network's edge; customer ports stay inside.
+_EDGE_PORT = r"^(?P<connectivity>Transit|PNI|IX): (?P<provider>[^ ]+)"
+
+
+def demo_classifiers(subnet: str) -> dict:
+    """`enrichment.classifiers` for the demo routers, matching only exporters in `subnet`."""
+    return {
+        "exporter": [{"match": {"subnet": subnet, "name": r"^edge[0-9]+\.(?P<site>[a-z]+)$"},
+                      "set": {"site": "$site", "role": "edge", "group": "demo"}}],
+        "interface": [
+            {"match": {"exporter_subnet": subnet, "description": _EDGE_PORT},
+             "set": {"connectivity": "$connectivity", "provider": "$provider", "boundary": "external"}},
+            {"match": {"exporter_subnet": subnet, "description": "^Customers: "},
+             "set": {"connectivity": "customers", "boundary": "internal"}},
+        ],
+    }
+
+
+def demo_enrichment(addresses: Mapping[str, str] | None = None) -> dict:
+    """`enrichment.static`, `networks` and `classifiers` for the demo routers and networks;
+    `addresses` maps router names to where they export from (default: their 127.0.1.x)."""
+    address = {router.name: router.address for router in ROUTERS} | dict(addresses or {})
     static = {
-        f"{router.address}/32": {
+        f"{address[router.name]}/32": {
             "name": router.name,
             "interfaces": {i.ifindex: {"name": i.name, "description": i.description, "speed": i.speed}
                            for i in interfaces(router)},
@@ -110,7 +157,50 @@ def demo_enrichment() -> dict:
     for router in ROUTERS:
         networks[router.customers] = {"name": f"customers-{router.site}", "asn": LOCAL_AS,
                                       "country": router.country, "role": "customers", "site": router.site}
-    return {"static": static, "networks": networks}
+    classifiers = demo_classifiers(covering_subnet(address[router.name] for router in ROUTERS))
+    return {"static": static, "networks": networks, "classifiers": classifiers}
+
+
+# --- the compose stack's demo profile -----------------------------------------------------------
+
+# The stack's network (compose/docker-compose.yml). Outside Docker's default address pools
+# (172.17-31.0.0/16, 192.168.0.0/16) so it does not collide with the networks Docker creates;
+# Docker places the other containers in the upper half, the demo routers sit in the lower one.
+COMPOSE_SUBNET = "172.16.89.0/24"
+COMPOSE_DYNAMIC_RANGE = "172.16.89.128/25"
+COMPOSE_DATAFLOWS = Path(__file__).resolve().parent.parent / "compose" / "dataflows.yaml"
+COMPOSE_MARKERS = ("  # demo:start", "  # demo:end")
+
+
+def compose_addresses() -> dict[str, str]:
+    """Router name → its container's fixed address in the compose stack (.11, .12, ...)."""
+    subnet = ipaddress.ip_network(COMPOSE_SUBNET)
+    return {router.name: str(subnet[11 + n]) for n, router in enumerate(ROUTERS)}
+
+
+def compose_service(router: Router) -> str:
+    """The compose service running one router: edge1.par → demo-edge1-par."""
+    return "demo-" + router.name.replace(".", "-")
+
+
+def compose_block() -> str:
+    """The demo's enrichment as the YAML lines compose/dataflows.yaml carries under `enrichment:`
+    (between the markers)."""
+    body = yaml.safe_dump(demo_enrichment(compose_addresses()), sort_keys=False, default_flow_style=None,
+                          width=200)
+    indented = "".join(f"  {line}" if line.strip() else line for line in body.splitlines(keepends=True))
+    return (f"{COMPOSE_MARKERS[0]}  generated by `python -m flows.demo` from flows/demo.py: the demo\n"
+            "  # profile's routers (their addresses on the stack's network), their networks and classifiers.\n"
+            "  # Everything is scoped to the demo routers' addresses except `networks` (the demo's peers\n"
+            "  # and customers): delete this block when real routers send to the stack.\n"
+            f"{indented}{COMPOSE_MARKERS[1]}\n")
+
+
+def with_compose_block(text: str) -> str:
+    """compose/dataflows.yaml's text with the demo block replaced by the current one."""
+    start, end = (text.index(marker) for marker in COMPOSE_MARKERS)
+    end = text.index("\n", end) + 1
+    return text[:start] + compose_block() + text[end:]
 
 
 # --- traffic -----------------------------------------------------------------------------------
@@ -269,7 +359,8 @@ def _packet_header(f: Flow, size: int) -> bytes:
 
 def sflow(flows: Sequence[Flow], *, agent: str, uptime_ms: int, sequence: int, sample_sequence: int,
           sampling: int) -> bytes:
-    """One sFlow v5 datagram: a flow sample (raw packet header) per flow, one sampled packet each."""
+    """One sFlow v5 datagram: a flow sample (raw packet header) per flow, one sampled packet each.
+    `agent` (IPv4 or IPv6) names the exporter: the decoder keys sFlow on it, not on the source."""
     samples = []
     for n, f in enumerate(flows):
         size = max(64, min(1500, f.octets // f.packets))
@@ -280,7 +371,8 @@ def sflow(flows: Sequence[Flow], *, agent: str, uptime_ms: int, sequence: int, s
         sample = struct.pack("!IIIIIIII", sample_sequence + n, f.in_if, sampling,
                              (sample_sequence + n) * sampling, 0, f.in_if, f.out_if, 1) + record
         samples.append(struct.pack("!II", 1, len(sample)) + sample)
-    header = struct.pack("!II", 5, 1) + ipaddress.IPv4Address(agent).packed + struct.pack(
+    address = ipaddress.ip_address(agent)
+    header = struct.pack("!II", 5, 1 if address.version == 4 else 2) + address.packed + struct.pack(
         "!IIII", 0, sequence, uptime_ms & 0xFFFFFFFF, len(samples))
     return header + b"".join(samples)
 
@@ -288,3 +380,8 @@ def sflow(flows: Sequence[Flow], *, agent: str, uptime_ms: int, sequence: int, s
 def chunks(items: Sequence[Flow], size: int) -> Iterable[Sequence[Flow]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+if __name__ == "__main__":  # python -m flows.demo: regenerate compose/dataflows.yaml's demo block
+    COMPOSE_DATAFLOWS.write_text(with_compose_block(COMPOSE_DATAFLOWS.read_text()))
+    print(f"wrote the demo block of {COMPOSE_DATAFLOWS}")

@@ -4,6 +4,7 @@ Prometheus and Grafana provisioning point at what the services serve."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -16,12 +17,14 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from flows import dashboards
+from flows import dashboards, demo
+from flows.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
-SERVICES = {"kafka", "clickhouse", "inlet", "outlet", "prometheus", "grafana", "demo-exporter"}
+DEMO_SERVICES = {demo.compose_service(router): router for router in demo.ROUTERS}
+SERVICES = {"kafka", "clickhouse", "inlet", "outlet", "prometheus", "grafana", *DEMO_SERVICES}
 WAXFLOW_SERVICES = ("inlet", "outlet")
 
 
@@ -39,8 +42,9 @@ def stack() -> dict:
     """The compose file as docker-compose resolves it (compose/.env interpolated)."""
     if not shutil.which("docker-compose"):
         pytest.skip(reason="docker-compose is not installed (scripts/apt-packages.txt)")
-    done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
-                          timeout=120, env={k: v for k, v in os.environ.items() if k not in dotenv()})
+    done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "--profile", "demo", "config"],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k not in dotenv()})
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
 
@@ -90,6 +94,10 @@ def ports(service: dict) -> list[dict]:
 
 def test_compose_file_validates_with_every_service(stack: dict) -> None:
     assert set(stack["services"]) == SERVICES
+    # without the demo profile too (docker-compose 1.29 lists profiled services either way)
+    done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
+                          text=True, timeout=120, env={k: v for k, v in os.environ.items() if k not in dotenv()})
+    assert done.returncode == 0, done.stderr
 
 
 def test_every_service_restarts_and_has_a_healthcheck(stack: dict) -> None:
@@ -239,10 +247,170 @@ def test_grafana_provisioning_matches_dashboards_and_services(stack: dict, setti
     assert home.startswith(path) and (COMPOSE_DIR / "grafana" / "dashboards" / Path(home).name).exists()
 
 
-def test_demo_exporter_only_in_the_demo_profile(stack: dict) -> None:
+def test_demo_routers_only_in_the_demo_profile(stack: dict) -> None:
     for name, service in stack["services"].items():
-        assert service.get("profiles", []) == (["demo"] if name == "demo-exporter" else []), name
-    assert stack["services"]["demo-exporter"]["command"].split()[0] == "demo-exporter"
+        assert service.get("profiles", []) == (["demo"] if name in DEMO_SERVICES else []), name
+
+
+def test_demo_routers_run_one_router_each_at_the_configured_address(stack: dict) -> None:
+    """Each demo container runs one router at the fixed address the configuration names, on a
+    subnet whose dynamic range keeps those addresses free for them."""
+    import shlex
+
+    network = stack["networks"]["default"]["ipam"]["config"]
+    assert network == [{"subnet": demo.COMPOSE_SUBNET, "ip_range": demo.COMPOSE_DYNAMIC_RANGE}]
+    subnet, dynamic = ipaddress.ip_network(demo.COMPOSE_SUBNET), ipaddress.ip_network(demo.COMPOSE_DYNAMIC_RANGE)
+    static = load_settings(COMPOSE_DIR / "dataflows.yaml").enrichment.static
+    for name, router in DEMO_SERVICES.items():
+        service = stack["services"][name]
+        address = service["networks"]["default"]["ipv4_address"]
+        assert address == demo.compose_addresses()[router.name], name
+        assert ipaddress.ip_address(address) in subnet and ipaddress.ip_address(address) not in dynamic
+        assert static[f"{address}/32"].name == router.name
+        args = shlex.split(service["command"])
+        assert args[:5] == ["demo-exporter", "--target", "inlet", "--router", router.name], name
+        assert "inlet" in service["depends_on"]
+    assert len({s["networks"]["default"]["ipv4_address"] for n, s in stack["services"].items()
+                if n in DEMO_SERVICES}) == len(demo.ROUTERS)
+
+
+def test_compose_demo_block_is_generated_from_flows_demo() -> None:
+    text = (COMPOSE_DIR / "dataflows.yaml").read_text()
+    assert text == demo.with_compose_block(text), "stale demo block: run `python -m flows.demo`"
+
+
+def test_compose_demo_flows_get_names_classes_and_countries() -> None:
+    """Datagrams of each demo router, sent from its compose address, come out of the outlet's
+    metadata and enrichment steps (with compose/dataflows.yaml) with the exporter's and the
+    interfaces' names, site, connectivity, provider, boundary, and both countries."""
+    from flows.schema import BOUNDARIES
+    from tests.test_demo import NOW_MS, enriched_rows
+
+    enrichment = load_settings(COMPOSE_DIR / "dataflows.yaml").enrichment
+    providers = set()
+    for router in demo.ROUTERS:
+        address = demo.compose_addresses()[router.name]
+        flows = demo.Traffic(seed=4).flows(router, demo.SAMPLES_PER_DATAGRAM, NOW_MS)
+        rows = enriched_rows(enrichment, router, flows, address)
+        assert len(rows) == len(flows)
+        ports = {i.ifindex: i for i in demo.interfaces(router)}
+        for flow, row in zip(flows, rows):
+            assert str(ipaddress.ip_address(row["ExporterAddress"]).ipv4_mapped) == address
+            assert (row["ExporterName"], row["ExporterSite"], row["ExporterRole"]) == (router.name, router.site, "edge")
+            for side, ifindex in (("In", flow.in_if), ("Out", flow.out_if)):
+                port = ports[ifindex]
+                assert (row[f"{side}IfName"], row[f"{side}IfSpeed"]) == (port.name, port.speed)
+                assert row[f"{side}IfConnectivity"] == port.kind
+                external = port.kind != "customers"
+                assert BOUNDARIES[row[f"{side}IfBoundary"]] == ("external" if external else "internal")
+                assert bool(row[f"{side}IfProvider"]) == external
+                providers.add(row[f"{side}IfProvider"])
+            assert row["SrcCountry"] and row["DstCountry"] and row["SrcNetName"] and row["DstNetName"]
+    assert {"cogent", "arelion", "netflix", "google"} & providers and "" in providers
+
+
+def _healthchecks(stack: dict) -> dict[str, list[str]]:
+    return {name: service["healthcheck"]["test"] for name, service in stack["services"].items()}
+
+
+def test_waxflow_image_healthchecks_use_python(stack: dict) -> None:
+    """The waxflow image (python:3.11-slim-bookworm) has no wget or curl: its services check
+    themselves with the image's Python."""
+    for name, service in stack["services"].items():
+        if "build" in service:
+            test = service["healthcheck"]["test"]
+            assert test[:3] == ["CMD", "python", "-c"], name
+            compile(test[3], name, "exec")
+
+
+# Where each third-party image's healthcheck tool comes from (checked against their Dockerfiles):
+# clickhouse-server is Ubuntu-based with GNU wget installed; prom/prometheus is FROM
+# quay.io/prometheus/busybox and grafana/grafana is Alpine, both with BusyBox's wget applet.
+WGET = {"clickhouse": ["wget"], "prometheus": ["busybox", "wget"], "grafana": ["busybox", "wget"]}
+
+_NETNS_PROBE = """
+import json, subprocess, sys, threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+checks, ports = json.loads(sys.argv[1])
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+def results():
+    return {name: subprocess.run(argv, capture_output=True, timeout=20).returncode for name, argv in checks.items()}
+servers = [ThreadingHTTPServer(("127.0.0.1", port), partial(SimpleHTTPRequestHandler, directory=sys.argv[2]))
+           for port in ports]
+for server in servers:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+serving = results()
+for server in servers:
+    server.shutdown()
+    server.server_close()
+print(json.dumps({"serving": serving, "down": results()}))
+"""
+
+
+def _in_new_netns(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run argv in a new network namespace (its own loopback and UDP counters, free ports)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip(reason="needs root and unshare for a private network namespace")
+    done = subprocess.run(["unshare", "-n", *argv], capture_output=True, text=True, timeout=120, **kwargs)
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(reason=f"cannot create a network namespace: {done.stderr.strip()}")
+    return done
+
+
+def test_http_healthchecks_pass_when_served_and_fail_when_not(stack: dict, tmp_path: Path) -> None:
+    """Every HTTP healthcheck, run with the tool its image has (Python for waxflow's, GNU wget for
+    ClickHouse's, BusyBox wget for Prometheus' and Grafana's), passes while its URL answers 200
+    and fails once nothing listens; in a private network namespace, so the real ports are free."""
+    if shutil.which("busybox") is None or shutil.which("wget") is None:
+        pytest.skip(reason="busybox and wget are not installed (scripts/apt-packages.txt)")
+    checks, ports = {}, set()
+    for name, test in _healthchecks(stack).items():
+        urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/[\w/-]*)", " ".join(test))
+        if not urls:
+            continue
+        (port, path), = urls
+        ports.add(int(port))
+        (tmp_path / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path.lstrip("/")).write_text("ok\n")  # the URL answers 200
+        argv = test[1:]
+        if argv[0] == "python":
+            argv = [sys.executable, *argv[1:]]
+        elif argv[0] == "wget":
+            argv = WGET[name] + argv[1:]
+        else:
+            raise AssertionError(f"{name}: unexpected healthcheck tool {argv[0]}")
+        checks[name] = argv
+    assert set(checks) == {"clickhouse", "prometheus", "grafana", "inlet", "outlet"}
+    done = _in_new_netns([sys.executable, "-c", _NETNS_PROBE, json.dumps([checks, sorted(ports)]), str(tmp_path)])
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results["serving"] == {name: 0 for name in checks}
+    assert all(code != 0 for code in results["down"].values()), results["down"]
+
+
+def test_demo_router_healthcheck_follows_udp_sent(stack: dict, tmp_path: Path) -> None:
+    """The demo routers' healthcheck fails while the container has sent no UDP since the last
+    check and passes once it has (its own network namespace's counters)."""
+    (check,) = {tuple(_healthchecks(stack)[name]) for name in DEMO_SERVICES}
+    assert check[:3] == ("CMD", "python", "-c")
+    script = f"""
+import socket, subprocess, sys
+check = [sys.executable, "-c", {check[3]!r}]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+codes = [subprocess.run(check).returncode]  # nothing sent yet
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.sendto(b"flow", ("127.0.0.1", 2055))
+codes.append(subprocess.run(check).returncode)  # sent since
+codes.append(subprocess.run(check).returncode)  # nothing new
+sock.sendto(b"flow", ("127.0.0.1", 2055))
+codes.append(subprocess.run(check).returncode)
+print(codes)
+"""
+    done = _in_new_netns([sys.executable, "-c", script], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[1,", "0,", "1,", "0]"]
 
 
 def test_dockerfile_copies_what_exists_and_the_ignore_file_lets_it_through() -> None:
@@ -265,7 +433,7 @@ def test_service_commands_parse_with_the_waxflow_cli(stack: dict) -> None:
     from flows.cli import main
 
     assert re.search(r'^ENTRYPOINT \["waxflow"\]$', (COMPOSE_DIR / "Dockerfile").read_text(), re.M)
-    for name in (*WAXFLOW_SERVICES, "demo-exporter"):
+    for name in (*WAXFLOW_SERVICES, *DEMO_SERVICES):
         command = stack["services"][name]["command"]
         args = list(command) if isinstance(command, list) else shlex.split(command)
         group = main.make_context("waxflow", list(args))
