@@ -250,6 +250,12 @@ class KeyCache:
     young one. Keys in use stay cached, keys no longer seen leave after two generations, and
     high-cardinality traffic never makes a whole batch cold at once. The profiles (few, but
     growing with new attribute combinations) start over past `limit`, with the keys.
+
+    `row_ids` serves a whole column of FixedSizeBinary keys (addresses): the distinct keys of
+    recent batches are kept as one Arrow array with their ids, and a batch is matched against
+    it in one Arrow pass; only the keys it does not hold reach the maps. That set is rebuilt
+    from the current batch's keys when it outgrows a quarter of the batch (matching costs in
+    proportion to its size).
     """
 
     def __init__(self, name: str, profiles: Profiles, resolve: Callable[[Hashable], tuple],
@@ -262,13 +268,47 @@ class KeyCache:
         self.old: dict[Hashable, int] = {}
         self.hits = LOOKUPS.labels(name, "hit")
         self.misses = LOOKUPS.labels(name, "miss")
+        self.recent: pa.Array | None = None  # distinct keys of recent batches (row_ids)
+        self.recent_ids = np.zeros(0, np.int32)
 
     def __len__(self) -> int:
         return len(self.young) + len(self.old)
 
     def clear(self) -> None:
         self.young, self.old = {}, {}
+        self.recent, self.recent_ids = None, np.zeros(0, np.int32)
         self.profiles.clear()
+
+    def row_ids(self, values: pa.Array) -> np.ndarray:
+        """Profile id of each row of a FixedSizeBinary column of keys."""
+        if len(self.profiles) > self.limit:
+            self.clear()  # now, not between the matches below and the maps' answers
+        ids = np.empty(len(values), np.int32)
+        missed = np.ones(len(values), bool)
+        used = np.zeros(0, bool)
+        if self.recent is not None and len(values):
+            position = pc.index_in(values, value_set=self.recent).fill_null(-1).to_numpy()
+            missed = position < 0
+            found = position[~missed]
+            ids[~missed] = self.recent_ids[found]
+            used = np.bincount(found, minlength=len(self.recent)) > 0
+            self.hits.inc(int(np.count_nonzero(used)))
+        new = pa.array([], values.type)
+        if missed.any():
+            index, new = encode(values.filter(pa.array(missed)) if self.recent is not None else values)
+            new_ids = self.ids(fixed_values(new))
+            ids[missed] = new_ids[index]
+        else:
+            new_ids = np.zeros(0, np.int32)
+        if self.recent is None or len(self.recent) + len(new) > max(len(values) // 4, 1024):
+            if self.recent is not None:  # rebuilt from this batch's keys
+                new = pa.concat_arrays([self.recent.filter(pa.array(used)), new])
+                new_ids = np.concatenate([self.recent_ids[used], new_ids])
+            self.recent, self.recent_ids = new, new_ids
+        elif len(new):
+            self.recent = pa.concat_arrays([self.recent, new])
+            self.recent_ids = np.concatenate([self.recent_ids, new_ids])
+        return ids
 
     def ids(self, keys: Sequence[Hashable]) -> np.ndarray:
         """Profile id of each key. Call before reading the profiles for this batch: a cache
