@@ -11,7 +11,7 @@ its format's datagram sequence from the start (templates first). Then the real o
 it into a fresh chDB store; the rate is taken from the outlet's own counters
 (waxflow_clickhouse_rows_total sampled every 0.25 s) between 10% and 90% of the rows, so start-up
 and the last partial batch are left out. "without enrichment" runs the same dataflow with the
-enrichment step removed (bench/outlet.py:without_enrichment()). CPU µs/flow is the outlet
+enrichment step removed (flows.outlet:main_flow(enrich=False)). CPU µs/flow is the outlet
 processes' CPU time (all threads, chDB's included) per row inserted after the first insert.
 
 The per-stage figures run the outlet's steps in this process on the same datagrams; the insert
@@ -34,27 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MIX = (("NetFlow v9", 45), ("IPFIX", 45), ("NetFlow v5", 10))  # share of exporters per format
-
-
-def without_enrichment():
-    """The outlet's dataflow minus the enrichment step (for the comparison)."""
-    from bytewax import operators as op
-    from bytewax.dataflow import Dataflow
-
-    from connectors.clickhouse import ClickHouseSink
-    from connectors.http import serve_outlet
-    from connectors.kafka_consumer import kafka_source
-    from flows.outlet_steps import decode_builder, unwrap_messages
-    from flows.settings import load_settings
-
-    settings = load_settings()
-    serve_outlet(settings)
-    flow = Dataflow("outlet")
-    messages = op.input("kafka", flow, kafka_source(settings.kafka))
-    by_exporter = op.flat_map_batch("unwrap", messages, unwrap_messages)
-    flows = op.stateful_batch("decode", by_exporter, decode_builder(settings.clickhouse.batch_wait / 2))
-    op.output("clickhouse", flows, ClickHouseSink(settings.clickhouse))
-    return flow
 
 
 def exporter_sequences(exporters: int) -> list[tuple[str, list[bytes], int]]:
@@ -123,7 +102,7 @@ def run_outlet(bootstrap: str, topic: str, workers: int, processes: int, enrich:
                           consumer_group=f"bench-{random.randrange(1 << 30)}", batch_wait="5s")
     outlet = Outlet(config, api_port, workers=workers, processes=processes, snapshot_seconds=30,
                     cluster_ports=[free_port() for _ in range(processes)],
-                    dataflow=None if enrich else "bench.outlet:without_enrichment()")
+                    dataflow=None if enrich else "flows.outlet:main_flow(enrich=False)")
     outlet.start()
     started = time.monotonic()
     samples: list[tuple[float, float]] = []

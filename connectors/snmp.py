@@ -159,12 +159,12 @@ class SNMPPoller:
                 return await self._poll_with(creds, exporter, ifindexes)
         except SNMPError as err:
             ERRORS.labels(err.reason).inc()
-            _ratelimited(logging.WARNING, f"{exporter}:{err.reason}", "SNMP poll of %s failed (%s): %s",
+            _ratelimited(logging.WARNING, err.reason, "SNMP poll of %s failed (%s): %s",
                          exporter, err.reason, err)
             return PollResult(error=err.reason)
         except Exception as err:  # pysnmp raises for many local conditions; never lose the worker
             ERRORS.labels("other").inc()
-            _ratelimited(logging.WARNING, f"{exporter}:other", "SNMP poll of %s failed: %r", exporter, err)
+            _ratelimited(logging.WARNING, "other", "SNMP poll of %s failed: %r", exporter, err)
             return PollResult(error="other")
 
     async def _poll_with(self, creds: SNMPCredentials, exporter: str,

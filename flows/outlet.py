@@ -5,6 +5,11 @@
 Reads the configuration like every waxflow command ($WAXFLOW_CONFIG or ./dataflows.yaml).
 """
 
+from __future__ import annotations
+
+import logging
+import sys
+
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
@@ -15,17 +20,43 @@ from connectors.snmp import cache_file, snmp_poller
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
 from flows.outlet_steps import decode_builder, enrich_step, unwrap_messages
-from flows.settings import load_settings
+from flows.settings import ConfigError, Settings, load_settings
 
-settings = load_settings()
-serve_outlet(settings)
 
-flow = Dataflow("outlet")
-messages = op.input("kafka", flow, kafka_source(settings.kafka))
-by_exporter = op.flat_map_batch("unwrap", messages, unwrap_messages)
-flows = op.stateful_batch("decode", by_exporter, decode_builder(settings.clickhouse.batch_wait / 2))
-snmp = settings.enrichment.snmp
-metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
-described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
-enriched = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment)))
-op.output("clickhouse", enriched, ClickHouseSink(settings.clickhouse))
+def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
+    """The outlet's steps; `enrich=False` leaves out metadata and enrichment (benchmarks)."""
+    flow = Dataflow("outlet")
+    messages = op.input("kafka", flow, kafka_source(settings.kafka))
+    by_exporter = op.flat_map_batch("unwrap", messages, unwrap_messages)
+    flows = op.stateful_batch("decode", by_exporter, decode_builder(settings.clickhouse.batch_wait / 2))
+    if enrich:
+        snmp = settings.enrichment.snmp
+        metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
+        described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
+        flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment)))
+    op.output("clickhouse", flows, ClickHouseSink(settings.clickhouse))
+    return flow
+
+
+def main_flow(enrich: bool = True) -> Dataflow:
+    """The flow `python -m bytewax.run flows.outlet` runs: configuration from the usual place
+    (a bad value ends the process naming the key), the HTTP endpoint started, logs on stderr."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigError as err:
+        print(f"configuration error\n{err}", file=sys.stderr)
+        sys.exit(2)
+    serve_outlet(settings)
+    return build_flow(settings, enrich)
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `flow` is built when Bytewax asks for it, not at import: importing this module (tests,
+    # tools) neither reads the configuration nor starts the HTTP endpoint.
+    if name == "flow":
+        globals()["flow"] = built = main_flow()
+        return built
+    raise AttributeError(name)

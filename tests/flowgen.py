@@ -286,3 +286,78 @@ def decoded_totals(batch, *, multiply_sampling: bool = False) -> Totals:
         totals[key][0] += columns["Packets"][i] * factor
         totals[key][1] += columns["Bytes"][i] * factor
     return dict(totals)
+
+
+def run_nfcapd_nfreplay(datagrams: list[tuple[bytes, str, float]], version: int, port: int, *,
+                        timeout: float = 60.0) -> list[tuple[bytes, str, float]]:
+    """Store exporter datagrams with nfdump's `nfcapd` (listening on loopback `port`), then
+    replay the file it wrote with `nfreplay -v version` (5 or 9) towards a loopback collector.
+    Returns the datagrams nfreplay sent."""
+    with tempfile.TemporaryDirectory(prefix="nfd") as tmp:
+        nfcapd = subprocess.Popen([_binary("nfcapd"), "-w", tmp, "-b", "127.0.0.1", "-p", str(port), "-t", "3600"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_udp_bound(port, nfcapd, timeout)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                for payload, _, _ in datagrams:
+                    sender.sendto(payload, ("127.0.0.1", port))
+                    time.sleep(0.001)  # nfcapd reads one datagram at a time: do not overrun it
+            time.sleep(0.5)
+            nfcapd.terminate()  # nfcapd writes and closes its file on SIGTERM
+            output, _ = nfcapd.communicate(timeout=timeout)
+        finally:
+            if nfcapd.poll() is None:
+                nfcapd.kill()
+                nfcapd.wait()
+        files = sorted(Path(tmp).rglob("nfcapd.2*"))
+        if not files:
+            raise RuntimeError(f"nfcapd wrote no file: {output[-2000:]!r}")
+        collector = Collector()
+        try:
+            _run([_binary("nfreplay"), "-r", str(files[0]), "-H", "127.0.0.1", "-p", str(collector.port),
+                  "-v", str(version)], timeout, tmp)
+        finally:
+            replayed = collector.drain()
+    return replayed
+
+
+def _wait_udp_bound(port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until some socket is bound to UDP `port` on this host (read from /proc/net/udp)."""
+    suffix = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited {process.returncode}: {process.stdout.read()[-2000:]!r}")
+        with open("/proc/net/udp") as table:
+            if any(line.split()[1].endswith(suffix) for line in table.readlines()[1:]):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing bound UDP port {port} within {timeout}s")
+
+
+def write_capture(path: str | os.PathLike, exports: dict[str, list[tuple[bytes, str, float]]]) -> None:
+    """A pcap of exporter datagrams as a collector's interface sees them: for each source
+    address, its datagrams (UDP to port 2055), each frame at its receive time. Input for
+    `waxflow decode`."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    frames = []
+    for source, datagrams in exports.items():
+        for payload, _, received in datagrams:
+            frame = Ether() / IP(src=source, dst="192.0.2.100") / UDP(sport=9995, dport=2055) / payload
+            frame.time = received
+            frames.append(frame)
+    wrpcap(str(path), frames)
+
+
+def jsonl_totals(rows: list[dict], exporter: str | None = None) -> Totals:
+    """Per-key [packets, bytes] totals of `waxflow decode --format jsonl` rows (of one exporter)."""
+    totals: Totals = defaultdict(lambda: [0, 0])
+    for row in rows:
+        if exporter is None or row["ExporterAddress"] == exporter:
+            entry = totals[flow_key(row["SrcAddr"], row["DstAddr"], row["Proto"], row["SrcPort"], row["DstPort"])]
+            entry[0] += row["Packets"]
+            entry[1] += row["Bytes"]
+    return dict(totals)

@@ -13,23 +13,15 @@ from tests import flowgen
 
 @pytest.fixture(scope="module")
 def export_capture(tmp_path_factory):
-    """A pcap of the datagrams softflowd (IPFIX) and pmacct (sFlow) sent, as a collector sees them."""
+    """A pcap of the datagrams softflowd sent as IPFIX and as NetFlow v9 (two exporters), as a collector sees them."""
     if not (flowgen.have("softflowd") and flowgen.have("pmacctd")):
         pytest.skip(reason="softflowd or pmacctd binary missing (Debian packages softflowd, pmacct)")
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
-
     tmp = tmp_path_factory.mktemp("cli")
     totals = flowgen.make_pcap(tmp / "traffic.pcap", flows=30)
-    frames = []
-    for source, datagrams in (("192.0.2.1", flowgen.run_softflowd(tmp / "traffic.pcap", 10)),
-                              ("192.0.2.2", flowgen.run_softflowd(tmp / "traffic.pcap", 9))):
-        for payload, _, received in datagrams:
-            frame = Ether() / IP(src=source, dst="192.0.2.100") / UDP(sport=9995, dport=2055) / payload
-            frame.time = received
-            frames.append(frame)
-    wrpcap(str(tmp / "exports.pcap"), frames)
+    flowgen.write_capture(tmp / "exports.pcap", {
+        "192.0.2.1": flowgen.run_softflowd(tmp / "traffic.pcap", 10),
+        "192.0.2.2": flowgen.run_softflowd(tmp / "traffic.pcap", 9),
+    })
     return tmp / "exports.pcap", totals
 
 
@@ -40,14 +32,7 @@ def test_jsonl_has_every_flow_per_exporter(export_capture):
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert {r["ExporterAddress"] for r in rows} == {"192.0.2.1", "192.0.2.2"}
     for exporter in ("192.0.2.1", "192.0.2.2"):
-        got: dict = {}
-        for r in rows:
-            if r["ExporterAddress"] == exporter:
-                key = flowgen.flow_key(r["SrcAddr"], r["DstAddr"], r["Proto"], r["SrcPort"], r["DstPort"])
-                entry = got.setdefault(key, [0, 0])
-                entry[0] += r["Packets"]
-                entry[1] += r["Bytes"]
-        assert got == totals
+        assert flowgen.jsonl_totals(rows, exporter) == totals
 
 
 @pytest.mark.parametrize("fmt", ["csv", "table"])

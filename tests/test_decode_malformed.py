@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,6 +54,26 @@ def test_truncation_at_every_offset(real_datagrams):
                 batch = decoder.decode(payload[:cut], EXPORTER, received)
                 assert batch.schema == schema.ARROW_SCHEMA
     assert _errors() > before
+
+
+def test_many_cut_datagrams_in_one_call_decode_as_one_by_one(real_datagrams):
+    """A call walks many datagrams in lock step (numpy) and the last few one at a time
+    (Python): both walks must keep and count the same things."""
+    rng = random.Random(3)
+    for kind, datagrams in real_datagrams.items():
+        cut = [(payload[:rng.randrange(len(payload) + 1)], EXPORTER, received)
+               for _ in range(40) for payload, _, received in datagrams]
+        malformed = metrics.ERRORS_BY_REASON["malformed"]._value.get()
+        before = _errors()
+        together = _warm(datagrams).decode_many(cut)
+        counted_together = _errors() - before
+        one_by_one = _warm(datagrams)
+        parts = [one_by_one.decode_many([d]) for d in cut]
+        assert _errors() - before - counted_together == counted_together > 0, kind
+        separately = pa.Table.from_batches(parts, schema=schema.ARROW_SCHEMA)
+        # One call groups rows by template, so compare the rows, not their order.
+        assert sorted(map(repr, together.to_pylist())) == sorted(map(repr, separately.to_pylist())), kind
+        assert metrics.ERRORS_BY_REASON["malformed"]._value.get() == malformed, kind
 
 
 def test_truncated_datagram_keeps_its_whole_records(real_datagrams):

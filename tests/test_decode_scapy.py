@@ -187,6 +187,20 @@ def test_ipfix_sampling_options_and_system_init_time():
     assert ms(flows[0]["TimeFlowStart"]) == 1_600_000_001_000 and ms(flows[0]["TimeFlowEnd"]) == 1_600_000_003_000
 
 
+def test_impossible_options_values_do_not_break_later_batches():
+    """A boot time or rate that no int64/UInt64 column can hold is not kept as state: the
+    exporter's later data still decodes (with the previous boot time)."""
+    options = _set(3, struct.pack("!HHH", 500, 2, 1) + struct.pack("!HHHH", 305, 4, 160, 8))
+    template = _ipfix_template(501, [(1, 4), (22, 4)])
+    decoder = FlowDecoder()
+    sane = _set(500, struct.pack("!IQ", 0, 1_600_000_000_000))
+    decoder.decode(_ipfix(options + template + sane), "198.51.100.9", EXPORT)
+    hostile = _set(500, struct.pack("!IQ", 1, (1 << 64) - 1))  # space 0 / interval 1; boot time 2^64-1
+    decoder.decode(_ipfix(options + hostile), "198.51.100.9", EXPORT)
+    (flow,) = rows(decoder.decode(_ipfix(_set(501, struct.pack("!II", 100, 5000))), "198.51.100.9", EXPORT))
+    assert flow["Bytes"] == 100 and ms(flow["TimeFlowStart"]) == 1_600_000_005_000
+
+
 def test_netflow_v9_sampling_options():
     scope = struct.pack("!HH", 1, 4)  # scope: system
     options = struct.pack("!HHH", 260, 4, 12) + scope + struct.pack("!HHHHHH", 48, 1, 34, 4, 35, 1)
@@ -225,6 +239,15 @@ def test_state_is_bounded_and_picklable():
     restored = pickle.loads(pickle.dumps(state))
     batch = decode_many(restored, [(_v9_packet_raw(_set(355, struct.pack("!I", 77))), "x", EXPORT)])
     assert batch.column("Bytes").to_pylist() == [77]
+
+
+def test_batches_pickle_to_their_own_size():
+    """The outlet keeps pending batches in its snapshots: a batch must carry its rows only, not
+    buffers shared with other batches (e.g. a slice of a longer cached array)."""
+    template = _v9_template()
+    batch = FlowDecoder().decode(_v9_packet(template, _v9_data(template, **V9_VALUES)), "198.51.100.13", EXPORT)
+    assert batch.num_rows == 1
+    assert len(pickle.dumps(batch)) < 20_000  # ~70 columns of one row, and their schema
 
 
 def test_exporters_are_bounded():

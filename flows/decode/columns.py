@@ -54,6 +54,13 @@ def v6(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw, dtype=np.uint8)
 
 
+def strided_view(buffer: bytes, dtype: object) -> np.ndarray:
+    """A view of `dtype` items starting at EVERY byte of the buffer (stride 1): indexing it with
+    byte offsets reads (or, for a void dtype, gathers whole records) at unaligned positions."""
+    dtype = np.dtype(dtype)
+    return np.ndarray((len(buffer) - dtype.itemsize + 1,), dtype, buffer, strides=(1,))
+
+
 def be_uint(raw: np.ndarray) -> np.ndarray:
     """(n, L) big-endian bytes → uint64 values (L of 3, 5, 6, 7 or more: the last 8 bytes)."""
     raw = raw[:, -8:]
@@ -71,12 +78,45 @@ def _kind(column: schema.Column) -> str:
         return "list"
     if pa.types.is_string(t):
         return "string"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
     return "number"
 
 
-def _numpy_dtype(column: schema.Column) -> np.dtype:
+def _numpy_dtype(column: schema.Column) -> np.dtype | None:
     t = column.arrow_type
-    return np.dtype(np.int64) if pa.types.is_timestamp(t) else np.dtype(t.to_pandas_dtype())
+    if pa.types.is_timestamp(t):
+        return np.dtype(np.int64)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return np.dtype(t.to_pandas_dtype())
+    return None
+
+
+# (column, kind, numpy dtype) for every stored column, worked out once.
+_PLAN = tuple((c, _kind(c), _numpy_dtype(c)) for c in schema.STORED)
+_EMPTY_UINT32 = pa.array(np.zeros(0, np.uint32), pa.uint32())
+_zeros = pa.py_buffer(bytes(1 << 20))
+
+
+def _zero_buffer(size: int) -> pa.Buffer:
+    """`size` zero bytes, sliced (no copy) from one shared read-only buffer that grows as needed."""
+    global _zeros
+    if size > _zeros.size:
+        _zeros = pa.py_buffer(bytes(max(size, 2 * _zeros.size)))
+    return _zeros.slice(0, size)
+
+
+def _default(column: schema.Column, kind: str, dtype: np.dtype | None, n: int) -> pa.Array:
+    """n default values (zero, empty string, empty list) over slices of the shared zero buffer.
+    (Buffer slices, not a slice of a longer cached array: pickling or IPC of an array slice
+    would carry the whole longer buffer.)"""
+    t = column.arrow_type
+    if kind == "string":
+        return pa.Array.from_buffers(t, n, [None, _zero_buffer(4 * (n + 1)), _zero_buffer(0)])
+    if kind == "list":
+        return pa.ListArray.from_buffers(t, n, [None, _zero_buffer(4 * (n + 1))], children=[_EMPTY_UINT32])
+    width = t.byte_width if kind == "binary" else dtype.itemsize
+    return pa.Array.from_buffers(t, n, [None, _zero_buffer(width * n)])
 
 
 def _concat_lists(pieces: Sequence[ListColumn | None], sizes: Sequence[int]) -> pa.Array:
@@ -92,8 +132,7 @@ def _concat_lists(pieces: Sequence[ListColumn | None], sizes: Sequence[int]) -> 
     return pa.ListArray.from_arrays(pa.array(np.concatenate(offsets)), pa.array(flat, pa.uint32()))
 
 
-def _concat(column: schema.Column, pieces: list, sizes: list[int]) -> object:
-    kind = _kind(column)
+def _concat(column: schema.Column, kind: str, dtype: np.dtype | None, pieces: list, sizes: list[int]) -> object:
     if kind == "list":
         return _concat_lists(pieces, sizes)
     if kind == "binary":
@@ -101,13 +140,13 @@ def _concat(column: schema.Column, pieces: list, sizes: list[int]) -> object:
         filled = [p if p is not None else np.zeros((n, width), np.uint8) for p, n in zip(pieces, sizes)]
         raw = np.ascontiguousarray(np.concatenate(filled) if len(filled) > 1 else filled[0], np.uint8)
         return pa.FixedSizeBinaryArray.from_buffers(column.arrow_type, len(raw), [None, pa.py_buffer(raw)])
-    dtype = _numpy_dtype(column)
-    filled = [np.asarray(p).astype(dtype, copy=False) if p is not None else np.zeros(n, dtype)
-              for p, n in zip(pieces, sizes)]
-    values = np.concatenate(filled) if len(filled) > 1 else filled[0]
-    if pa.types.is_timestamp(column.arrow_type):
-        return pa.array(values, pa.int64()).view(column.arrow_type)
-    return pa.array(values, column.arrow_type)
+    if len(pieces) == 1:
+        values = np.asarray(pieces[0]).astype(dtype, copy=False)
+    else:  # one pass: converts each piece (big-endian record fields, wider integers) as it copies
+        values = np.concatenate([p if p is not None else np.zeros(n, dtype) for p, n in zip(pieces, sizes)],
+                                dtype=dtype, casting="unsafe")
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(column.arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
 def assemble(parts: Sequence[Part]) -> pa.RecordBatch:
@@ -115,9 +154,14 @@ def assemble(parts: Sequence[Part]) -> pa.RecordBatch:
     parts = [(n, cols) for n, cols in parts if n]
     total = sum(n for n, _ in parts)
     sizes = [n for n, _ in parts]
-    arrays: dict[str, object] = {}
-    for column in schema.STORED:
-        pieces = [cols.get(column.name) for _, cols in parts]
+    arrays = []
+    for column, kind, dtype in _PLAN:
+        name = column.name
+        pieces = [cols.get(name) for _, cols in parts]
         if any(p is not None for p in pieces):
-            arrays[column.name] = _concat(column, pieces, sizes)
-    return schema.make_batch(arrays, total)
+            arrays.append(_concat(column, kind, dtype, pieces, sizes))
+        else:
+            arrays.append(_default(column, kind, dtype, total))
+    # Every array is built here with its schema type, in schema order: no conversion is left
+    # for schema.make_batch to do.
+    return pa.RecordBatch.from_arrays(arrays, schema=schema.ARROW_SCHEMA)

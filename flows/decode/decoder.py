@@ -1,9 +1,10 @@
 """The decode entry points: FlowDecoder (state for many exporters) and decode_many (one
 exporter's state), both turning a sequence of datagrams into one flow RecordBatch.
 
-A call walks every datagram once in Python (headers and sets) and queues the record bytes;
-only at the end are the records decoded, all sets of one template (and all NetFlow v5 and
-sFlow records) together, so the numpy and Arrow work is per call, not per datagram or set.
+A call queues every datagram and decodes at the end: NetFlow v9/IPFIX messages are walked
+together with numpy (netflow.walk_netflow), NetFlow v5 and sFlow datagrams in a short Python
+walk each; then all records of one template (and all v5 and sFlow records) are decoded
+together, so the numpy and Arrow work is per call, not per datagram or set.
 Nothing raises out of a call: malformed input is counted (metrics.REASONS) and skipped, and the
 rest of the datagram is decoded where the structure allows.
 """
@@ -20,9 +21,9 @@ import pyarrow as pa
 
 from flows.decode import metrics
 from flows.decode.columns import assemble
-from flows.decode.netflow import apply_options, walk_ipfix, walk_v9
+from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
 from flows.decode.records import flow_columns
-from flows.decode.sflow import SflowQueue, walk_sflow
+from flows.decode.sflow import SflowQueue
 from flows.decode.state import MAX_TEMPLATES, ExporterState
 from flows.decode.v5 import v5_columns, walk_v5
 
@@ -31,43 +32,49 @@ MAX_EXPORTERS = 4096
 Datagram = tuple[bytes, str, float]
 
 _KIND = {5: "netflow_v5", 9: "netflow_v9", 10: "ipfix"}
-_WALK = {5: walk_v5, 9: walk_v9, 10: walk_ipfix}
 
 
 class _TemplateGroup:
-    """The queued data sets of one template within a call."""
+    """The records of one template queued within a call, as pieces (records, export ms,
+    sysUptime ms, receive s): one piece per template and segment of the walk, or per set for
+    the rare sets decoded on their own (variable-length records, data held for its template)."""
 
-    __slots__ = ("state", "version", "domain", "bodies", "counts", "metas")
+    __slots__ = ("state", "version", "domain", "pieces")
 
     def __init__(self, state: ExporterState, version: int, domain: int) -> None:
         self.state, self.version, self.domain = state, version, domain
-        self.bodies: list[bytes] = []
-        self.counts: list[int] = []
-        self.metas: list[tuple] = []
+        self.pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
 
 class Chunk:
-    """Record bytes queued during one call, decoded together by finish()."""
+    """Datagrams queued during one call, decoded together by finish()."""
 
     def __init__(self) -> None:
         self.groups: dict[object, _TemplateGroup] = {}
+        self.netflow = NetflowQueue()
         self.v5: list = []
         self.sflow = SflowQueue()
+        # Datagram counts go to the metrics once per call: a Prometheus inc() takes a lock.
+        self.datagrams = {"netflow_v5": 0, "sflow_v5": 0}
 
     def add(self, state: ExporterState, payload: bytes, received: float) -> None:
-        """Walk one datagram (any version) into the chunk; never raises."""
+        """Queue one datagram (any version); never raises."""
         try:
             if len(payload) < 4:
                 metrics.error("truncated")
                 return
             version = (payload[0] << 8) | payload[1]
-            walk = _WALK.get(version)
-            if walk is not None:
-                metrics.DATAGRAMS_BY_KIND[_KIND[version]].inc()
-                walk(self, state, payload, received)
+            if version == 9 or version == 10:
+                netflow = self.netflow
+                netflow.payloads.append(payload)
+                netflow.states.append(state)
+                netflow.received.append(received)
+            elif version == 5:
+                self.datagrams["netflow_v5"] += 1
+                walk_v5(self, state, payload, received)
             elif version == 0 and payload[2:4] == b"\x00\x05":
-                metrics.DATAGRAMS_BY_KIND["sflow_v5"].inc()
-                walk_sflow(self.sflow, payload, received)
+                self.datagrams["sflow_v5"] += 1
+                self.sflow.add(payload, received)
             else:
                 metrics.error("unknown_version")
         except Exception:  # a decoder bug must not stop the dataflow: count it, keep going
@@ -76,7 +83,7 @@ class Chunk:
 
     def data_set(self, state: ExporterState, key: tuple, body: bytes, meta: tuple,
                  received: float | None) -> None:
-        """Queue a v9/IPFIX data set under its template (or hold it until the template comes)."""
+        """Decode one v9/IPFIX data set on its own (or hold it until its template comes)."""
         template = state.templates.get(key)
         if template is None:
             metrics.error("missing_template")
@@ -89,28 +96,31 @@ class Chunk:
         records, count = template.records(body)
         if not count:
             return
-        group = self.group(state, template, key[0], key[1])
-        group.bodies.append(records)
-        group.counts.append(count)
-        group.metas.append(meta)
+        export_ms, uptime, received_s = (np.full(count, value, np.int64) for value in meta)
+        self.group(state, template, key[0], key[1]).pieces.append(
+            (template.view(records), export_ms, uptime, received_s))
 
     def group(self, state: ExporterState, template, version: int, domain: int) -> _TemplateGroup:
-        """The queue of the template's records in this call (counts and metas are per message)."""
+        """The queue of the template's records in this call."""
         group = self.groups.get(template)
         if group is None:
             group = self.groups[template] = _TemplateGroup(state, version, domain)
         return group
 
     def finish(self) -> pa.RecordBatch:
+        if self.netflow.payloads:
+            _guarded(walk_netflow, self.netflow, self)
         parts = []
         for template, group in self.groups.items():
             parts.extend(_guarded(_template_parts, template, group))
         if self.v5:
             parts.extend(_guarded(lambda: [v5_columns(self.v5)]))
             metrics.FLOWS_BY_KIND["netflow_v5"].inc(sum(s[1] for s in self.v5))
-        if self.sflow.count:
-            parts.extend(_guarded(lambda: [self.sflow.columns()]))
-            metrics.FLOWS_BY_KIND["sflow_v5"].inc(self.sflow.count)
+        if self.sflow.payloads:
+            parts.extend(_guarded(self.sflow.parts))
+        for kind, count in self.datagrams.items():
+            if count:
+                metrics.DATAGRAMS_BY_KIND[kind].inc(count)
         return assemble(parts)
 
 
@@ -125,15 +135,17 @@ def _guarded(function, *args) -> list:
 
 def _template_parts(template, group: _TemplateGroup) -> list:
     state, version, domain = group.state, group.version, group.domain
-    view = template.view(b"".join(group.bodies))
-    counts = np.array(group.counts, np.int64)
-    meta = np.array(group.metas, np.int64)
+    pieces = group.pieces
+    if len(pieces) == 1:
+        view, export_ms, uptime_ms, received = pieces[0]
+    else:
+        view, export_ms, uptime_ms, received = (np.concatenate(column) for column in zip(*pieces))
     ctx = {
         "version": version,
         "exporter": state.address,
-        "export_ms": np.repeat(meta[:, 0], counts),
-        "uptime_ms": np.repeat(meta[:, 1], counts),
-        "received": np.repeat(meta[:, 2], counts).astype(np.uint32),
+        "export_ms": export_ms,
+        "uptime_ms": uptime_ms,
+        "received": received.astype(np.uint32),
         "domain_rate": state.domain_rates.get((version, domain), 0),
         "sampler_rates": {k[2]: r for k, r in state.sampler_rates.items() if k[:2] == (version, domain)},
         "system_init_ms": state.system_init_ms.get((version, domain)),

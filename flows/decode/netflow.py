@@ -1,16 +1,22 @@
 """NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) messages: walking sets, learning templates.
 
-The walk is the only per-datagram Python: it reads the header, steps over sets by their
-length field (exporters such as softflowd do not pad sets to 4 bytes), learns templates,
-applies options records (sampling, system init time) at once, and hands each data set to the
-chunk, which decodes all sets of one template together (see records.py).
+All v9/IPFIX datagrams of a decode call are walked together (walk.lock_step): headers and set
+headers are read with numpy from one joined buffer, stepping over sets by their length field
+(exporters such as softflowd do not pad sets to 4 bytes). Template sets are then applied in
+datagram order (recognised by their bytes when already seen), options records (sampling,
+system init time) at once, and the records of each template are gathered from the buffer
+together and decoded as one structured array (see records.py).
 """
 
 from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from flows.decode import metrics
+from flows.decode.columns import strided_view
+from flows.decode.walk import count, joined, lock_step
 from flows.decode.state import ExporterState
 from flows.decode.templates import REVERSE_PEN, SCOPE_PEN, Template, options_values
 
@@ -18,80 +24,178 @@ V9_HEADER = struct.Struct("!HHIIII")  # version, count, sysUptime, unix secs, se
 IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, domain
 SET_HEADER = struct.Struct("!HH")
 IPFIX_RANDOM_SAMPLING = 2
+MAX_RATE = (1 << 64) - 1  # SamplingRate is a UInt64
+MAX_TIME_MS = 1 << 62  # times are int64 ms: a boot time must leave room for the uptime added to it
+_PAD = 24  # zero bytes after the joined datagrams: header reads of a short datagram stay inside
 
 
-def walk_v9(chunk, state: ExporterState, data: bytes, received: float) -> None:
-    """Decode one NetFlow v9 datagram into the chunk."""
-    if len(data) < V9_HEADER.size:
-        metrics.error("truncated")
-        return
-    _, _, uptime, secs, _, domain = V9_HEADER.unpack_from(data)
-    meta = (secs * 1000, uptime, int(received))
-    _walk_sets(chunk, state, data, V9_HEADER.size, len(data), 9, domain, meta, received)
+class NetflowQueue:
+    """NetFlow v9 and IPFIX datagrams queued during one decode call (walked together at its end).
+    The chunk appends to the three lists directly: this runs once per datagram."""
+
+    __slots__ = ("payloads", "states", "received")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.states: list[ExporterState] = []
+        self.received: list[float] = []
 
 
-def walk_ipfix(chunk, state: ExporterState, data: bytes, received: float) -> None:
-    """Decode one IPFIX message into the chunk (trailing bytes past its length are ignored)."""
-    if len(data) < IPFIX_HEADER.size:
-        metrics.error("truncated")
-        return
-    _, length, export_time, _, domain = IPFIX_HEADER.unpack_from(data)
-    if length < IPFIX_HEADER.size:
-        metrics.error("bad_length")
-        return
-    if length > len(data):
-        metrics.error("truncated")
-        length = len(data)
-    meta = (export_time * 1000, -1, int(received))
-    _walk_sets(chunk, state, data, IPFIX_HEADER.size, length, 10, domain, meta, received)
+class _Sets:
+    """Every set of the queued messages, in datagram order, as arrays: datagram index, offset in
+    the joined buffer, set id, end offset (cut to the message end) and domain index (into
+    `domain_of`: (state, version, source id / observation domain)); per datagram: export time
+    (ms), sysUptime (v9; -1 for IPFIX) and receive time (s, as given and whole)."""
+
+    def __init__(self, buffer: bytes, datagram: np.ndarray, offset: np.ndarray, set_id: np.ndarray,
+                 following: np.ndarray, dom: np.ndarray, domain_of: list, export_ms: np.ndarray,
+                 uptime: np.ndarray, received_at: list[float]) -> None:
+        self.buffer, self.datagram, self.offset, self.set_id, self.following = \
+            buffer, datagram, offset, set_id, following
+        self.dom, self.domain_of = dom, domain_of
+        self.export_ms, self.uptime, self.received_at = export_ms, uptime, received_at
+        self.received = np.array(received_at, np.float64).astype(np.int64)
+
+    def body(self, i: int) -> bytes:
+        return self.buffer[int(self.offset[i]) + 4:int(self.following[i])]
+
+    def meta(self, i: int) -> tuple[int, int, int]:
+        d = self.datagram[i]
+        return int(self.export_ms[d]), int(self.uptime[d]), int(self.received[d])
 
 
-def _walk_sets(chunk, state: ExporterState, data: bytes, offset: int, end: int, version: int,
-               domain: int, meta: tuple, received: float) -> None:
-    """Step over the sets of one message by their length field.
+def walk_netflow(queue: NetflowQueue, chunk) -> None:
+    """Walk the sets of all queued v9/IPFIX messages at once and queue their records in the chunk.
 
-    Data sets of a fixed-length template take an inlined fast path (softflowd, for one, sends
-    one set per flow record, so this loop runs about once per flow): the record bytes are
-    sliced straight into the template's group and counted per message, not per set.
+    The datagrams are joined into one buffer and walked in lock step with numpy: step k reads
+    the k-th set header of every message still open, so the Python cost is per step (about
+    the number of sets in the largest message), not per datagram or per set. Template sets are
+    then applied in datagram order; data sets between two template sets that change anything
+    are decoded per template with one gather of their records from the buffer.
     """
-    template_set, options_set = (0, 1) if version == 9 else (2, 3)
-    unpack = SET_HEADER.unpack_from
-    templates = state.templates
-    last_id, record_len, append, touched = -1, 0, None, {}
-    while end - offset >= 4:
-        set_id, length = unpack(data, offset)
-        if length < 4:
-            metrics.error("bad_length")  # a zero length would loop forever: stop this datagram
-            break
-        following = offset + length
-        if following > end:
-            metrics.error("truncated")  # decode the whole records the cut set still holds
-            following = end
-        if set_id >= 256:
-            if set_id != last_id:
-                template = templates.get((version, domain, set_id))
-                if template is None or template.options or template.varlen:
-                    last_id = -1
-                    chunk.data_set(state, (version, domain, set_id), data[offset + 4:following], meta,
-                                   received)
-                    offset = following
-                    continue
-                group = chunk.group(state, template, version, domain)
-                last_id, record_len, append = set_id, template.record_len, group.bodies.append
-            count = (following - offset - 4) // record_len
-            if count:
-                append(data[offset + 4:offset + 4 + count * record_len])
-                touched[group] = touched.get(group, 0) + count
-        elif set_id == template_set or set_id == options_set:
-            last_id = -1  # the set may redefine the template in use
-            _template_set(chunk, state, version, domain, set_id, data[offset + 4:following],
-                          options=set_id == options_set)
+    sets = _walk_sets(queue)
+    if sets is None:
+        return
+    version = np.array([v for _, v, _ in sets.domain_of])[sets.dom]
+    set_id = sets.set_id
+    template_sets = np.where(version == 9, set_id <= 1, (set_id == 2) | (set_id == 3))
+    data_sets = set_id >= 256
+    unsupported = int(np.count_nonzero(~template_sets & ~data_sets))
+    if unsupported:
+        metrics.error("unsupported", unsupported)
+    position = 0
+    buffer = sets.buffer
+    known: set[tuple] = set()  # template sets already found unchanged during this walk
+    rows = np.nonzero(template_sets)[0]
+    for index, dom, sid, start, end in zip(rows.tolist(), sets.dom[rows].tolist(), set_id[rows].tolist(),
+                                           sets.offset[rows].tolist(), sets.following[rows].tolist()):
+        body = buffer[start + 4:end]
+        seen = (dom, sid, body)
+        if seen in known:
+            continue
+        state, ver, domain = sets.domain_of[dom]
+        if state.known_template_set((ver, domain, sid, body)):
+            known.add(seen)
+            continue
+        _data_sets(chunk, sets, position + np.nonzero(data_sets[position:index])[0])
+        _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3))
+        known.clear()
+        position = index
+    _data_sets(chunk, sets, position + np.nonzero(data_sets[position:])[0])
+
+
+def _walk_sets(queue: NetflowQueue) -> _Sets | None:
+    n = len(queue.payloads)
+    buffer, starts, lengths = joined(queue.payloads, _PAD)
+    be16, be32 = strided_view(buffer, ">u2"), strided_view(buffer, ">u4")
+    ipfix = be16[starts] == 10
+    some = int(np.count_nonzero(ipfix))
+    metrics.DATAGRAMS_BY_KIND["ipfix"].inc(some)
+    metrics.DATAGRAMS_BY_KIND["netflow_v9"].inc(n - some)
+
+    def per_version(for_ipfix: int, for_v9: int):
+        """A header field's position (or size) by version; a number when all are alike."""
+        return for_v9 if some == 0 else for_ipfix if some == n else np.where(ipfix, for_ipfix, for_v9)
+
+    header = per_version(IPFIX_HEADER.size, V9_HEADER.size)
+    ends = starts + lengths
+    message = be16[starts + 2].astype(np.int64)  # IPFIX: message length
+    short = lengths < header
+    bad = ipfix & ~short & (message < IPFIX_HEADER.size)
+    cut = ipfix & ~short & ~bad & (message > lengths)
+    count("truncated", short | cut)
+    count("bad_length", bad)
+    if some:
+        ends = np.where(ipfix & ~cut, starts + message, ends)
+    export_ms = be32[starts + per_version(4, 8)].astype(np.int64) * 1000
+    uptime = np.where(ipfix, -1, be32[starts + 4].astype(np.int64)) if some else be32[starts + 4].astype(np.int64)
+    domain = be32[starts + per_version(12, 16)].astype(np.int64)
+    # One index per (exporter, version, source id / observation domain) in the chunk.
+    state_ids: dict[ExporterState, int] = {}
+    ids = [state_ids.setdefault(state, len(state_ids)) for state in queue.states]
+    states = list(state_ids)
+    keys = (np.array(ids, np.int64) << 33) | (ipfix.astype(np.int64) << 32) | domain
+    unique_keys, domain_index = np.unique(keys, return_inverse=True)
+    domain_of = [(states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF) for k in unique_keys.tolist()]
+    open_ = np.nonzero(~short & ~bad)[0]
+    first_set = starts[open_] + (header if np.isscalar(header) else header[open_])
+    datagram, offset, following = lock_step(buffer, open_, first_set, ends[open_], header=4, inclusive=True)
+    if not offset.size:
+        return None
+    return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
+                 domain_index[datagram], domain_of, export_ms, uptime, queue.received)
+
+
+def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
+    """Queue the data sets `rows` (indices into sets) under their templates, one gather per template."""
+    if not rows.size:
+        return
+    keys = sets.dom[rows] * 65536 + sets.set_id[rows]
+    order = np.argsort(keys, kind="stable")  # grouped by template, datagram order kept within
+    rows, keys = rows[order], keys[order]
+    bounds = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts_of_group = np.concatenate(([0], bounds))
+    groups = sorted(zip(order[starts_of_group].tolist(), starts_of_group.tolist(),
+                        np.append(bounds, len(rows)).tolist()))  # in order of first appearance
+    one_by_one = []
+    for _, begin, end in groups:
+        key = int(keys[begin])
+        state, version, domain = sets.domain_of[key >> 16]
+        template_key = (version, domain, key & 0xFFFF)
+        these = rows[begin:end]
+        template = state.templates.get(template_key)
+        if template is None or template.options or template.varlen:
+            one_by_one.extend((row, state, template_key) for row in these.tolist())
+            continue
+        record_len = template.record_len
+        offsets = sets.offset[these] + 4
+        counts = (sets.following[these] - offsets) // record_len
+        if (counts == 1).all():  # one record per set (softflowd)
+            starts, datagram = offsets, sets.datagram[these]
         else:
-            metrics.error("unsupported")
-        offset = following
-    for group, count in touched.items():
-        group.counts.append(count)
-        group.metas.append(meta)
+            total = int(counts.sum())
+            if not total:
+                continue
+            set_of_record = np.repeat(np.arange(len(these)), counts)
+            first_record = np.cumsum(counts) - counts
+            starts = offsets[set_of_record] + (np.arange(total) - first_record[set_of_record]) * record_len
+            datagram = sets.datagram[these][set_of_record]
+        records = strided_view(sets.buffer, f"V{record_len}")[starts].view(template.dtype)
+        chunk.group(state, template, version, domain).pieces.append(
+            (records, sets.export_ms[datagram], sets.uptime[datagram], sets.received[datagram]))
+    # Rare: missing template (held, oldest dropped first), options data, variable-length
+    # records: one set at a time, in datagram order.
+    for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
+        datagram = int(sets.datagram[row])
+        chunk.data_set(state, template_key, sets.body(row), sets.meta(row), sets.received_at[datagram])
+
+
+def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
+                          options: bool) -> None:
+    try:
+        _template_set(chunk, state, version, domain, set_id, body, options)
+    except Exception:  # a parser bug must not stop the dataflow: count it, keep going
+        metrics.error("malformed")
 
 
 def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
@@ -187,14 +291,16 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
     records, count = template.records(body)
     for row in options_values(template, records, count):
         metrics.OPTIONS_RECORDS.inc()
-        rate = sampling_rate_of(row)
+        # Values kept as state must fit the columns' integers, or every later batch of this
+        # exporter would fail: a rate is capped, an impossible boot time is ignored.
+        rate = min(sampling_rate_of(row), MAX_RATE)
         if rate:
             sampler = row.get((0, 48), row.get((0, 302)))
             if sampler is None:
                 state.set_domain_rate((version, domain), rate)
             else:
                 state.set_sampler_rate((version, domain, sampler), rate)
-        if (0, 160) in row:
+        if row.get((0, 160), MAX_TIME_MS) < MAX_TIME_MS:
             state.set_system_init((version, domain), row[(0, 160)])
 
 
@@ -218,4 +324,4 @@ def sampling_rate_of(row: dict[tuple[int, int], int]) -> int:
     return 0
 
 
-__all__ = ["walk_v9", "walk_ipfix", "apply_options", "sampling_rate_of", "REVERSE_PEN"]
+__all__ = ["NetflowQueue", "walk_netflow", "apply_options", "sampling_rate_of", "REVERSE_PEN"]

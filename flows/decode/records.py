@@ -44,6 +44,15 @@ class Records:
                 return values
         return None
 
+    def column(self, *ies: int) -> np.ndarray | None:
+        """The first of the elements present, for a column that takes it as it is: 1, 2, 4 and
+        8-byte fields stay views of the records (assemble converts them while copying)."""
+        for ie in ies:
+            values = self.raw(ie)
+            if values is not None:
+                return be_uint(values) if values.ndim == 2 else values
+        return None
+
     def address(self, ie4: int, ie6: int) -> np.ndarray | None:
         """(n, 16) addresses from an IPv4 and/or IPv6 element (IPv4 wins where it is set)."""
         a4, a6 = self.raw(ie4), self.raw(ie6)
@@ -64,28 +73,12 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
         "ExporterAddress": np.broadcast_to(np.frombuffer(ctx["exporter"], np.uint8), (n, 16)),
         "SamplingRate": _sampling(r, ctx),
     }
-    _put(cols, "Bytes", r.first(1, 23, 85))
-    _put(cols, "Packets", r.first(2, 24, 86))
-    _put(cols, "Proto", r.uint(4))
-    _put(cols, "IPTos", r.uint(5))
-    _put(cols, "TCPFlags", r.uint(6))
-    _put(cols, "SrcPort", r.uint(7))
-    _put(cols, "DstPort", r.uint(11))
-    _put(cols, "SrcNetMask", r.first(9, 29))
-    _put(cols, "DstNetMask", r.first(13, 30))
-    _put(cols, "InIfIndex", r.uint(10))
-    _put(cols, "OutIfIndex", r.uint(14))
-    _put(cols, "SrcAS", r.uint(16))
-    _put(cols, "DstAS", r.uint(17))
+    for name, ies in _AS_EXPORTED:
+        _put(cols, name, r.column(*ies))
     _put(cols, "SrcAddr", r.address(8, 27))
     _put(cols, "DstAddr", r.address(12, 28))
     next_hop = r.address(15, 62)
     _put(cols, "NextHop", next_hop if next_hop is not None else r.address(18, 63))
-    _put(cols, "SrcVlan", r.first(58, 243))
-    _put(cols, "DstVlan", r.first(59, 254))
-    _put(cols, "SrcMAC", r.uint(56))
-    _put(cols, "DstMAC", r.first(80, 57))
-    _put(cols, "IPTTL", r.first(192, 52, 53))
     status = r.uint(89)
     _put(cols, "ForwardingStatus", None if status is None else status & np.uint64(0xFF))
     direction = r.uint(61)
@@ -100,6 +93,16 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     if reverse is not None:
         parts.append(reverse)
     return parts
+
+
+# Columns taken as exported: name → information elements, the first present wins.
+_AS_EXPORTED = (
+    ("Bytes", (1, 23, 85)), ("Packets", (2, 24, 86)), ("Proto", (4,)), ("IPTos", (5,)),
+    ("TCPFlags", (6,)), ("SrcPort", (7,)), ("DstPort", (11,)), ("SrcNetMask", (9, 29)),
+    ("DstNetMask", (13, 30)), ("InIfIndex", (10,)), ("OutIfIndex", (14,)), ("SrcAS", (16,)),
+    ("DstAS", (17,)), ("SrcVlan", (58, 243)), ("DstVlan", (59, 254)), ("SrcMAC", (56,)),
+    ("DstMAC", (80, 57)), ("IPTTL", (192, 52, 53)),
+)
 
 
 def _put(cols: dict, name: str, values: object) -> None:

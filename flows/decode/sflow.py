@@ -1,9 +1,13 @@
 """sFlow v5 datagrams: flow samples → flow columns, counter samples counted.
 
-The walk over samples and records is Python (sFlow has one record set per sample), and keeps
-to slicing and struct unpacking; the sampled packet headers are then parsed all together with
-numpy: Ethernet, 802.1Q/802.1ad tags, an MPLS stack, IPv4 or IPv6 (with the common extension
-headers), and TCP/UDP ports, TCP flags or ICMP type/code.
+The datagrams of a decode call are joined into one buffer and walked together with numpy, in
+lock step like NetFlow v9/IPFIX sets (netflow.py): step k reads the k-th sample of every
+datagram, then step k the k-th record of every flow sample, so the Python cost is per step,
+not per sample. Fixed records (raw packet header, extended switch) are read with gathers;
+the variable ones (extended router/gateway, sampled IPv4/IPv6) are rarer and read in Python.
+The sampled packet headers are then parsed all together: Ethernet, 802.1Q/802.1ad tags, an
+MPLS stack, IPv4 or IPv6 (with the common extension headers), and TCP/UDP ports, TCP flags or
+ICMP type/code.
 
 Bytes semantics (same as NetFlow's): the L3 length of the sampled packet — the IP total length
 read from its header, or, when the header was cut before it or the packet is not IP, the frame
@@ -18,149 +22,169 @@ import struct
 import numpy as np
 
 from flows.decode import metrics
-from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn
+from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn, strided_view
+from flows.decode.walk import count, joined, lock_step
 
 U32 = struct.Struct("!I")
 U32x2 = struct.Struct("!II")
 U32x4 = struct.Struct("!IIII")
-FLOW_SAMPLE = struct.Struct("!8I")
-EXPANDED_FLOW_SAMPLE = struct.Struct("!11I")
 IPV4_RECORD = struct.Struct("!II4s4sIIII")
 IPV6_RECORD = struct.Struct("!II16s16sIIII")
 HEADER_BYTES = 160  # enough for Ethernet + 2 tags + 4 labels + IPv6 + 2 ext headers + TCP
+_ROW = HEADER_BYTES + 16  # zero padding: a 16-byte read at the last header byte stays in the row
+_PAD = _ROW + 64  # zero bytes after the joined datagrams: fixed-size reads never leave the buffer
 DISCARDED = 128  # RFC 7270 forwarding status "dropped, unknown reason"
 ETHERNET, IPV4, IPV6 = 1, 11, 12
-
-# Per-sample row: received, agent index, rate, in, out, forwarding status, src vlan, dst vlan,
-# src mask, dst mask, src AS, dst AS, header protocol, frame length, stripped, header index.
-_ROW_FIELDS = 16
-_NO_HEADER = -1
+FLOW_SAMPLE, COUNTER_SAMPLE, EXPANDED_FLOW_SAMPLE, EXPANDED_COUNTER_SAMPLE = 1, 2, 3, 4
+RAW_HEADER, SAMPLED_IPV4, SAMPLED_IPV6 = 1, 3, 4
+EXTENDED_SWITCH, EXTENDED_ROUTER, EXTENDED_GATEWAY = 1001, 1002, 1003
 
 
 class SflowQueue:
-    """Samples queued during one decode call."""
+    """sFlow datagrams queued during one decode call."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple] = []
-        self.headers: list[bytes] = []
-        self.agents: dict[bytes, int] = {}
+        self.payloads: list[bytes] = []
+        self.received: list[float] = []
+
+    def add(self, payload: bytes, received: float) -> None:
+        self.payloads.append(payload)
+        self.received.append(received)
+
+    def parts(self) -> list[tuple[int, dict]]:
+        """The flow samples of all queued datagrams as one part (none when there are none)."""
+        samples = _walk(self.payloads, self.received)
+        if samples is None:
+            return []
+        n, cols = sample_columns(samples)
+        metrics.FLOWS_BY_KIND["sflow_v5"].inc(n)
+        return [(n, cols)]
+
+
+class _Samples:
+    """The flow samples of one call as per-sample arrays, plus what the walk read in Python."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.cols: dict[str, np.ndarray] = {}
+        self.headers: _Headers | None = None
+        self.header_rows = np.zeros(0, np.int64)
+        self.header_info = np.zeros((0, 3), np.int64)  # protocol, frame length, stripped
         self.next_hops: dict[int, bytes] = {}  # sample index → 16-byte next hop
         self.as_paths: dict[int, tuple[int, ...]] = {}
         self.sampled_ip: dict[int, tuple] = {}  # sample index → IPv4/IPv6 record values
 
-    @property
-    def count(self) -> int:
-        return len(self.rows)
 
-    def columns(self) -> tuple[int, dict]:
-        return sample_columns(self)
-
-
-def walk_sflow(queue: SflowQueue, data: bytes, received: float) -> None:
-    """Queue the flow samples of one sFlow v5 datagram; count its counter samples."""
-    end = len(data)
-    if end < 8:
-        metrics.error("truncated")
-        return
-    address_type = U32.unpack_from(data, 4)[0]
-    if address_type == 1:
-        agent, offset = V4_MAPPED_PREFIX + data[8:12], 12
-    elif address_type == 2:
-        agent, offset = data[8:24], 24
-    else:
-        metrics.error("bad_length")
-        return
-    if end < offset + 16:
-        metrics.error("truncated")
-        return
-    count = U32x4.unpack_from(data, offset)[3]
-    offset += 16
-    agent_index = queue.agents.setdefault(agent, len(queue.agents))
-    received_s = int(received)
-    for _ in range(count):
-        if end - offset < 8:
-            metrics.error("truncated")
-            return
-        sample_format, length = U32x2.unpack_from(data, offset)
-        offset += 8
-        sample_end = offset + length
-        if sample_end > end:
-            metrics.error("truncated")
-            return
-        if sample_format == 1 or sample_format == 3:
-            _flow_sample(queue, data, offset, sample_end, sample_format == 3, agent_index, received_s)
-        elif sample_format == 2 or sample_format == 4:
-            metrics.SFLOW_COUNTER_SAMPLES.inc()
-        else:
-            metrics.error("unsupported")  # enterprise-specific samples
-        offset = sample_end
+def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
+    n = len(payloads)
+    buffer, starts, lengths = joined(payloads, _PAD)
+    be32 = strided_view(buffer, ">u4")
+    ends = starts + lengths
+    short = lengths < 8
+    address_type = be32[starts + 4]
+    bad = ~short & (address_type != 1) & (address_type != 2)
+    head = starts + np.where(address_type == 2, 24, 12)
+    cut = ~short & ~bad & (ends < head + 16)
+    count("truncated", short | cut)
+    count("bad_length", bad)
+    agents = strided_view(buffer, "V16")[starts + 8].view(np.uint8).reshape(n, 16).copy()
+    v4 = address_type == 1
+    agents[v4, 12:] = agents[v4, :4]
+    agents[v4, :12] = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
+    datagrams = np.nonzero(~short & ~bad & ~cut)[0]
+    sample_dg, sample, sample_end = lock_step(buffer, datagrams, head[datagrams] + 16, ends[datagrams], header=8,
+                                              inclusive=False, remaining=be32[head[datagrams] + 12].astype(np.int64))
+    fmt, body = be32[sample], sample + 8
+    flow = (fmt == FLOW_SAMPLE) | (fmt == EXPANDED_FLOW_SAMPLE)
+    counter = (fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)
+    if counter.any():
+        metrics.SFLOW_COUNTER_SAMPLES.inc(int(np.count_nonzero(counter)))
+    count("unsupported", ~flow & ~counter)  # enterprise-specific samples
+    expanded = fmt == EXPANDED_FLOW_SAMPLE
+    too_short = flow & (sample_end - body < np.where(expanded, 44, 32))
+    count("truncated", too_short)
+    keep = flow & ~too_short
+    sample_dg, body, sample_end, expanded = sample_dg[keep], body[keep], sample_end[keep], expanded[keep]
+    if not body.size:
+        return None
+    samples = _Samples(len(body))
+    _sample_fields(samples, be32, body, expanded)
+    cols = samples.cols
+    cols["TimeReceived"] = np.array(received, np.float64).astype(np.int64)[sample_dg]
+    cols["ExporterAddress"] = agents[sample_dg]
+    records = np.where(expanded, be32[body + 40], be32[body + 28]).astype(np.int64)
+    first = body + np.where(expanded, 44, 32)
+    owner, record, record_end = lock_step(buffer, np.arange(len(body)), first, sample_end, header=8,
+                                          inclusive=False, remaining=records)
+    _records(samples, buffer, be32, owner, record + 8, be32[record].astype(np.int64), record_end)
+    return samples
 
 
-def _interface(value: int) -> tuple[int, bool]:
-    """A compact interface field: (ifIndex, discarded); format 1 means the packet was dropped."""
-    fmt = value >> 30
-    return (value & 0x3FFFFFFF if fmt == 0 else 0), fmt == 1
+def _sample_fields(samples: _Samples, be32: np.ndarray, body: np.ndarray, expanded: np.ndarray) -> None:
+    """Rate and interfaces of compact (format 1) and expanded (format 3) flow samples."""
+    compact_in, compact_out = be32[body + 20], be32[body + 24]
+    # Compact interface fields: format (top 2 bits) 0 is an ifIndex, 1 a discarded packet.
+    in_if = np.where(expanded, np.where(be32[body + 24] == 0, be32[body + 28], 0),
+                     np.where(compact_in < 0x40000000, compact_in, 0))
+    out_format = np.where(expanded, be32[body + 32], compact_out >> 30)
+    out_if = np.where(expanded, be32[body + 36], compact_out & 0x3FFFFFFF)
+    cols = samples.cols
+    cols["SamplingRate"] = np.where(expanded, be32[body + 12], be32[body + 8])
+    cols["InIfIndex"] = in_if
+    cols["OutIfIndex"] = np.where(out_format == 0, out_if, 0)
+    cols["ForwardingStatus"] = np.where(out_format == 1, DISCARDED, 0)
+    n = samples.n
+    for name in ("SrcVlan", "DstVlan", "SrcNetMask", "DstNetMask", "SrcAS", "DstAS"):
+        cols[name] = np.zeros(n, np.int64)
 
 
-def _flow_sample(queue: SflowQueue, data: bytes, offset: int, end: int, expanded: bool,
-                 agent: int, received: int) -> None:
-    if expanded:
-        if end - offset < 44:
-            metrics.error("truncated")
-            return
-        _, _, _, rate, _, _, in_fmt, in_value, out_fmt, out_value, records = \
-            EXPANDED_FLOW_SAMPLE.unpack_from(data, offset)
-        offset += 44
-        in_if = in_value if in_fmt == 0 else 0
-        out_if = out_value if out_fmt == 0 else 0
-        discarded = out_fmt == 1
-    else:
-        if end - offset < 32:
-            metrics.error("truncated")
-            return
-        _, _, rate, _, _, in_value, out_value, records = FLOW_SAMPLE.unpack_from(data, offset)
-        offset += 32
-        in_if = _interface(in_value)[0]
-        out_if, discarded = _interface(out_value)
-    index = len(queue.rows)
-    src_vlan = dst_vlan = src_mask = dst_mask = src_as = dst_as = 0
-    header_protocol = frame_length = stripped = 0
-    header_index = _NO_HEADER
-    for _ in range(records):
-        if end - offset < 8:
-            metrics.error("truncated")
-            break
-        record_format, length = U32x2.unpack_from(data, offset)
-        start, offset = offset + 8, offset + 8 + length
-        if offset > end:
-            metrics.error("truncated")
-            break
-        if record_format == 1 and length >= 16:  # raw packet header
-            header_protocol, frame_length, stripped, header_length = U32x4.unpack_from(data, start)
-            header_index = len(queue.headers)
-            queue.headers.append(data[start + 16:start + 16 + min(header_length, length - 16, HEADER_BYTES)])
-        elif record_format == 1001 and length >= 16:  # extended switch
-            src_vlan, _, dst_vlan, _ = U32x4.unpack_from(data, start)
-        elif record_format == 1002:  # extended router
-            hop, at = _address(data, start, offset)
-            if hop is not None and offset - at >= 8:
-                queue.next_hops[index] = hop
-                src_mask, dst_mask = U32x2.unpack_from(data, at)
-        elif record_format == 1003:  # extended gateway
-            gateway = _gateway(data, start, offset)
-            if gateway is not None:
-                hop, src_as, path = gateway
-                queue.next_hops.setdefault(index, hop)
-                if path:
-                    queue.as_paths[index] = path
-                    dst_as = path[-1]
-        elif record_format == 3 and length >= IPV4_RECORD.size:
-            queue.sampled_ip[index] = (4,) + IPV4_RECORD.unpack_from(data, start)
-        elif record_format == 4 and length >= IPV6_RECORD.size:
-            queue.sampled_ip[index] = (6,) + IPV6_RECORD.unpack_from(data, start)
-    queue.rows.append((received, agent, rate, in_if, out_if, DISCARDED if discarded else 0,
-                       src_vlan & 0xFFF, dst_vlan & 0xFFF, src_mask, dst_mask, src_as, dst_as,
-                       header_protocol, frame_length, stripped, header_index))
+def _records(samples: _Samples, buffer: bytes, be32: np.ndarray, owner: np.ndarray, body: np.ndarray,
+             fmt: np.ndarray, end: np.ndarray) -> None:
+    """Flow records into the sample columns; where a sample repeats a record, the last one wins."""
+    length = end - body
+    cols = samples.cols
+    switch = (fmt == EXTENDED_SWITCH) & (length >= 16)
+    if switch.any():
+        rows, at = owner[switch], body[switch]
+        cols["SrcVlan"][rows] = be32[at] & 0xFFF
+        cols["DstVlan"][rows] = be32[at + 8] & 0xFFF
+    header = (fmt == RAW_HEADER) & (length >= 16)
+    if header.any():
+        rows, at = owner[header], body[header]
+        last = np.zeros(samples.n, np.int64) - 1
+        last[rows] = np.arange(len(rows))  # the last header record of each sample
+        chosen = last[last >= 0]
+        rows, at = rows[chosen], at[chosen]
+        size = np.minimum(np.minimum(be32[at + 12].astype(np.int64), length[header][chosen] - 16), HEADER_BYTES)
+        samples.header_rows = rows
+        samples.header_info = np.stack([be32[at], be32[at + 4], be32[at + 8]], axis=1).astype(np.int64)
+        samples.headers = _Headers(strided_view(buffer, f"V{_ROW}")[at + 16], size)
+    python = np.isin(fmt, (EXTENDED_ROUTER, EXTENDED_GATEWAY, SAMPLED_IPV4, SAMPLED_IPV6))
+    for index, start, record_fmt, record_end in zip(owner[python].tolist(), body[python].tolist(),
+                                                    fmt[python].tolist(), end[python].tolist()):
+        _variable_record(samples, buffer, index, start, record_fmt, record_end)
+
+
+def _variable_record(samples: _Samples, data: bytes, index: int, start: int, fmt: int, end: int) -> None:
+    cols = samples.cols
+    if fmt == EXTENDED_ROUTER:
+        hop, at = _address(data, start, end)
+        if hop is not None and end - at >= 8:
+            samples.next_hops[index] = hop
+            cols["SrcNetMask"][index], cols["DstNetMask"][index] = U32x2.unpack_from(data, at)
+    elif fmt == EXTENDED_GATEWAY:
+        gateway = _gateway(data, start, end)
+        if gateway is not None:
+            hop, src_as, path = gateway
+            samples.next_hops.setdefault(index, hop)
+            cols["SrcAS"][index] = src_as
+            if path:
+                samples.as_paths[index] = path
+                cols["DstAS"][index] = path[-1]
+    elif fmt == SAMPLED_IPV4 and end - start >= IPV4_RECORD.size:
+        samples.sampled_ip[index] = (4,) + IPV4_RECORD.unpack_from(data, start)
+    elif fmt == SAMPLED_IPV6 and end - start >= IPV6_RECORD.size:
+        samples.sampled_ip[index] = (6,) + IPV6_RECORD.unpack_from(data, start)
 
 
 def _address(data: bytes, offset: int, end: int) -> tuple[bytes | None, int]:
@@ -197,34 +221,38 @@ def _gateway(data: bytes, offset: int, end: int):
 # -- vectorised header parsing -------------------------------------------------------------------
 
 class _Headers:
-    """The sampled headers as an (n, HEADER_BYTES) matrix with per-row cursors."""
+    """The sampled headers, one row of _ROW bytes each (zeros past the header), read at per-row
+    cursors through stride-1 views (one gather per field, no 2-D fancy indexing)."""
 
-    def __init__(self, headers: list[bytes]) -> None:
-        n = len(headers)
-        self.length = np.fromiter((len(h) for h in headers), np.int64, n)
-        padded = b"".join(h.ljust(HEADER_BYTES, b"\0") for h in headers)
-        self.m = np.frombuffer(padded, np.uint8).reshape(n, HEADER_BYTES)
+    def __init__(self, rows: np.ndarray, length: np.ndarray) -> None:
+        n = len(rows)
+        matrix = rows.view(np.uint8).reshape(n, _ROW).copy()
+        matrix[np.arange(_ROW) >= length[:, None]] = 0
+        self.length = length
+        self.buffer = matrix.tobytes()
+        self.flat = np.frombuffer(self.buffer, np.uint8)
+        self.be16 = strided_view(self.buffer, ">u2")
+        self.base = np.arange(n) * _ROW
         self.rows = np.arange(n)
 
     def u8(self, at: np.ndarray) -> np.ndarray:
-        return self.m[self.rows, np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
+        return self.flat[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def u16(self, at: np.ndarray) -> np.ndarray:
-        return (self.u8(at) << 8) | self.u8(at + 1)
+        return self.be16[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def take(self, at: np.ndarray, width: int) -> np.ndarray:
-        idx = np.minimum(at[:, None] + np.arange(width), HEADER_BYTES - 1)
-        return self.m[self.rows[:, None], idx]
+        """(n, width) bytes at the cursors (zeros past the header)."""
+        starts = self.base + np.minimum(at, _ROW - width)
+        return strided_view(self.buffer, f"V{width}")[starts].view(np.uint8).reshape(-1, width)
 
     def has(self, at: np.ndarray, width: int) -> np.ndarray:
         return at + width <= self.length
 
 
-def parse_headers(headers: list[bytes], protocol: np.ndarray, frame: np.ndarray,
-                  stripped: np.ndarray) -> dict:
+def parse_headers(h: _Headers, protocol: np.ndarray, frame: np.ndarray, stripped: np.ndarray) -> dict:
     """Columns of the sampled packets whose header record was parsed."""
-    h = _Headers(headers)
-    n = len(headers)
+    n = len(h.rows)
     eth = protocol == ETHERNET
     offset = np.where(eth, 14, 0)
     etype = np.where(eth, h.u16(np.full(n, 12)), np.where(protocol == IPV4, 0x800,
@@ -321,26 +349,19 @@ def _transport(h: _Headers, out: dict, proto: np.ndarray, l4: np.ndarray, ok: np
 
 # -- columns ----------------------------------------------------------------------------------------
 
-def sample_columns(queue: SflowQueue) -> tuple[int, dict]:
-    """All queued samples → one part of flow columns."""
-    rows = np.array(queue.rows, np.int64).reshape(-1, _ROW_FIELDS)
-    n = len(rows)
-    agents = np.frombuffer(b"".join(queue.agents), np.uint8).reshape(-1, 16)
-    cols: dict = {
-        "TimeReceived": rows[:, 0], "ExporterAddress": agents[rows[:, 1]], "SamplingRate": rows[:, 2],
-        "InIfIndex": rows[:, 3], "OutIfIndex": rows[:, 4], "ForwardingStatus": rows[:, 5],
-        "SrcVlan": rows[:, 6], "DstVlan": rows[:, 7], "SrcNetMask": rows[:, 8], "DstNetMask": rows[:, 9],
-        "SrcAS": rows[:, 10], "DstAS": rows[:, 11], "Packets": np.ones(n, np.uint64),
-    }
-    cols["TimeFlowStart"] = cols["TimeFlowEnd"] = rows[:, 0] * 1000
-    with_header = rows[:, 15] != _NO_HEADER
-    if with_header.any():
-        which = np.nonzero(with_header)[0]
-        parsed = parse_headers(queue.headers, rows[which, 12], rows[which, 13], rows[which, 14])
-        _scatter(cols, parsed, which, n)
-    if queue.sampled_ip:
-        _sampled_ip(cols, queue.sampled_ip, n)
-    _extended(cols, queue, n)
+def sample_columns(samples: _Samples) -> tuple[int, dict]:
+    """The walked samples → one part of flow columns."""
+    n = samples.n
+    cols: dict = dict(samples.cols)
+    cols["Packets"] = np.ones(n, np.uint64)
+    cols["TimeFlowStart"] = cols["TimeFlowEnd"] = cols["TimeReceived"] * 1000
+    if samples.headers is not None:
+        info = samples.header_info
+        parsed = parse_headers(samples.headers, info[:, 0], info[:, 1], info[:, 2])
+        _scatter(cols, parsed, samples.header_rows, n)
+    if samples.sampled_ip:
+        _sampled_ip(cols, samples.sampled_ip, n)
+    _extended(cols, samples, n)
     return n, cols
 
 
@@ -390,18 +411,18 @@ def _sampled_ip(cols: dict, sampled: dict, n: int) -> None:
         cols["EType"][i] = 0x800 if version == 4 else 0x86DD
 
 
-def _extended(cols: dict, queue: SflowQueue, n: int) -> None:
-    if queue.next_hops:
+def _extended(cols: dict, samples: _Samples, n: int) -> None:
+    if samples.next_hops:
         hops = np.zeros((n, 16), np.uint8)
-        for i, hop in queue.next_hops.items():
+        for i, hop in samples.next_hops.items():
             hops[i] = np.frombuffer(hop, np.uint8)
         cols["NextHop"] = hops
-    if queue.as_paths:
+    if samples.as_paths:
         lengths = np.zeros(n, np.int64)
         values = []
-        for i in sorted(queue.as_paths):
-            lengths[i] = len(queue.as_paths[i])
-            values.extend(queue.as_paths[i])
+        for i in sorted(samples.as_paths):
+            lengths[i] = len(samples.as_paths[i])
+            values.extend(samples.as_paths[i])
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         cols["DstASPath"] = ListColumn(offsets, np.array(values, np.uint32))
