@@ -3,13 +3,15 @@ sampling) on 50k-row batches with warm caches.
 
     .venv/bin/python bench/enrich.py [--rows 50000] [--batches 20] [--addresses 20000]
 
-The batches look like what the outlet sees after the metadata step: 20 exporters with 48
-interfaces each, names and descriptions as SNMP fills them (Transit/PNI/IX/Core/customer
-descriptions), source and destination addresses drawn (skewed) from a pool of --addresses
-IPv4 and IPv6 addresses; generated MaxMind-layout ASN and City databases (2,000 networks each),
-60 configured networks, 20 classification rules (4 exporter, 16 interface). Every batch is a
-new draw from the same pools, so caches are warm after the first batch, as in a running outlet.
-Prints the cold first batch, then the warm cost per flow, in total and per step.
+The batches are what the outlet's enrich step receives: decoded flows of 20 exporters with 48
+interfaces each, passed through the metadata step with a warm SNMP cache (names, descriptions
+such as Transit/PNI/IX/Core/customer, speeds), source and destination addresses drawn (skewed)
+from a pool of --addresses IPv4 and IPv6 addresses; generated MaxMind-layout ASN and City
+databases (2,000 networks each), 60 configured networks, 20 classification rules (4 exporter,
+16 interface). Every batch is a new draw from the same pools, so caches are warm after the
+first batch, as in a running outlet. Prints the cold first batch, then the warm cost per flow,
+in total and per step, and the same batches without the metadata step's KEYED_BY_INDEX mark
+(the path of batches built some other way: interface names and descriptions hashed).
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.metadata import NoPolls, warm_cache  # noqa: E402
 from flows import schema  # noqa: E402
 from flows.enrich import Enricher  # noqa: E402
+from flows.enrich.columns import fixed_values, mark_keyed_by_index  # noqa: E402
 from flows.enrich.exporters import name_fallback  # noqa: E402
-from flows.settings import Enrichment  # noqa: E402
+from flows.enrich.metadata import Interface, Metadata, MetadataLogic, MetadataState  # noqa: E402
+from flows.settings import SNMP, Enrichment  # noqa: E402
 from tests.mmdb import maxmind_asn, maxmind_city, write_mmdb  # noqa: E402
 
 EXPORTERS = 20
@@ -129,20 +134,35 @@ class Traffic:
                     name, template = "fxp0", ""  # management: rejected
                 rows.append((name, template.format(i, e, 100 + i), [1000, 10000, 100000][i % 3]))
             self.interfaces.append(rows)
+        self.metadata = self.metadata_step()
 
     def skewed(self, size: int, count: int) -> np.ndarray:
         return np.minimum((self.rng.pareto(1.2, count) * size / 20).astype(np.int64), size - 1)
 
+    def metadata_step(self) -> MetadataLogic:
+        """The outlet's metadata step with every exporter's sysName and interfaces cached."""
+        now = time.time()
+        addresses = fixed_values(pa.array(self.exporters, pa.binary(16)))
+        caches = {address: warm_cache(name, {i + 1: Interface(*interface)
+                                             for i, interface in enumerate(interfaces)}, now)
+                  for address, name, interfaces in zip(addresses, self.exporter_names, self.interfaces)}
+        return MetadataLogic(Metadata(SNMP(enabled=True), {}, NoPolls()),
+                             MetadataState(exporters=caches, next_check=now + 3600))
+
+    def described(self, rows: int, exporter: int | None = None, new: int = 0) -> pa.RecordBatch:
+        """A batch as the metadata step hands it to the enrich step."""
+        out, _ = self.metadata.on_batch([self.batch(rows, exporter, new)])
+        return out[0]
+
     def batch(self, rows: int, exporter: int | None = None, new: int = 0) -> pa.RecordBatch:
-        """Flows of every exporter, or of one; the first `new` flows come from addresses
-        never seen before."""
+        """Flows of every exporter, or of one, as decoded (no names yet); the first `new` flows
+        come from addresses never seen before."""
         if exporter is None:
             exporter = self.rng.integers(0, EXPORTERS, rows)
         else:
             exporter = np.full(rows, exporter)
         columns: dict[str, object] = {
             "ExporterAddress": self.exporters[exporter],
-            "ExporterName": np.array(self.exporter_names, object)[exporter].tolist(),
             "SrcAddr": self.addresses[self.skewed(len(self.addresses), rows)],
             "DstAddr": self.addresses[self.skewed(len(self.addresses), rows)],
             "SrcAS": np.where(self.rng.random(rows) < 0.3, self.rng.integers(1, 70000, rows), 0),
@@ -150,13 +170,7 @@ class Traffic:
             "Bytes": self.rng.integers(40, 1500, rows).astype(np.uint64), "Packets": np.ones(rows, np.uint64),
         }
         for side in ("In", "Out"):
-            index = self.rng.integers(0, INTERFACES, rows)
-            table = [self.interfaces[e][i] for e, i in zip(exporter.tolist(), index.tolist())]
-            names, descriptions, speeds = zip(*table)
-            columns[f"{side}IfIndex"] = index + 1
-            columns[f"{side}IfName"] = list(names)
-            columns[f"{side}IfDescription"] = list(descriptions)
-            columns[f"{side}IfSpeed"] = list(speeds)
+            columns[f"{side}IfIndex"] = self.rng.integers(0, INTERFACES, rows) + 1
         if new:
             fresh = self.rng.integers(0, 2**32, new, dtype=np.uint64) | np.uint64(0xFFFF00000000)
             columns["SrcAddr"] = columns["SrcAddr"].copy()
@@ -210,8 +224,8 @@ def main() -> None:
         asn, city = databases(Path(directory), rng)
         enricher = Enricher(settings(asn, city, rng))
     traffic = Traffic(rng, args.addresses)
-    mixed = [traffic.batch(args.rows) for _ in range(args.batches + 1)]
-    single = [traffic.batch(args.rows, exporter=i % EXPORTERS) for i in range(args.batches)]
+    mixed = [traffic.described(args.rows) for _ in range(args.batches + 1)]
+    single = [traffic.described(args.rows, exporter=i % EXPORTERS) for i in range(args.batches)]
     start = time.process_time()
     first = enricher(mixed[0])
     cold = time.process_time() - start
@@ -222,10 +236,13 @@ def main() -> None:
     report(f"warm, {EXPORTERS} exporters mixed in each batch", enricher, mixed[1:])
     report("warm, one exporter per batch (as the outlet's per-exporter decode step emits)",
            enricher, single)
+    unmarked = [mark_keyed_by_index(batch, False) for batch in single]
+    print(f"  the same without the metadata step's mark (names hashed): "
+          f"{timed(enricher, unmarked) * 1e6 / (args.rows * args.batches):.3f} us/flow")
     # Not warm: new addresses in every batch reach the GeoIP readers. Each pass of timed() draws
     # the same addresses again, so only the first pass pays: time one pass of fresh batches.
     for new in (1_000, 10_000):
-        fresh = [traffic.batch(args.rows, exporter=i % EXPORTERS, new=new) for i in range(args.batches)]
+        fresh = [traffic.described(args.rows, exporter=i % EXPORTERS, new=new) for i in range(args.batches)]
         start = time.process_time()
         for batch in fresh:
             enricher(batch)

@@ -36,12 +36,19 @@ class NoPolls:
         raise AssertionError(f"unexpected poll of {exporter} for {list(ifindexes)[:5]}")
 
 
-def warm_state(address: bytes, interfaces: int, now: float) -> MetadataState:
+def warm_cache(name: str, interfaces: dict[int, Interface], now: float) -> ExporterCache:
+    """An exporter's cache as SNMP left it: its sysName and these interfaces, fresh."""
     cache = ExporterCache()
-    cache.entries[SYSTEM] = Entry("edge-1.example.net", now, now)
-    for index in range(1, interfaces + 1):
-        cache.entries[index] = Entry(Interface(f"Ethernet{index}/1", f"Transit: Provider {index}",
-                                               100_000), now, now)
+    cache.entries[SYSTEM] = Entry(name, now, now)
+    for index, interface in interfaces.items():
+        cache.entries[index] = Entry(interface, now, now)
+    return cache
+
+
+def warm_state(address: bytes, interfaces: int, now: float) -> MetadataState:
+    cache = warm_cache("edge-1.example.net", {
+        index: Interface(f"Ethernet{index}/1", f"Transit: Provider {index}", 100_000)
+        for index in range(1, interfaces + 1)}, now)
     return MetadataState(exporters={address: cache}, next_check=now + 3600)
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from flows.enrich.addresses import AddressEnricher
 from flows.enrich.classify import Classification
+from flows.enrich.columns import keyed_by_index, mark_keyed_by_index, metadata_blank
 from flows.enrich.exporters import name_fallback
 from flows.enrich.networks import Networks
 from flows.enrich.sampling import SamplingRates
@@ -40,11 +41,14 @@ class Chain:
         self.sampling = SamplingRates(cfg.sampling)
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not keyed_by_index(batch) and metadata_blank(batch):
+            batch = mark_keyed_by_index(batch)  # nothing filled: trivially a function of the keys
         batch = name_fallback(batch)
         if self.classification:
             batch = self.classification.apply(batch)
         batch = self.addresses.apply(batch)
-        return self.sampling.apply(batch)
+        batch = self.sampling.apply(batch)
+        return mark_keyed_by_index(batch, False)  # the sink gets the plain schema
 
 
 class Enricher:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from flows.enrich.columns import KeyCache, Profiles, encode, fixed_binary, fixed_values, replace
+from flows.enrich.columns import KeyCache, Profiles, fixed_binary, replace
 from flows.enrich.networks import Networks
 from flows.enrich.subnets import as_ip
 from flows.settings import GeoIP
@@ -89,11 +89,11 @@ def private_asn(asn: np.ndarray) -> np.ndarray:
 def choose_asn(providers: Sequence[str], flow: np.ndarray, networks: np.ndarray,
                geoip: np.ndarray) -> np.ndarray:
     """Per flow, the first provider with a non-zero AS number."""
-    candidates = {"flow": flow, "networks": networks, "geoip": geoip,
-                  "flow-except-private": np.where(private_asn(flow), 0, flow)}
+    candidates = {"flow": lambda: flow, "networks": lambda: networks, "geoip": lambda: geoip,
+                  "flow-except-private": lambda: np.where(private_asn(flow), 0, flow)}
     out = np.zeros(len(flow), np.uint32)
     for provider in providers:
-        out = np.where(out == 0, candidates[provider], out)
+        out = np.where(out == 0, candidates[provider](), out)
     return out
 
 
@@ -139,8 +139,7 @@ class AddressEnricher:
             self.cache.clear()  # answers from the previous files are stale
             self.generation = self.geoip.generation
         n = batch.num_rows
-        index, distinct = encode(pa.concat_arrays([batch.column("SrcAddr"), batch.column("DstAddr")]))
-        ids = self.cache.ids(fixed_values(distinct))[index]
+        ids = self.cache.row_ids(pa.concat_arrays([batch.column("SrcAddr"), batch.column("DstAddr")]))
         columns: dict[str, pa.Array] = {}
         for side, rows in (("Src", ids[:n]), ("Dst", ids[n:])):
             flow_asn = batch.column(f"{side}AS").to_numpy(zero_copy_only=False)

@@ -7,6 +7,8 @@ A rule matches when all its conditions hold (regexes are searched; their named g
 matching `reject` drops the flows (counted). Nothing is evaluated as code. Decisions are cached
 per distinct exporter (address, name) and per distinct interface (exporter, name,
 description, speed), so a batch costs a few hash passes plus the rules for keys never seen.
+A batch from the metadata step (columns.KEYED_BY_INDEX) finds its distinct interfaces by hashing
+(exporter, ifIndex) integers once rather than the name and description strings of every row.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import pyarrow as pa
 from prometheus_client import Counter
 
 from connectors.metrics import RateLimitedLog
-from flows.enrich.columns import KeyCache, Profiles, combine, drop_rows, encode, replace
+from flows.enrich.columns import (KeyCache, Profiles, combine, drop_rows, encode, first_rows,
+                                  keyed_by_index, replace)
 from flows.enrich.subnets import as_v6_network
 from flows.schema import BOUNDARIES
 from flows.settings import Classifiers, ExporterRule, InterfaceRule
@@ -38,6 +41,8 @@ REJECTED = Counter("waxflow_classifier_rejected_flows_total", "flows dropped by 
 
 EXPORTER_ATTRIBUTES = ("group", "role", "site", "region", "tenant")
 INTERFACE_ATTRIBUTES = ("connectivity", "provider", "boundary", "name", "description")
+INTERFACE_FIELDS = ("IfName", "IfDescription", "IfSpeed")
+"""The batch columns (In/Out) keying an interface, with the exporter."""
 LOWER_CASED = ("connectivity", "provider")
 
 
@@ -121,14 +126,17 @@ class Exporters:
     """The distinct (exporter address, exporter name) keys of a batch, shared by both classifiers."""
 
     def __init__(self, batch: pa.RecordBatch) -> None:
+        self.by_index = keyed_by_index(batch)
         addresses, address_values = encode(batch.column("ExporterAddress"))
-        names, name_values = encode(batch.column("ExporterName"))
-        if len(address_values) == 1 and len(name_values) == 1:  # the outlet's usual batch
-            self.inverse, first = np.zeros(batch.num_rows, np.int64), np.zeros(1, np.int64)
+        if self.by_index:  # the name is a function of the address
+            self.inverse, first = addresses, first_rows(addresses, len(address_values))
+            self.keys = list(zip(address_values.to_pylist(),
+                                 batch.column("ExporterName").take(pa.array(first)).to_pylist()))
         else:
+            names, name_values = encode(batch.column("ExporterName"))
             self.inverse, first = combine([addresses, names], [len(address_values), len(name_values)])
-        self.keys = list(zip(values_at(address_values, addresses, first),
-                             values_at(name_values, names, first)))
+            self.keys = list(zip(values_at(address_values, addresses, first),
+                                 values_at(name_values, names, first)))
         self.count = len(self.keys)
 
 
@@ -216,14 +224,28 @@ class InterfaceClassifier(_Classifier):
         """Profile id per row and side: rows [0, n) are the input interfaces, [n, 2n) the
         output ones (both sides are keyed together)."""
         n = batch.num_rows
-        encoded = [encode(pa.concat_arrays([batch.column(f"In{c}"), batch.column(f"Out{c}")]))
-                   for c in ("IfName", "IfDescription", "IfSpeed")]
-        inverse, first = combine([np.tile(exporters.inverse, 2), *(index for index, _ in encoded)],
-                                 [exporters.count, *(len(values) for _, values in encoded)])
+        exporter_rows = np.tile(exporters.inverse, 2)
+        if exporters.by_index:
+            ifindex = np.concatenate([batch.column(f"{side}IfIndex").to_numpy(zero_copy_only=False)
+                                      for side in ("In", "Out")])
+            inverse, distinct = encode(pa.array((exporter_rows.astype(np.uint64) << np.uint64(32))
+                                                | ifindex.astype(np.uint64)))
+            first = first_rows(inverse, len(distinct))
+            interfaces = first_values(batch, first)
+        else:
+            encoded = [encode(pa.concat_arrays([batch.column(f"In{c}"), batch.column(f"Out{c}")]))
+                       for c in INTERFACE_FIELDS]
+            inverse, first = combine([exporter_rows, *(index for index, _ in encoded)],
+                                     [exporters.count, *(len(values) for _, values in encoded)])
+            interfaces = zip(*(values_at(values, index, first) for index, values in encoded))
         exporter_keys = [exporters.keys[i] for i in exporters.inverse[first % n].tolist()]
-        interfaces = zip(*(values_at(values, index, first) for index, values in encoded))
         keys = [(*exporter, *interface) for exporter, interface in zip(exporter_keys, interfaces)]
         return self.cache.ids(keys)[inverse]
+
+    def rewritten(self) -> list[str]:
+        """The columns `columns` replaces whatever they hold (a row drop need not copy them)."""
+        return [f"{side}If{attribute.capitalize()}" for attribute in self.renames
+                if self.profiles.strings(attribute) is not None for side in ("In", "Out")]
 
     def columns(self, batch: pa.RecordBatch, ids: np.ndarray) -> dict[str, pa.Array]:
         n = batch.num_rows
@@ -239,6 +261,20 @@ class InterfaceClassifier(_Classifier):
                 values = self.profiles.take_strings(attribute, side_ids)
                 columns[column] = values if values is not None else batch.column(column)
         return columns
+
+
+def first_values(batch: pa.RecordBatch, first: np.ndarray) -> list[tuple]:
+    """(name, description, speed) of the interface at each of `first` rows, counted over both
+    sides: [0, n) input interfaces, [n, 2n) output ones."""
+    n = batch.num_rows
+    out: list[tuple] = [()] * len(first)
+    inside = first < n
+    for side, chosen, offset in (("In", inside, 0), ("Out", ~inside, n)):
+        rows = pa.array(first[chosen] - offset)
+        values = zip(*(batch.column(f"{side}{c}").take(rows).to_pylist() for c in INTERFACE_FIELDS))
+        for position, value in zip(np.flatnonzero(chosen).tolist(), values):
+            out[position] = value
+    return out
 
 
 class Classification:
@@ -274,7 +310,7 @@ class Classification:
             rejected |= by_interface
         if rejected.any():
             keep = ~rejected
-            batch = drop_rows(batch, keep)
+            batch = drop_rows(batch, keep, self.interfaces.rewritten() if self.interfaces else ())
             if self.exporters:
                 exporter_ids = exporter_ids[keep]
             if self.interfaces:

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
+from flows.enrich.columns import encode, mark_keyed_by_index, metadata_blank, replace
 from flows.enrich.subnets import SubnetMap
 from flows.envelope import address_text
 from flows.settings import SNMP, StaticExporter
@@ -197,18 +198,16 @@ class BatchKeys:
     addresses and the ifIndex, packed in one uint64 so that Arrow hashes them in one pass."""
 
     def __init__(self, batch: pa.RecordBatch) -> None:
-        addresses = batch.column("ExporterAddress")
-        unique = pc.unique(addresses)
+        positions, unique = encode(batch.column("ExporterAddress"))
         self.addresses: list[bytes] = unique.to_pylist()
-        if len(unique) == 1:
-            self.positions = np.zeros(batch.num_rows, np.uint64)
-        else:
-            self.positions = pc.index_in(addresses, value_set=unique).to_numpy().astype(np.uint64)
-        self.sides: dict[str, tuple[pa.Array, list[int]]] = {}
+        self.positions = positions
+        high = positions.astype(np.uint64) << np.uint64(32)
+        # side → (row → index of its key among the unique ones, the unique keys)
+        self.sides: dict[str, tuple[np.ndarray, list[int]]] = {}
         for side in ("In", "Out"):
             ifindex = batch.column(f"{side}IfIndex").to_numpy(zero_copy_only=False).astype(np.uint64)
-            keys = pa.array((self.positions << np.uint64(32)) | ifindex)
-            self.sides[side] = (keys, pc.unique(keys).to_pylist())
+            index, keys = encode(pa.array(high | ifindex))
+            self.sides[side] = (index, keys.to_pylist())
 
     def split(self, key: int) -> tuple[bytes, int]:
         return self.addresses[key >> 32], key & 0xFFFFFFFF
@@ -224,41 +223,43 @@ class BatchKeys:
         return out
 
 
-def _set(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
-    position = batch.schema.get_field_index(name)
-    return batch.set_column(position, batch.schema.field(position), values)
-
-
 def annotate(batch: pa.RecordBatch, name_of: Callable[[bytes], str | None],
              interface_of: Callable[[bytes, int], Interface | None],
              keys: BatchKeys | None = None) -> pa.RecordBatch:
     """Fill ExporterName and In/Out IfName, IfDescription, IfSpeed from what is known, looking
-    each unique (exporter, ifIndex) up once. Unknown values leave the columns as they are."""
+    each unique (exporter, ifIndex) up once. Unknown values leave the columns as they are.
+
+    A batch that held none of them (as decoded) comes out marked KEYED_BY_INDEX: every value is
+    then a function of its exporter and ifIndex, which classification relies on."""
     if batch.num_rows == 0:
         return batch
+    blank = metadata_blank(batch)
     keys = keys or BatchKeys(batch)
     names = [name_of(address) for address in keys.addresses]
-    if all(names):
-        batch = _set(batch, "ExporterName", pa.array(names, pa.string()).take(keys.positions))
+    # Over a blank batch, "unknown" and "left as it was" are the same empty value: no if_else.
+    if all(names) or (blank and any(names)):
+        batch = replace(batch, {"ExporterName": pa.array([n or "" for n in names], pa.string())
+                                .take(keys.positions)})
     elif any(names):
         known = pa.array([n or "" for n in names], pa.string()).take(keys.positions)
-        batch = _set(batch, "ExporterName", pc.if_else(pc.equal(known, ""),
-                                                       batch.column("ExporterName"), known))
-    for side, (packed, unique) in keys.sides.items():
+        batch = replace(batch, {"ExporterName": pc.if_else(pc.equal(known, ""),
+                                                           batch.column("ExporterName"), known)})
+    for side, (index, unique) in keys.sides.items():
         infos = [interface_of(*keys.split(k)) if k & 0xFFFFFFFF else None for k in unique]
         if not any(infos):
             continue
-        index = pc.index_in(packed, value_set=pa.array(unique, pa.uint64()))
-        known = None if all(infos) else pa.array([i is not None for i in infos]).take(index)
+        rows = pa.array(index)
+        known = None if all(infos) or blank else pa.array(np.array([i is not None for i in infos])[index])
+        columns = {}
         for column, values, kind in (
                 ("IfName", [i.name if i else "" for i in infos], pa.string()),
                 ("IfDescription", [i.description if i else "" for i in infos], pa.string()),
                 ("IfSpeed", [i.speed if i else 0 for i in infos], pa.uint32())):
             name = f"{side}{column}"
-            filled = pa.array(values, kind).take(index)
-            batch = _set(batch, name, filled if known is None else
-                         pc.if_else(known, filled, batch.column(name)))
-    return batch
+            filled = pa.array(values, kind).take(rows)
+            columns[name] = filled if known is None else pc.if_else(known, filled, batch.column(name))
+        batch = replace(batch, columns)
+    return mark_keyed_by_index(batch) if blank else batch
 
 
 # --- the dataflow step --------------------------------------------------------------------------

@@ -27,11 +27,12 @@ class SamplingRates:
         self.override = SubnetMap(cfg.override)
         self.defaults = SubnetMap(cfg.defaults)
 
-    def _per_exporter(self, batch: pa.RecordBatch, table: SubnetMap[int],
+    @staticmethod
+    def _per_exporter(exporters: tuple[np.ndarray, list[bytes]], table: SubnetMap[int],
                       fallback: int | None) -> np.ndarray | None:
         """Rate per row from the exporter's subnet (0 where none applies), or None if none does."""
-        index, distinct = encode(batch.column("ExporterAddress"))
-        rates = [table.lookup(address) or fallback or 0 for address in fixed_values(distinct)]
+        index, distinct = exporters
+        rates = [table.lookup(address) or fallback or 0 for address in distinct]
         if not any(rates):
             return None
         return np.array(rates, np.uint64)[index]
@@ -39,15 +40,17 @@ class SamplingRates:
     def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if batch.num_rows == 0:
             return batch
+        index, distinct = encode(batch.column("ExporterAddress"))
+        exporters = index, fixed_values(distinct)
         rate = batch.column("SamplingRate").to_numpy(zero_copy_only=False).copy()
         if self.override:
-            forced = self._per_exporter(batch, self.override, None)
+            forced = self._per_exporter(exporters, self.override, None)
             if forced is not None:
                 OVERRIDDEN.inc(int(np.count_nonzero(forced)))
                 rate = np.where(forced > 0, forced, rate)
         missing = rate == 0
         if missing.any():
-            default = self._per_exporter(batch, self.defaults, self.cfg.default)
+            default = self._per_exporter(exporters, self.defaults, self.cfg.default)
             if default is not None:
                 DEFAULTED.inc(int(np.count_nonzero(missing & (default > 0))))
                 rate = np.where(missing, default, rate)
