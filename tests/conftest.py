@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 import uuid
@@ -16,10 +17,25 @@ from connectors.broker import LocalBroker
 from flows.settings import ClickHouse
 
 
+# Ports handed to services are drawn below the kernel's ephemeral range, so the outgoing
+# connections of Kafka clients and the like cannot take them between the check and the bind.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 (for `kind`) that this session has not handed out before."""
+    while True:
+        port = random.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 @pytest.fixture(scope="session")
