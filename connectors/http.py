@@ -281,10 +281,21 @@ class API:
         except (api.QueryError, APIError):
             raise
         except Exception as err:  # ClickHouse's message names what is wrong
+            # After a query stopped by a limit, chDB's handle can still hold the rest of its
+            # stream and hand it to the next query: start the next one on a fresh handle.
+            self._drop_client()
             status, reason = (400, "query_failed") if user_sql else (503, "store_unavailable")
             raise APIError(status, reason, str(err).splitlines()[0][:500]) from None
         finally:
             self._slot.release()
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                client.close()
+        except Exception:  # a handle in a bad state: closing is best effort
+            pass
 
     # -- endpoints -----------------------------------------------------------------------------
     def on_metrics(self, request: Request) -> Response:
