@@ -127,3 +127,40 @@ def test_an_unexpected_failure_is_a_counted_json_500(web, monkeypatch) -> None:
     answer = web.get("/api/v0/clickhouse/asns.csv")
     assert answer.status_code == 500 and answer.json["reason"] == "internal"
     assert REGISTRY.get_sample_value("waxflow_api_errors_total", {"reason": "internal"}) == before + 1
+
+
+def test_healthz_probes_kafka_at_most_every_few_seconds(store) -> None:
+    """A listener that is not Kafka: the probe connects (and fails); a second /healthz right after
+    reuses the answer instead of connecting again, and the store part still answers."""
+    import gc
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted: list[int] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        kafka = store.kafka.model_copy(update={"brokers": [f"127.0.0.1:{port}"]})
+        web = Client(http.API(store.model_copy(update={"kafka": kafka})))
+        first = web.get("/healthz")
+        assert first.status_code == 503 and first.json["components"]["kafka"]["ok"] is False
+        assert first.json["components"]["store"]["ok"] is True
+        gc.collect()  # the probe's admin client is gone: nothing reconnects on its own
+        time.sleep(0.5)
+        seen = len(accepted)
+        assert seen >= 1
+        second = web.get("/healthz")
+        assert second.json["components"]["kafka"]["ok"] is False and len(accepted) == seen
+    finally:
+        server.close()
