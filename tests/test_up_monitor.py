@@ -1,6 +1,6 @@
-"""`waxflow up`'s live view reads the Kafka lag from the outlet's own consumer-lag gauge (summed
-over partitions) on a real /metrics endpoint, not from inlet/outlet counters, which disagree
-after a restart or with a backlog."""
+"""`waxflow up`: its preflight sees a taken UDP port; its live view reads the Kafka lag from
+the outlet's own consumer-lag gauge (summed over partitions) on a real /metrics endpoint, not
+from inlet/outlet counters, which disagree after a restart or with a backlog."""
 
 from __future__ import annotations
 
@@ -30,3 +30,23 @@ def test_lag_is_the_outlet_consumer_lag_summed() -> None:
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def test_preflight_names_a_taken_udp_listener_port(tmp_path) -> None:
+    """port_taken(kind=SOCK_DGRAM), shared with the broker's check, sees a UDP port in use."""
+    import socket
+
+    from connectors.supervisor import preflight
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        settings = Settings(inlet={"listeners": [{"name": "nf", "address": "127.0.0.1", "port": port,
+                                                  "decoder": "netflow"}],
+                                   "metrics_listen": f"127.0.0.1:{free_port()}"},
+                            api={"listen": f"127.0.0.1:{free_port()}"}, data_dir=tmp_path)
+        problems = preflight(settings, broker_running=True)
+        assert problems == [f"UDP port {port} on 127.0.0.1 is taken by another program (inlet.listeners[0].port)"]
+    finally:
+        holder.close()
