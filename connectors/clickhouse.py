@@ -208,12 +208,6 @@ def lookup_rows(name: str, cfg: ClickHouse) -> list[list[Any]]:
     return _read_csv(text.splitlines(), types)
 
 
-def read_only_query(cfg: ClickHouse, sql: str) -> tuple[list[str], list[tuple]]:
-    """Column names and rows of a query run with ClickHouse's readonly setting (no writes, no DDL)."""
-    result = connect(cfg).query(sql, settings={"readonly": 1})
-    return list(result.column_names), result.result_rows
-
-
 def migrate(cfg: ClickHouse, client: Client | None = None) -> list[str]:
     """Apply the migrations to the configured store; returns the steps applied (empty: up to date)."""
     return Migrator(client or connect(cfg), cfg).run()

@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -39,12 +40,16 @@ from werkzeug.wrappers import Request, Response
 
 from connectors.clickhouse import lookup_rows, ttl_seconds
 from connectors.cluster import process_id
+from connectors.metrics import RateLimitedLog
 from flows import api, ddl
-from flows.settings import Settings
+from flows.settings import Settings, split_host_port
 
 log = logging.getLogger(__name__)
+_ratelimited = RateLimitedLog(log)
 
 MAX_BODY = 64 * 1024
+# Public data a ClickHouse server's init script fetches (Akvorado serves them without auth too).
+PUBLIC = frozenset({"init_sh", "dictionary"})
 QUERY_WAIT = 30.0  # seconds a request waits for the query slot before answering 503
 
 REQUESTS = Counter("waxflow_api_requests_total", "HTTP API requests by endpoint and status class",
@@ -61,14 +66,25 @@ class APIError(Exception):
 # --- running queries (also used by the CLI straight on a stopped store) ------------------------
 
 def query_settings(settings: Settings) -> dict[str, Any]:
-    """Limits for API queries; `readonly` last, since it forbids changing settings after it."""
+    """Limits for every API query; `readonly` last, since it forbids changing settings after it."""
     return {"max_execution_time": int(settings.api.query_timeout.total_seconds()),
-            "max_result_rows": settings.api.max_rows, "result_overflow_mode": "break", "readonly": 1}
+            "max_memory_usage": int(settings.api.max_memory), "readonly": 1}
 
 
-def flows_result(client: Any, settings: Settings, params: dict[str, str]) -> dict[str, Any]:
-    """GET /api/v0/flows: validate, pick the table, run, shape (QueryError for bad parameters)."""
-    query = api.parse_flows_query(params)
+def user_query_settings(settings: Settings) -> dict[str, Any]:
+    """Also a cap on the result's size for SQL from users (rows are capped by a LIMIT)."""
+    return {"max_result_bytes": int(settings.api.max_result), "result_overflow_mode": "throw",
+            **query_settings(settings)}
+
+
+def query_client(settings: Settings) -> Any:
+    """A client of its own for API queries (never the sink's session): as `api.dsn`'s read-only
+    user on a ClickHouse server when set, else as `clickhouse.dsn`."""
+    return clickhouse_connect.get_client(dsn=settings.api.dsn or settings.clickhouse.dsn)
+
+
+def flows_result(client: Any, settings: Settings, query: api.FlowsQuery) -> dict[str, Any]:
+    """GET /api/v0/flows for validated parameters: pick the table, run, shape."""
     built = api.build_flows_sql(query, settings.clickhouse.database, ttl_seconds(settings.clickhouse))
     rows = client.query(built.sql, parameters=built.parameters, settings=query_settings(settings)).result_rows
     return api.shape_flows(built, query, rows)
@@ -91,10 +107,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def guarded_sql(client: Any, settings: Settings, sql: str) -> str:
+    """The user's SQL wrapped so it can only be one SELECT, checked by the store's own parser
+    (QueryError if it is anything else); see flows/api.py."""
+    wrapped = api.wrap_user_sql(sql)
+    # Without settings: chDB's client writes them into the text as a SETTINGS clause, which
+    # would show in the tree. EXPLAIN AST only parses.
+    lines = client.query(f"EXPLAIN AST {wrapped}").result_rows
+    api.check_user_ast([line[0] for line in lines])
+    return wrapped
+
+
 def sql_result(client: Any, settings: Settings, sql: str) -> dict[str, Any]:
-    result = client.query(sql, settings=query_settings(settings))
-    rows = result.result_rows[: settings.api.max_rows]
-    return {"columns": list(result.column_names), "rows": [[_plain(v) for v in row] for row in rows]}
+    """A user's read-only SQL: at most `api.max_rows` rows, `truncated` when there were more."""
+    cap = settings.api.max_rows
+    result = client.query(f"{guarded_sql(client, settings, sql)}\nLIMIT {cap + 1}",
+                          settings=user_query_settings(settings))
+    rows = result.result_rows
+    return {"columns": list(result.column_names), "rows": [[_plain(v) for v in row] for row in rows[:cap]],
+            "truncated": len(rows) > cap}
 
 
 def dictionary_csv(name: str, settings: Settings) -> str:
@@ -108,17 +139,20 @@ def dictionary_csv(name: str, settings: Settings) -> str:
 
 def init_script(settings: Settings, base_url: str) -> str:
     """A shell script for a ClickHouse server (e.g. /docker-entrypoint-initdb.d/): fetch the
-    dictionaries' content from this API and create the tables and dictionaries over it."""
+    dictionaries' content from this API (public: no token needed) and create the tables and
+    dictionaries over it. Each file is downloaded before loading, so a failed fetch stops it."""
     db = settings.clickhouse.database
     statements = [f"CREATE DATABASE IF NOT EXISTS `{db}`;"]
     loads = []
     for spec in ddl.DICTIONARIES:
         statements += [spec.table_sql(db) + ";", f"TRUNCATE TABLE `{db}`.`{spec.table}`;"]
-        loads.append(f'curl -fsS "$WAXFLOW_API/api/v0/clickhouse/{spec.name}.csv" | clickhouse client '
-                     f'--query "INSERT INTO {db}.{spec.table} FORMAT CSVWithNames"')
+        loads += [f'curl -fsS "$WAXFLOW_API/api/v0/clickhouse/{spec.name}.csv" -o "$tmp/{spec.name}.csv"',
+                  f'clickhouse client --query "INSERT INTO {db}.{spec.table} FORMAT CSVWithNames" '
+                  f'< "$tmp/{spec.name}.csv"']
     dictionaries = [spec.dictionary_sql(db) + ";" for spec in ddl.DICTIONARIES]
     lines = ["#!/bin/sh", "# Generated by waxflow: the lookup dictionaries for a ClickHouse server.", "set -e",
              f'WAXFLOW_API="${{WAXFLOW_API:-{base_url}}}"',
+             'tmp="$(mktemp -d)"', "trap 'rm -rf \"$tmp\"' EXIT",
              "clickhouse client --multiquery <<'SQL'", *statements, "SQL", *loads,
              "clickhouse client --multiquery <<'SQL'", *dictionaries, "SQL"]
     return "\n".join(lines) + "\n"
@@ -137,8 +171,8 @@ def _counter_total(name: str) -> float:
     return float(value or 0.0)
 
 
-def health(client: Any, settings: Settings) -> tuple[bool, dict[str, Any]]:
-    """Each component's state; healthy when the store and Kafka answer."""
+def store_health(client: Any, settings: Settings) -> dict[str, Any]:
+    """The store's components: it answers, and how old its newest flow is."""
     components: dict[str, Any] = {}
     try:
         client.query("SELECT 1", settings=query_settings(settings))
@@ -152,9 +186,23 @@ def health(client: Any, settings: Settings) -> tuple[bool, dict[str, Any]]:
                                      "rows_inserted": _counter_total("waxflow_clickhouse_rows_total")}
     except Exception as err:  # the store's own message says why
         components["store"] = {"ok": False, "error": str(err).splitlines()[0][:300]}
-    kafka_ok = _broker_answers(settings)
-    components["kafka"] = {"ok": kafka_ok, "messages_read": _counter_total("waxflow_outlet_messages_total")}
-    return components["store"]["ok"] and kafka_ok, components
+    return components
+
+
+class CachedProbe:
+    """A slow yes/no check (a new Kafka admin client each time) run at most every `ttl` seconds,
+    so unauthenticated /healthz calls cannot make it run in a loop."""
+
+    def __init__(self, check: Callable[[], bool], ttl: float = 5.0) -> None:
+        self.check, self.ttl = check, ttl
+        self._lock = threading.Lock()
+        self._at, self._value = -ttl, False
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                self._value, self._at = self.check(), time.monotonic()
+            return self._value
 
 
 # --- the WSGI application ----------------------------------------------------------------------
@@ -168,9 +216,10 @@ class API:
 
     def __init__(self, settings: Settings, client_factory: Callable[[], Any] | None = None) -> None:
         self.settings = settings
-        self._factory = client_factory or (lambda: clickhouse_connect.get_client(dsn=settings.clickhouse.dsn))
+        self._factory = client_factory or (lambda: query_client(settings))
         self._client: Any = None
         self._slot = threading.Lock()
+        self._kafka_ok = CachedProbe(lambda: _broker_answers(settings))
         self.urls = Map([
             Rule("/metrics", endpoint="metrics"),
             Rule("/healthz", endpoint="healthz"),
@@ -188,7 +237,7 @@ class API:
         endpoint = "unknown"
         try:
             endpoint, args = self.urls.bind_to_environ(environ).match()
-            if request.path.startswith("/api/"):
+            if request.path.startswith("/api/") and endpoint not in PUBLIC:
                 self._authorize(request)
             response = getattr(self, f"on_{endpoint}")(request, **args)
         except api.QueryError as err:
@@ -199,6 +248,10 @@ class API:
             reason = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(err.code or 0,
                                                                                         "bad_request")
             response = self._error(err.code or 400, reason, err.description or reason)
+        except Exception:  # a bug: counted, logged (rate-limited), JSON like every other error
+            _ratelimited(logging.ERROR, f"internal:{endpoint}", "api: %s failed: %s", endpoint,
+                         traceback.format_exc())
+            response = self._error(500, "internal", "internal error; see the outlet's log")
         REQUESTS.labels(endpoint, f"{response.status_code // 100}xx").inc()
         return response(environ, start_response)
 
@@ -228,17 +281,34 @@ class API:
         except (api.QueryError, APIError):
             raise
         except Exception as err:  # ClickHouse's message names what is wrong
+            # After a query stopped by a limit, chDB's handle can still hold the rest of its
+            # stream and hand it to the next query: start the next one on a fresh handle.
+            self._drop_client()
             status, reason = (400, "query_failed") if user_sql else (503, "store_unavailable")
             raise APIError(status, reason, str(err).splitlines()[0][:500]) from None
         finally:
             self._slot.release()
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                client.close()
+        except Exception:  # a handle in a bad state: closing is best effort
+            pass
 
     # -- endpoints -----------------------------------------------------------------------------
     def on_metrics(self, request: Request) -> Response:
         return Response(generate_latest(REGISTRY), mimetype=CONTENT_TYPE_LATEST)
 
     def on_healthz(self, request: Request) -> Response:
-        ok, components = self._store(lambda client: health(client, self.settings))
+        try:
+            components = self._store(lambda client: store_health(client, self.settings))
+        except APIError as err:  # busy, or served by another process
+            components = {"store": {"ok": False, "error": str(err)}}
+        kafka_ok = self._kafka_ok()  # outside the query slot
+        components["kafka"] = {"ok": kafka_ok, "messages_read": _counter_total("waxflow_outlet_messages_total")}
+        ok = components["store"]["ok"] and kafka_ok
         return _json(200 if ok else 503, {"ok": ok, "components": components})
 
     def on_init_sh(self, request: Request) -> Response:
@@ -251,8 +321,8 @@ class API:
         params = {key: request.args.get(key, "") for key in request.args}
         if any(len(request.args.getlist(key)) > 1 for key in request.args):
             raise APIError(400, "bad_request", "each parameter may be given once")
-        api.parse_flows_query(params)  # validate before waiting for the query slot
-        return _json(200, self._store(lambda client: flows_result(client, self.settings, params)))
+        query = api.parse_flows_query(params)  # validated before waiting for the query slot
+        return _json(200, self._store(lambda client: flows_result(client, self.settings, query)))
 
     def on_exporters(self, request: Request) -> Response:
         return _json(200, {"exporters": self._store(lambda client: exporters_result(client, self.settings))})
@@ -284,8 +354,8 @@ _servers_lock = threading.Lock()
 
 
 def listen_address(settings: Settings) -> tuple[str, int]:
-    host, _, port = settings.api.listen.rpartition(":")
-    return host.strip("[]"), int(port) + process_id()
+    host, port = split_host_port(settings.api.listen)
+    return host, port + process_id()
 
 
 def serve_outlet(settings: Settings) -> bool:

@@ -11,7 +11,6 @@ the supervisor dies (PR_SET_PDEATHSIG), so none outlives it.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import signal
 import socket
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors import broker as broker_mod
 from connectors.http import APIError, APIUnavailable, api_base, call_api
 from connectors.launcher import LaunchError, dataflow_argv, ensure_recovery_store, recovery_dir
-from flows.settings import CONFIG_ENV, Settings
+from flows.settings import CONFIG_ENV, Settings, split_host_port
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
@@ -66,22 +65,12 @@ def write_config(settings: Settings, demo: bool) -> Path:
     return path.resolve()
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _unavailable(host: str, port: int, kind: int) -> str | None:
-    """Why host:port cannot be bound (`in use`, `cannot assign requested address`), None if it can."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as sock:
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            return "taken by another program" if err.errno == errno.EADDRINUSE else err.strerror.lower()
-    return None
+    """Why host:port cannot be bound, None if it can."""
+    try:
+        return "taken by another program" if broker_mod.port_taken(host, port, kind) else None
+    except broker_mod.BrokerError as err:
+        return str(err)
 
 
 def preflight(settings: Settings, broker_running: bool) -> list[str]:
@@ -96,7 +85,7 @@ def preflight(settings: Settings, broker_running: bool) -> list[str]:
     if not broker_running:
         checks.append((settings.kafka.brokers[0], "kafka.brokers"))
     for address, key in checks:
-        host, port = _split(address)
+        host, port = split_host_port(address)
         why = _unavailable(host, port, socket.SOCK_STREAM)
         if why:
             problems.append(f"TCP port {port} on {host} is {why} ({key})")
@@ -187,7 +176,7 @@ class Status:
     datagrams: float = 0.0  # datagrams/s received by the inlet
     kernel_drops: float = 0.0
     decode_errors: float = 0.0
-    lag: float = 0.0  # messages produced by the inlet, not yet read by the outlet
+    lag: float = 0.0  # the outlet's consumer lag, summed over partitions
     rows_total: float = 0.0
     top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
@@ -197,7 +186,7 @@ class Monitor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        host, port = _split(settings.inlet.metrics_listen)
+        host, port = split_host_port(settings.inlet.metrics_listen)
         self.inlet_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/metrics"
         self.outlet_url = api_base(settings) + "/metrics"
         self.previous: tuple[float, dict[str, float]] | None = None
@@ -213,6 +202,7 @@ class Monitor:
             "datagrams": inlet.get("waxflow_inlet_datagrams_total", 0.0),
             "drops": inlet.get("waxflow_inlet_kernel_drops_total", 0.0),
             "acked": inlet.get("waxflow_inlet_kafka_acked_total", 0.0),
+            "lag": outlet.get("waxflow_kafka_consumer_lag", 0.0),
             "read": outlet.get("waxflow_outlet_messages_total", 0.0),
             "flows": outlet.get("waxflow_outlet_flows_total", 0.0),
             "rows": outlet.get("waxflow_clickhouse_rows_total", 0.0),
@@ -229,7 +219,7 @@ class Monitor:
             rate = lambda key: max(0.0, totals[key] - before[key]) / elapsed  # noqa: E731
             s.received, s.stored, s.datagrams = rate("flows"), rate("rows"), rate("datagrams")
         s.kernel_drops, s.decode_errors, s.rows_total = totals["drops"], totals["errors"], totals["rows"]
-        s.lag = max(0.0, totals["acked"] - totals["read"])
+        s.lag = totals["lag"]
         self.acked_seen = max(self.acked_seen, totals["acked"])
         self.previous = (now, totals)
         if with_top and now - self.top_at >= 5:
@@ -351,7 +341,7 @@ class Stack:
         return bool(scrape(api_base(self.settings) + "/metrics", timeout=1.0))
 
     def _inlet_ready(self) -> bool:
-        host, port = _split(self.settings.inlet.metrics_listen)
+        host, port = split_host_port(self.settings.inlet.metrics_listen)
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         return bool(scrape(f"http://{host}:{port}/metrics", timeout=1.0))
 

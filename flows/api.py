@@ -230,13 +230,74 @@ def parse_filter(text: str) -> Filter:
     return transformer.out
 
 
+# --- read-only SQL from users ------------------------------------------------------------------
+#
+# ClickHouse's readonly=1 does not stop everything: chDB (clickhouse-local) still writes
+# `INTO OUTFILE`, runs `KILL QUERY`, and the scalar file() reads any local file. So the user's
+# text runs only as a subquery of ours, and ClickHouse's own parser (`EXPLAIN AST`) must show
+# that it stayed one: the newlines keep a trailing `--` comment from swallowing our closing
+# parenthesis, and text that closes it early (`SELECT 1) INTO OUTFILE ...`) shows up as extra
+# children of the outer query.
+
+# Table functions that only compute; every other one reads files, URLs, other servers or
+# processes (file, url, remote, executable, s3, mysql, python, ...).
+COMPUTING_TABLE_FUNCTIONS = frozenset({
+    "numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries", "generate_series", "values", "null",
+    "view", "format", "generaterandom", "primes", "merge"})
+# Scalar functions that read outside the database.
+OUTSIDE_FUNCTIONS = frozenset({"file", "catboostevaluate", "naivebayesclassifier"})
+
+
+def wrap_user_sql(sql: str) -> str:
+    """The user's text as the only subquery of ours."""
+    return f"SELECT * FROM (\n{sql}\n)"
+
+
+def _ast_nodes(lines: list[str]) -> list[tuple[int, str, str | None]]:
+    """EXPLAIN AST lines → (depth, node, parent node), depth from the indentation."""
+    out: list[tuple[int, str, str | None]] = []
+    stack: list[str] = []
+    for line in lines:
+        depth = len(line) - len(line.lstrip(" "))
+        node = line.strip()
+        del stack[depth:]
+        out.append((depth, node, stack[-1] if stack else None))
+        stack.append(node)
+    return out
+
+
+def check_user_ast(lines: list[str]) -> None:
+    """Refuse (QueryError) unless `EXPLAIN AST` of wrap_user_sql() shows our outer SELECT with
+    one plain subquery (a client may add its own output FORMAT), and no function that reaches
+    outside the database."""
+    nodes = _ast_nodes(lines)
+    shape = [(depth, node) for depth, node, _ in nodes if depth <= 3]
+    expected = [(0, "SelectWithUnionQuery"), (1, "ExpressionList (children 1)"), (2, "SelectQuery (children 2)"),
+                (3, "ExpressionList (children 1)"), (3, "TablesInSelectQuery (children 1)")]
+    extra = [(depth, node) for depth, node in shape if depth == 1 and node.startswith("Identifier ")]
+    rest = [item for item in shape if item not in extra]
+    if len(extra) > 1 or len(rest) != len(expected) or not rest[0][1].startswith(expected[0][1]) \
+            or rest[1:] != expected[1:]:
+        raise QueryError("not_a_select", "only one SELECT is allowed (no INTO OUTFILE, FORMAT, SETTINGS, "
+                                         "other statements)")
+    if any(node == "Set" for _, node, _ in nodes):  # readonly=1 refuses most, but not all, of them
+        raise QueryError("not_a_select", "SETTINGS are not allowed in API queries")
+    for _, node, parent in nodes:
+        if not node.startswith("Function "):
+            continue
+        name = node.split()[1].lower()
+        table_function = parent is not None and parent.startswith("TableExpression")
+        if (table_function and name not in COMPUTING_TABLE_FUNCTIONS) or name in OUTSIDE_FUNCTIONS:
+            raise QueryError("forbidden_function", f"{node.split()[1]}() reads outside the database")
+
+
 # --- parameters --------------------------------------------------------------------------------
 
 def parse_time(value: str | None, now: float, default: float) -> float:
     """Unix seconds, RFC 3339 (`2024-05-01T10:00:00Z`), `now`, or `-15m` / `15m` (ago)."""
-    if value is None or value == "":
+    text = (value or "").strip()
+    if not text:
         return default
-    text = value.strip()
     if text == "now":
         return now
     if text.replace(".", "", 1).isdigit():
@@ -347,16 +408,21 @@ class BuiltQuery:
     step: int
     start: int
     end: int
+    covered_end: float  # min(end, now): no flow can be stored after it yet
 
 
 def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, int],
                     now: float | None = None) -> BuiltQuery:
-    """One query: per time bucket and per top-N group (the rest summed as Other), the total."""
+    """One query: per time bucket and per top-N group (the rest summed as Other), the total.
+
+    A row of an aggregated table stands for [TimeReceived, + resolution), so the range widens
+    only to whole rows of the chosen table (never to whole steps, which would count time with
+    no data in it); buckets start at `start`, each `step` long."""
     now = time.time() if now is None else now
     table, resolution = choose_table(query, ttl_seconds, now)
     step = step_seconds(query, resolution)
-    start = query.start - query.start % step
-    end = query.end + (-query.end) % step
+    start = query.start - query.start % resolution
+    end = query.end + (-query.end) % resolution
     source = f"`{database}`.`{table}`"
     where = (f"TimeReceived >= toDateTime({{start:UInt32}}) AND TimeReceived < toDateTime({{end:UInt32}}) "
              f"AND {query.filter.sql}")
@@ -369,23 +435,34 @@ def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, 
         group = f"if(({dims}) IN ({top}), [{shown}], ['{OTHER}'])"
     else:
         group = "CAST([], 'Array(String)')"
-    sql = (f"SELECT toUInt32(toStartOfInterval(TimeReceived, toIntervalSecond({{step:UInt32}}), 'UTC')) AS t, "
-           f"{group} AS d, sum({metric}) AS v FROM {source} WHERE {where} GROUP BY t, d ORDER BY t")
+    bucket = ("toUInt32({start:UInt32} + intDiv(toUInt32(TimeReceived) - {start:UInt32}, {step:UInt32}) "
+              "* {step:UInt32})")
+    sql = (f"SELECT {bucket} AS t, {group} AS d, sum({metric}) AS v FROM {source} WHERE {where} "
+           f"GROUP BY t, d ORDER BY t")
     parameters = {"start": start, "end": end, "step": step, **query.filter.parameters}
-    return BuiltQuery(sql, parameters, table, step, start, end)
+    return BuiltQuery(sql, parameters, table, step, start, end, covered_end=min(float(end), now))
 
 
 def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list[str], int]]) -> dict[str, Any]:
-    """Rows (bucket, group, total) → a filled time series per group, rates per second, and the
-    top-N by average (Other last)."""
-    times = list(range(built.start, built.end, built.step))
+    """Rows (bucket, group, total) → per group a rate per bucket (total / the seconds of the
+    bucket inside [start, min(end, now))), the average over those seconds, the top-N by total
+    (Other last). Buckets wholly after now are left out."""
+    times = list(range(built.start, math.ceil(built.covered_end), built.step))
+    seconds = [min(t + built.step, built.covered_end) - t for t in times]
+    covered = built.covered_end - built.start
     index = {t: i for i, t in enumerate(times)}
-    series: dict[tuple[str, ...], list[float]] = {}
+    totals: dict[tuple[str, ...], list[float]] = {}
     for bucket, group, total in rows:
-        values = series.setdefault(tuple(group), [0.0] * len(times))
+        values = totals.setdefault(tuple(group), [0.0] * len(times))
         if bucket in index:
-            values[index[bucket]] += total / built.step
-    ordered = sorted(series.items(), key=lambda item: (item[0] == (OTHER,), -sum(item[1])))
+            values[index[bucket]] += total
+    ordered = sorted(totals.items(), key=lambda item: (item[0] == (OTHER,), -sum(item[1])))
+    series = []
+    for group, values in ordered:
+        rates = [value / width for value, width in zip(values, seconds)]
+        series.append({"dimensions": list(group), "values": rates,
+                       "average": sum(values) / covered if covered > 0 else 0.0,
+                       "max": max(rates, default=0.0)})
     return {
         "table": built.table,
         "step": built.step,
@@ -394,12 +471,7 @@ def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list
         "to": built.end,
         "dimensions": list(query.dimensions),
         "time": times,
-        "series": [
-            {"dimensions": list(group), "values": values,
-             "average": sum(values) / len(values) if values else 0.0,
-             "max": max(values, default=0.0)}
-            for group, values in ordered
-        ],
+        "series": series,
     }
 
 

@@ -95,12 +95,16 @@ def migrate(ctx: Context) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
 @pass_context
 def query(ctx: Context, sql: str, fmt: str) -> None:
-    """Run a read-only SQL query: through the running stack's API, else straight on the store."""
+    """Run a read-only SQL query: through the running stack's API, else straight on the store
+    (the same guard and limits either way)."""
     from connectors.http import sql_result
 
     body = _look_up(ctx, "/api/v0/query", None, sql.encode(),
                     lambda client: sql_result(client, ctx.settings, sql))
     _print_rows(body["columns"], body["rows"], fmt)
+    if body.get("truncated"):
+        err_console.print(f"[yellow]truncated to api.max_rows = {ctx.settings.api.max_rows} rows[/]",
+                          highlight=False)
 
 
 # --- local broker ------------------------------------------------------------------------------
@@ -203,11 +207,11 @@ def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes
         sys.exit(1)
     except APIUnavailable:
         pass
-    from connectors.clickhouse import connect
+    from connectors.http import query_client
     from flows.api import QueryError
 
     try:
-        return direct(connect(settings.clickhouse))
+        return direct(query_client(settings))
     except QueryError as err:
         err_console.print(f"[bold red]refused ({err.reason}):[/] {escape(str(err))}", highlight=False)
         sys.exit(1)
@@ -242,10 +246,12 @@ def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit
     """The top talkers over the last minutes: through the running stack's API, else the store."""
     from connectors.http import flows_result
     from connectors.supervisor import human_rate
+    from flows.api import parse_flows_query
 
     params = {"from": f"-{last}", "dimensions": dimensions, "limit": str(limit), "points": "1",
               "filter": filter_, "unit": unit}
-    body = _look_up(ctx, "/api/v0/flows", params, None, lambda client: flows_result(client, ctx.settings, params))
+    body = _look_up(ctx, "/api/v0/flows", params, None,
+                    lambda client: flows_result(client, ctx.settings, parse_flows_query(params)))
     total = sum(s["average"] for s in body["series"]) or 1.0
     columns = [*body["dimensions"], unit, "share"]
     rows = [[*(s["dimensions"] + [""] * (len(body["dimensions"]) - len(s["dimensions"]))),

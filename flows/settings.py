@@ -109,10 +109,16 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _host_port(value: str) -> str:
+def split_host_port(value: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `v6:port` → (host without brackets, port); ValueError if not."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not host:port with a port in 1-65535")
+    return host.strip("[]"), int(port)
+
+
+def _host_port(value: str) -> str:
+    split_host_port(value)
     return value
 
 
@@ -537,17 +543,37 @@ class Enrichment(Section):
 
 class API(Section):
     listen: HostPort = Field("127.0.0.1:8080", description="HTTP API and outlet /metrics")
-    token: str | None = Field(None, description="bearer token required by the API when set")
+    token: str | None = Field(None, description="bearer token required by the API when set "
+                              "(not for /metrics, /healthz and the dictionary files)")
+    dsn: str | None = Field(None, description="http(s)://user:pass@host:8123 of a read-only ClickHouse user "
+                            "for API queries (default: clickhouse.dsn)")
     query_timeout: Duration = Field(timedelta(seconds=10),
                                     description="longest an API query may run (max_execution_time)")
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
-        10_000, description="most rows an API SQL query returns")
+        10_000, description="most rows an API SQL query returns (more: truncated, flagged)")
+    max_memory: Size = Field(ByteSize(1024**3), description="memory one API query may use (max_memory_usage)")
+    max_result: Size = Field(ByteSize(64 * 1024**2),
+                             description="largest result of an API SQL query (max_result_bytes)")
 
     @field_validator("query_timeout")
     @classmethod
     def _at_least_a_second(cls, value: timedelta) -> timedelta:
         if value.total_seconds() < 1:
             raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _server_dsn(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in ("http", "https"):
+            raise ValueError("must be http(s)://user:pass@host:port (a ClickHouse server's read-only user)")
+        return value if value is None else _check_dsn(value)
+
+    @field_validator("max_memory", "max_result")
+    @classmethod
+    def _at_least_a_mebibyte(cls, value: ByteSize) -> ByteSize:
+        if value < 1024**2:
+            raise ValueError("must be at least 1MiB")
         return value
 
 

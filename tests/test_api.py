@@ -106,8 +106,10 @@ def test_no_dimensions_is_the_total(served) -> None:
     assert status == 200, body
     assert body["table"] == "flows_1h0m0s"
     total = sum(r[2] * r[4] * 8 for r in ROWS)
-    assert body["series"] == [{"dimensions": [], "values": [total / 3600], "average": total / 3600,
-                               "max": total / 3600}]
+    seconds = min(hour + 3600, time.time()) - hour  # the hour may not be over yet
+    [series] = body["series"]
+    assert series["dimensions"] == [] and series["average"] == pytest.approx(total / seconds, rel=0.01)
+    assert series["values"] == [pytest.approx(total / seconds, rel=0.01)]
 
 
 @pytest.mark.parametrize("params, reason", [
@@ -161,12 +163,12 @@ def test_exporters_lists_interfaces(served) -> None:
 def test_read_only_sql(served) -> None:
     db = served.clickhouse.database
     status, body = get(served, "/api/v0/query", {"sql": f"SELECT count() AS n FROM {db}.flows"})
-    assert (status, body) == (200, {"columns": ["n"], "rows": [[len(ROWS)]]})
+    assert (status, body) == (200, {"columns": ["n"], "rows": [[len(ROWS)]], "truncated": False})
     status, body = get(served, "/api/v0/query", body=json.dumps({"sql": f"SELECT sum(Bytes) FROM {db}.flows"}).encode(),
                        content_type="application/json")
     assert status == 200 and body["rows"] == [[sum(r[2] for r in ROWS)]]
     status, body = get(served, "/api/v0/query", body=f"DROP TABLE {db}.flows".encode())
-    assert status == 400 and body["reason"] == "query_failed" and "readonly" in body["error"].lower()
+    assert status == 400 and body["reason"] == "query_failed" and "syntax error" in body["error"].lower()
     status, body = get(served, "/api/v0/query", body=b"SELECT 1 SETTINGS readonly = 0")
     assert status == 400
     assert get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows"})[1]["rows"] == [[len(ROWS)]]
@@ -183,11 +185,32 @@ def test_healthz_and_dictionary_files(served) -> None:
     status, body = get(served, "/healthz")
     assert body["components"]["store"]["ok"] is True
     assert body["components"]["kafka"]["ok"] is False and status == 503  # no broker in this test
-    status, raw = get(served, "/api/v0/clickhouse/asns.csv")
+    status, raw = get(served, "/api/v0/clickhouse/asns.csv", token=None)  # public, like the script
     assert status == 200 and raw.startswith(b"asn,name\n") and b"\n2906," in raw
-    status, raw = get(served, "/api/v0/clickhouse/init.sh")
+
+
+def test_init_script_fetches_the_dictionaries_without_the_token(served, tmp_path) -> None:
+    """Run the script as a ClickHouse server would, its `clickhouse client` replaced by a
+    recorder (no ClickHouse server here): both files arrive through the real API, which has a token."""
+    if shutil.which("curl") is None:
+        pytest.skip(reason="curl not installed")
+    status, raw = get(served, "/api/v0/clickhouse/init.sh", token=None)
     assert status == 200 and b"asns_data FORMAT CSVWithNames" in raw
-    assert subprocess.run(["sh", "-n"], input=raw).returncode == 0
+    script = tmp_path / "init.sh"
+    script.write_bytes(raw)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder = bin_dir / "clickhouse"
+    recorder.write_text('#!/bin/sh\necho "== $*" >> "$RECORD"\ncat >> "$RECORD"\n')
+    recorder.chmod(0o755)
+    record = tmp_path / "record.txt"
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "RECORD": str(record)})
+    assert done.returncode == 0, done.stderr
+    text = record.read_text()
+    assert f"INSERT INTO {served.clickhouse.database}.asns_data FORMAT CSVWithNames\nasn,name\n" in text
+    assert "\n2906," in text and "\n6,tcp," in text.lower()
+    assert "CREATE DICTIONARY" in text
 
 
 def test_filter_grammar_binds_every_value() -> None:
@@ -225,3 +248,68 @@ def test_queries_run_while_another_thread_inserts(served) -> None:
     assert not errors
     assert answers and all(status == 200 for status, _ in answers)
     assert get(served, "/api/v0/query", {"sql": f"SELECT count() FROM {db}.flows_copy"})[1]["rows"] == [[20 * len(ROWS)]]
+
+
+# --- the SQL guard: readonly=1 alone lets chDB write files and kill queries ------------------------
+
+def _refused(served, sql: str) -> dict:
+    status, body = get(served, "/api/v0/query", body=sql.encode())
+    assert status == 400, (sql, body)
+    assert body["reason"] in ("not_a_select", "forbidden_function", "query_failed") and body["error"]
+    return body
+
+
+@pytest.mark.parametrize("template", [
+    "SELECT concat(char(10), 'x', char(10)) INTO OUTFILE '{path}'",
+    "SELECT concat(char(10), 'x', char(10)) INTO OUTFILE '{path}' APPEND",
+    "SELECT 1) INTO OUTFILE '{path}' --",  # closing our parenthesis early
+    "SELECT 1) INTO OUTFILE '{path}' APPEND SETTINGS max_threads = (1",  # and reopening one
+    "SELECT 1 AS a) AS x JOIN (SELECT 1 AS a) AS y USING a INTO OUTFILE '{path}' SETTINGS max_threads = (1",
+])
+def test_query_cannot_write_files(served, tmp_path, template) -> None:
+    path = tmp_path / "out.txt"
+    _refused(served, template.format(path=path))
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("sql, reason", [
+    ("KILL QUERY WHERE 1", "query_failed"),
+    ("SYSTEM DROP DNS CACHE", "query_failed"),
+    ("SELECT 1; SELECT 2", "query_failed"),
+    ("SELECT 1 SETTINGS readonly = 0", "not_a_select"),
+    ("SELECT 1) SETTINGS readonly = 0, max_threads = (1", "query_failed"),  # a syntax error
+    ("SELECT file('/etc/hostname')", "forbidden_function"),
+    ("SELECT * FROM FILE('/etc/hostname', 'LineAsString')", "forbidden_function"),
+    ("SELECT * FROM url('http://127.0.0.1:9/', 'TSV', 'a String')", "forbidden_function"),
+    ("SELECT * FROM executable('id', 'TSV', 'a String')", "forbidden_function"),
+    ("SELECT 1 WHERE 1 IN (SELECT 1 FROM remote('127.0.0.1:9', system.one))", "forbidden_function"),
+    ("SELECT 1 FORMAT JSON", "query_failed"),
+])
+def test_query_is_one_plain_select(served, sql, reason) -> None:
+    assert _refused(served, sql)["reason"] == reason
+
+
+def test_query_may_still_use_computing_table_functions_and_subqueries(served) -> None:
+    status, body = get(served, "/api/v0/query", body=b"WITH t AS (SELECT number FROM numbers(5))\n"
+                                                    b"SELECT sum(number) AS s FROM t -- a comment")
+    assert (status, body["rows"]) == (200, [[10]])
+
+
+def test_waxflow_query_on_a_stopped_store_has_the_same_guard(served, tmp_path) -> None:
+    """The CLI's direct fallback (nothing listens on api.listen) refuses what the API refuses."""
+    import sys
+
+    path = tmp_path / "cli.txt"
+    config = tmp_path / "waxflow.yaml"
+    config.write_text(json.dumps({"clickhouse": {"dsn": f"chdb:{tmp_path / 'store'}"},
+                                  "api": {"listen": f"127.0.0.1:{free_port()}"}}))
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "query",
+                           f"SELECT 1) INTO OUTFILE '{path}' --"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "query failed" in done.stderr and not path.exists()
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "query",
+                           "SELECT file('/etc/hostname')"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "forbidden_function" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "query", "--format",
+                           "jsonl", "SELECT number AS n FROM numbers(3)"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ['{"n":', '0}', '{"n":', '1}', '{"n":', '2}']
