@@ -48,6 +48,11 @@ def demo_config(settings: Settings) -> dict:
     extra = demo_enrichment()
     data["enrichment"]["static"] = {**extra["static"], **data["enrichment"]["static"]}
     data["enrichment"]["networks"] = {**extra["networks"], **data["enrichment"]["networks"]}
+    # The demo's rules only match the demo routers' subnet; first in line, so they decide for
+    # those routers while the user's rules still apply to everything else.
+    classifiers = data["enrichment"]["classifiers"]
+    for kind, rules in extra["classifiers"].items():
+        classifiers[kind] = list(rules) + list(classifiers.get(kind) or [])
     return data
 
 

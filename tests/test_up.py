@@ -151,6 +151,10 @@ def test_exporter_and_interface_names_are_stored(up: Up) -> None:
     assert {row["e"] for row in rows} == {"edge1.par", "edge2.ams", "edge3.fra"}
     assert any(row["d"].startswith("PNI: Netflix") for row in rows)
     assert any(row["d"].startswith("Transit: Cogent") for row in rows)
+    # the demo's classifiers (merged ahead of the user's) give sites and interface classes
+    classified = up.query("SELECT count() AS n FROM waxflow.flows WHERE ExporterSite = 'par' "
+                          "AND InIfBoundary = 'external' AND InIfProvider != ''")
+    assert classified[0]["n"] > 0, "the demo's classifiers were not applied"
 
 
 def test_countries_are_stored(up: Up) -> None:
