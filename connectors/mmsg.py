@@ -28,6 +28,9 @@ AF_INET, AF_INET6 = socket.AF_INET.value, socket.AF_INET6.value
 SOL_SOCKET = socket.SOL_SOCKET
 SO_TIMESTAMPNS = 35     # = SCM_TIMESTAMPNS
 SO_RXQ_OVFL = 40
+# Bytes of each slot kept once backed: a header and a jumbo datagram (9,216-byte MTU) fit;
+# with 1024 slots at most 16 MiB per socket stays resident.
+KEEP = 16384
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
@@ -45,14 +48,17 @@ class ReceiveRing:
     """`slots` receive slots, each `headroom` bytes then room for the largest datagram.
 
     The slots live in one anonymous mapping: pages are only backed once written, so a slot
-    costs the memory of the datagrams it really held (see `release`). Row i of `rows` is slot i,
-    the payload of datagram i starting at `headroom`: a header written there in place makes
-    row[:headroom + length] the whole message, with no concatenation.
+    costs the memory of the datagrams it really held, up to `KEEP` bytes (see `release_large`).
+    Row i of `rows` is slot i, the payload of datagram i starting at `headroom`: a header
+    written there in place makes row[:headroom + length] the whole message, with no
+    concatenation.
     """
 
     def __init__(self, slots: int, headroom: int, room: int = 65535) -> None:
         self.slots, self.headroom, self.room = slots, headroom, room
         self.stride = _page_round(headroom + room)
+        self.keep = min(KEEP, self.stride)   # bytes of a slot that stay backed once written
+        self.released = 0                    # slots whose tail pages were given back
         self.memory = mmap.mmap(-1, slots * self.stride)
         self.rows = np.frombuffer(self.memory, np.uint8).reshape(slots, self.stride)
         index = np.arange(slots, dtype=np.uint64)
@@ -118,6 +124,14 @@ class ReceiveRing:
         drops = np.where(drops_first, as32[:, 4], np.where(drops_second, as32[:, 12], 0))
         return received, has_time, int(drops.astype(np.uint32).max(initial=0))
 
-    def release(self, slot: int) -> None:
-        """Give back the pages of a slot that held a large datagram (they refill on demand)."""
-        self.memory.madvise(mmap.MADV_DONTNEED, int(self.starts[slot]), self.stride)
+    def release_large(self, lengths: np.ndarray) -> int:
+        """Give back the pages past `KEEP` bytes of the slots of a read whose datagram went
+        past them (they refill on demand); returns how many slots. Jumbo datagrams (9,000 bytes
+        and a header fit in KEEP) keep their pages, so a jumbo exporter costs no madvise nor
+        page faults per datagram; a rare larger one must not pin up to 64 KiB per slot."""
+        large = np.flatnonzero(lengths > self.keep - self.headroom)
+        for slot in large.tolist():
+            self.memory.madvise(mmap.MADV_DONTNEED, int(self.starts[slot]) + self.keep,
+                                self.stride - self.keep)
+        self.released += len(large)
+        return len(large)

@@ -54,7 +54,6 @@ SO_RXQ_OVFL = mmsg.SO_RXQ_OVFL
 
 MAX_DATAGRAM = 65535             # any UDP payload fits: a full one is never truncated
 RING_SLOTS = 1024                # datagrams per recvmmsg call at most
-_LARGE = 4096 - envelope.HEADER_SIZE   # a datagram past its slot's first page
 _STOP_DRAIN_LIMIT = 1_000_000   # on stop: what the socket holds, bounded against a flood
 READ_PAUSE = 0.005               # seconds between reads once a worker's sockets are empty
 
@@ -175,8 +174,7 @@ class ListenerSocket:
         out = [memory[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
         self._count(lengths[keep], exporters[keep], count - len(out), int((lengths == 0).sum()),
                     drops)
-        for slot in np.flatnonzero(lengths > _LARGE).tolist():
-            ring.release(slot)   # a rare large datagram must not keep its pages forever
+        ring.release_large(lengths)
         return out
 
     def _count(self, lengths: np.ndarray, exporters: np.ndarray, dropped: int, empty: int,

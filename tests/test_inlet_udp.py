@@ -269,3 +269,26 @@ def test_bpf_clean_removes_only_unused_maps() -> None:
     removed, kept = loader.clean(directory)
     assert [p.name for p in removed] == ["used"] and kept == []
     assert not directory.exists()
+
+
+# --- receive slots ------------------------------------------------------------------------------
+
+def test_jumbo_datagrams_keep_their_pages_and_arrive_byte_identical() -> None:
+    """9000-byte IPFIX-sized datagrams reuse their slots' pages (no madvise per datagram);
+    larger ones give back what is past the kept part, and the slots they used then receive
+    smaller datagrams byte-identical (the given-back pages refill as zeros, then get written)."""
+    port = free_port(socket.SOCK_DGRAM)
+    jumbo = [bytes([n % 256]) * 9000 for n in range(300)]
+    huge = [bytes(range(256)) * 120 for _ in range(20)]           # 30,720 bytes
+    after = [bytes([255 - n % 256]) * (9000 - n) for n in range(40)]
+    with workers(listener(port, name="jumbo"), 1, "hash") as parts:
+        ring = parts[0].sockets[0].ring
+        send(port, jumbo)
+        got = read_all(parts, len(jumbo))[0]
+        assert ring.released == 0
+        send(port, huge)
+        got += read_all(parts, len(huge))[0]
+        assert ring.released == len(huge)
+        send(port, after)
+        got += read_all(parts, len(after))[0]
+    assert [d.payload for d in got] == jumbo + huge + after
