@@ -292,3 +292,105 @@ def test_jumbo_datagrams_keep_their_pages_and_arrive_byte_identical() -> None:
         send(port, after)
         got += read_all(parts, len(after))[0]
     assert [d.payload for d in got] == jumbo + huge + after
+
+
+# --- the pin lock: no inlet joins a map that is being removed -----------------------------------
+
+def reuseport_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def left_empty_map(key: str) -> Path:
+    """What an inlet that just stopped leaves: its map, pinned, with no socket in it."""
+    path = loader.pin_path(TEST_BPFFS, key, 2)
+    try:
+        os.close(loader.shared_socket_map(path, 2))
+    except loader.BalancingError as err:
+        pytest.skip(reason=f"cannot pin socket maps here: {err}")
+    return path
+
+
+def opened_group(key: str) -> loader.ListenerGroup:
+    """An inlet starting: it opened the pinned map and compiled its program, no socket yet."""
+    group = loader.ListenerGroup(key, 2, "ebpf", TEST_BPFFS)
+    try:
+        group._setup()
+    except loader.BalancingError as err:
+        pytest.skip(reason=f"eBPF balancing does not load here: {err}")
+    return group
+
+
+def test_map_unpinned_while_an_inlet_starts_is_pinned_again_with_its_socket() -> None:
+    from bpf import syscall
+
+    port = free_port(socket.SOCK_DGRAM)
+    key = f"127.0.0.1:{port}"
+    path = left_empty_map(key)
+    starting = opened_group(key)
+    assert loader.remove_if_unused(path)          # the stopped inlet's check: still unused
+    sock = reuseport_socket(port)
+    try:
+        assert starting.join(sock, 0) == "ebpf"
+        later = loader.shared_socket_map(path, 2)  # a third inlet starting now
+        try:
+            assert syscall.map_id(later) == syscall.map_id(starting.map_fd)
+            assert syscall.holds_socket(later, 0)
+        finally:
+            os.close(later)
+    finally:
+        sock.close()
+        starting._reset()
+        loader.remove_if_unused(path)
+
+
+def test_inlet_whose_map_was_replaced_meanwhile_joins_the_new_one() -> None:
+    from bpf import syscall
+
+    port = free_port(socket.SOCK_DGRAM)
+    key = f"127.0.0.1:{port}"
+    path = left_empty_map(key)
+    starting = opened_group(key)
+    assert loader.remove_if_unused(path)
+    other = loader.shared_socket_map(path, 2)      # another inlet made and pinned a new map
+    first, second = reuseport_socket(port), reuseport_socket(port)
+    try:
+        syscall.put_socket(other, 1, first.fileno())
+        assert starting.join(second, 0) == "ebpf"
+        assert syscall.map_id(starting.map_fd) == syscall.map_id(other)
+        assert syscall.holds_socket(other, 0) and syscall.holds_socket(other, 1)
+    finally:
+        first.close()
+        second.close()
+        os.close(other)
+        starting._reset()
+        loader.remove_if_unused(path)
+
+
+def test_removal_waits_for_the_pin_lock_held_by_another_process() -> None:
+    import subprocess
+    import sys
+    import threading
+
+    path = left_empty_map(f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bpf import loader\n"
+         f"with loader.pins_locked(Path({str(path.parent)!r})):\n"
+         "    print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        removed: list[bool] = []
+        remover = threading.Thread(target=lambda: removed.append(loader.remove_if_unused(path)))
+        remover.start()
+        remover.join(0.5)
+        assert remover.is_alive() and path.exists()   # blocked on the other process's lock
+        holder.stdin.close()                          # the other process lets go
+        remover.join(10)
+        assert removed == [True] and not path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        loader.remove_if_unused(path)
