@@ -146,6 +146,11 @@ class ListenerSocket:
         self.ring = mmsg.ReceiveRing(self.ring_slots, envelope.HEADER_SIZE, MAX_DATAGRAM)
         # The kernel's own figure (twice what was granted): what datagrams are charged against.
         self.buffer_bytes = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # This socket's counters, looked up once: labels() takes a lock and a dict lookup.
+        m, name, worker = self.metrics, self.listener.name, self.worker
+        self._datagrams = m.datagrams.labels(name, worker)
+        self._bytes = m.bytes.labels(name, worker)
+        self._kernel_drops = m.kernel_drops.labels(name, worker)
 
     def safe_pause(self) -> float:
         """The longest wait between reads after which this socket's buffer is not yet full at
@@ -183,34 +188,37 @@ class ListenerSocket:
         envelope.write_headers(ring.rows[:count], self.kind, self.listener_id,
                                np.where(has_time, received, now) if self.kernel_timestamps
                                else now, exporters, ports)
-        self.mean_length += (float(lengths.mean()) - self.mean_length) / 4
-        keep = (lengths > 0) & ~ring.truncated(count)
         starts = ring.starts[:count]
         ends = starts + envelope.HEADER_SIZE + lengths
-        if not keep.all():
-            starts, ends = starts[keep], ends[keep]
+        keep = (lengths > 0) & ~ring.truncated(count)
+        empty = 0
+        if not keep.all():   # rare: empty or truncated datagrams are counted and left out
+            empty = int((lengths == 0).sum())
+            starts, ends, lengths, exporters = starts[keep], ends[keep], lengths[keep], exporters[keep]
         memory = ring.memory
         out = [memory[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-        self._count(lengths[keep], exporters[keep], count - len(out), int((lengths == 0).sum()),
-                    drops)
+        self._count(lengths, exporters, count - len(out), empty, drops)
         ring.release_large(lengths)
         return out
 
     def _count(self, lengths: np.ndarray, exporters: np.ndarray, dropped: int, empty: int,
                drops: int) -> None:
-        """All counters once per read, not per datagram."""
-        m, name, worker = self.metrics, self.listener.name, self.worker
+        """All counters once per read, not per datagram; the average datagram size too."""
         if len(lengths):
-            m.datagrams.labels(name, worker).inc(len(lengths))
-            m.bytes.labels(name, worker).inc(int(lengths.sum()))
+            total = int(lengths.sum())
+            self._datagrams.inc(len(lengths))
+            self._bytes.inc(total)
+            self.mean_length += (total / len(lengths) - self.mean_length) / 4
+            name = self.listener.name
             for exporter, count in exporter_counts(exporters):
-                m.exporter_datagrams.labels(name, exporter_label(name, exporter)).inc(count)
+                self.metrics.exporter_datagrams.labels(
+                    name, exporter_label(name, exporter)).inc(count)
         if empty:
             self._discard("empty", empty)
         if dropped > empty:
             self._discard("truncated", dropped - empty)
         if drops > self.kernel_drops_seen:  # the cumulative count of this socket
-            m.kernel_drops.labels(name, worker).inc(drops - self.kernel_drops_seen)
+            self._kernel_drops.inc(drops - self.kernel_drops_seen)
             self.kernel_drops_seen = drops
 
     def _discard(self, reason: str, count: int) -> None:
