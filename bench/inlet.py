@@ -1,7 +1,7 @@
 """Inlet throughput: the highest lossless rate of 1400-byte datagrams, for 1 and 2 workers.
 
     python bench/inlet.py [--layouts 1x1,1x2,2x1] [--rates 50000,100000,...] [--seconds 1.0]
-                          [--producer compression.type=none ...]
+                          [--producer compression.type=none ...] [--receive-buffer 212992]
 
 A separate sender process sends a bounded number of datagrams (rate × seconds) from one socket
 at a fixed rate to a real inlet (`python -m bytewax.run flows.inlet`, one or more processes)
@@ -84,7 +84,7 @@ def cluster_totals(inlets: list[inlet_process.Inlet]) -> dict:
 
 
 def run_layout(processes: int, workers: int, rates: list[int], seconds: float, work: Path,
-               producer: dict[str, str]) -> dict:
+               producer: dict[str, str], receive_buffer: int | None = None) -> dict:
     """One inlet cluster of `processes` × `workers` against a fresh broker, climbing rates."""
     name = f"{processes}x{workers}"
     broker = LocalBroker("127.0.0.1", free_port(), work / f"broker-{name}")
@@ -94,7 +94,8 @@ def run_layout(processes: int, workers: int, rates: list[int], seconds: float, w
     logs.mkdir()
     config = inlet_process.write_config(work / f"inlet-{name}.yaml", port=port,
                                         metrics_port=metrics_port, bootstrap=broker.bootstrap,
-                                        topic=f"bench{name}", partitions=4, producer=producer)
+                                        topic=f"bench{name}", partitions=4, producer=producer,
+                                        receive_buffer=receive_buffer)
     inlets = inlet_process.start_cluster(config, logs, metrics_port, processes, workers,
                                          f"bench{name}-v1", broker.bootstrap)
     mode = next((l.split("balancing ", 1)[1].split(" ")[0] for l in inlets[0].text().splitlines()
@@ -106,8 +107,11 @@ def run_layout(processes: int, workers: int, rates: list[int], seconds: float, w
             count = int(rate * seconds)
             cpu0 = sum(cpu_seconds(i.process.pid) for i in inlets)
             broker0 = cpu_seconds(broker_pid)
+            # A small buffer would overflow on the sender's catch-up bursts whatever the inlet
+            # does: with --receive-buffer the sender slows down instead.
             out = subprocess.run([sys.executable, __file__, "--send", str(port), str(rate),
-                                  str(count)], capture_output=True, text=True, check=True).stdout
+                                  str(count), "0" if receive_buffer else "1"],
+                                 capture_output=True, text=True, check=True).stdout
             sent, elapsed, sender_cpu = int(out.split()[0]), float(out.split()[1]), float(out.split()[2])
             after = settle(inlets, before["acked"] + sent)
             cpu = sum(cpu_seconds(i.process.pid) for i in inlets) - cpu0
@@ -157,20 +161,26 @@ def main() -> None:
     parser.add_argument("--producer", action="append", default=[], metavar="KEY=VALUE",
                         help="a librdkafka producer setting for the inlet (repeatable), e.g. "
                              "compression.type=none")
-    parser.add_argument("--send", nargs=3, type=int, metavar=("PORT", "RATE", "COUNT"),
+    parser.add_argument("--receive-buffer", type=int, metavar="BYTES",
+                        help="the listener's receive_buffer, e.g. 212992: what an unprivileged "
+                             "inlet gets on a stock Debian (default: the configured 32 MiB)")
+    parser.add_argument("--send", nargs=4, type=int, metavar=("PORT", "RATE", "COUNT", "CATCH_UP"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.send:
-        inlet_process.paced_send(*args.send)
+        port, rate, count, catch_up = args.send
+        inlet_process.paced_send(port, rate, count, bool(catch_up))
         return
     rates = [int(r) for r in args.rates.split(",")]
     print(f"inlet benchmark: {SIZE}-byte random datagrams, {args.seconds}s per step, "
           f"{os.cpu_count()} cores shared by sender, inlet and broker; load average "
-          f"{os.getloadavg()[0]:.2f} before the run")
+          f"{os.getloadavg()[0]:.2f} before the run; receive buffer "
+          f"{args.receive_buffer or 'as configured (32 MiB)'}")
     with tempfile.TemporaryDirectory() as tmp:
         producer = dict(item.split("=", 1) for item in args.producer)
         results = [run_layout(*map(int, layout.split("x")), rates, args.seconds, Path(tmp),
-                              producer) for layout in args.layouts.split(",")]
+                              producer, args.receive_buffer)
+                   for layout in args.layouts.split(",")]
     print("\nhighest lossless rate (CPU us per datagram: inlet / broker / sender):")
     for r in results:
         if "rate" in r:

@@ -68,7 +68,8 @@ class Inlet:
 
 
 def write_config(path: Path, *, port: int, metrics_port: int, bootstrap: str, topic: str,
-                 balancing: str = "auto", partitions: int = 2, **kafka: object) -> Path:
+                 balancing: str = "auto", partitions: int = 2, receive_buffer: int | None = None,
+                 **kafka: object) -> Path:
     config = {
         "inlet": {"listeners": [{"name": "netflow", "address": "127.0.0.1", "port": port,
                                  "decoder": "netflow"}],
@@ -76,6 +77,8 @@ def write_config(path: Path, *, port: int, metrics_port: int, bootstrap: str, to
                   "bpffs": str(TEST_BPFFS)},
         "kafka": {"brokers": [bootstrap], "topic": topic, "partitions": partitions, **kafka},
     }
+    if receive_buffer:
+        config["inlet"]["listeners"][0]["receive_buffer"] = receive_buffer
     path.write_text(yaml.safe_dump(config))
     return path
 
