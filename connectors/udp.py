@@ -256,8 +256,8 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
       datagrams gather meanwhile, and each read's fixed cost is shared by many;
     - a read that filled `max_batch` is followed at once by the next;
     - after a read that found nothing, the worker sleeps in poll() until a datagram arrives,
-      for READ_PAUSE at most (to see a stop request): an idle inlet costs nothing, and a burst
-      after silence is met at once instead of after a blind pause.
+      for READ_PAUSE at most (to see a stop request): an idle worker wakes 200 times a second
+      at most, and a burst after silence is met at once instead of after a blind pause.
     """
 
     def __init__(self, sockets: list[ListenerSocket], max_batch: int,
