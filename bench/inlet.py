@@ -1,7 +1,7 @@
 """Inlet throughput: the highest lossless rate of 1400-byte datagrams, for 1 and 2 workers.
 
     python bench/inlet.py [--layouts 1x1,1x2,2x1] [--rates 50000,100000,...] [--seconds 1.0]
-                          [--producer compression.type=none ...]
+                          [--producer compression.type=none ...] [--receive-buffer 212992]
 
 A separate sender process sends a bounded number of datagrams (rate × seconds) from one socket
 at a fixed rate to a real inlet (`python -m bytewax.run flows.inlet`, one or more processes)
@@ -12,7 +12,7 @@ reach. Everything shares this machine's cores; each step prints the CPU time per
 the inlet (all its processes and threads, librdkafka's included), of the broker and of the
 sender, so the reader sees the split. The headline is end to end: lossless into the broker.
 
-The sender uses UDP segmentation offload (see `send`): the cheapest way to put datagrams on
+The sender uses UDP segmentation offload (see `tests.inlet_process.paced_send`): the cheapest way to put datagrams on
 loopback, so that it takes as little as possible of the cores the inlet needs. Payloads are
 random (64 distinct 46-datagram buffers, cycled), so lz4 finds nothing to compress: the worst
 case for the bytes sent to the broker, and lz4's effort is wasted (`--producer
@@ -37,38 +37,8 @@ from connectors.broker import LocalBroker  # noqa: E402
 from tests import inlet_process  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
-SIZE = 1400
-POOL = 64                  # distinct random buffers of 46 datagrams each
-UDP_SEGMENT = 103          # linux/udp.h
+SIZE = inlet_process.SIZE
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def send(port: int, rate: int, count: int) -> None:
-    """The sender process: `count` datagrams at `rate`/s from one connected socket. It uses UDP
-    segmentation offload (UDP_SEGMENT): one send() of up to 46 × 1400 bytes that the kernel
-    cuts into separate 1400-byte datagrams, so the sender's share of the shared cores stays
-    small (it prints its CPU time). The inlet's sockets do not ask for UDP_GRO, so each
-    datagram reaches them on its own, as from a router; the kernel picks the socket once per
-    send, so the round-robin spreads groups of up to 46 datagrams."""
-    per_send = 65507 // SIZE
-    pool = [os.urandom(SIZE * per_send) for _ in range(POOL)]
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-    tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, SIZE)
-    tx.connect(("127.0.0.1", port))
-    cpu0, start = time.process_time(), time.perf_counter()
-    sent = sends = 0
-    while sent < count:
-        due = min(count, int((time.perf_counter() - start) * rate) + 1)
-        while sent < due:
-            batch = min(due - sent, per_send)
-            tx.send(memoryview(pool[sends % POOL])[:batch * SIZE])
-            sent += batch
-            sends += 1
-        if sent < count:
-            time.sleep(0.0005)
-    elapsed = time.perf_counter() - start
-    print(f"{sent} {elapsed:.4f} {time.process_time() - cpu0:.4f}", flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -86,18 +56,6 @@ def totals(exposition: str) -> dict[str, float]:
         if name in names:
             out[names[name]] += float(line.rsplit(" ", 1)[1])
     return out
-
-
-def socket_drops(port: int) -> int:
-    """Datagrams the kernel dropped on the sockets bound to `port` (/proc/net/udp "drops"):
-    immediate, where SO_RXQ_OVFL only reports with the next datagram received."""
-    total = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                total += int(fields[-1])
-    return total
 
 
 def settle(inlets: list[inlet_process.Inlet], expect_acked: float,
@@ -126,7 +84,7 @@ def cluster_totals(inlets: list[inlet_process.Inlet]) -> dict:
 
 
 def run_layout(processes: int, workers: int, rates: list[int], seconds: float, work: Path,
-               producer: dict[str, str]) -> dict:
+               producer: dict[str, str], receive_buffer: int | None = None) -> dict:
     """One inlet cluster of `processes` × `workers` against a fresh broker, climbing rates."""
     name = f"{processes}x{workers}"
     broker = LocalBroker("127.0.0.1", free_port(), work / f"broker-{name}")
@@ -136,25 +94,29 @@ def run_layout(processes: int, workers: int, rates: list[int], seconds: float, w
     logs.mkdir()
     config = inlet_process.write_config(work / f"inlet-{name}.yaml", port=port,
                                         metrics_port=metrics_port, bootstrap=broker.bootstrap,
-                                        topic=f"bench{name}", partitions=4, producer=producer)
+                                        topic=f"bench{name}", partitions=4, producer=producer,
+                                        receive_buffer=receive_buffer)
     inlets = inlet_process.start_cluster(config, logs, metrics_port, processes, workers,
                                          f"bench{name}-v1", broker.bootstrap)
     mode = next((l.split("balancing ", 1)[1].split(" ")[0] for l in inlets[0].text().splitlines()
                  if "balancing " in l), "?")
     best: dict = {}
     try:
-        before, drops_before = cluster_totals(inlets), socket_drops(port)
+        before, drops_before = cluster_totals(inlets), inlet_process.socket_drops(port)
         for rate in rates:
             count = int(rate * seconds)
             cpu0 = sum(cpu_seconds(i.process.pid) for i in inlets)
             broker0 = cpu_seconds(broker_pid)
+            # A small buffer would overflow on the sender's catch-up bursts whatever the inlet
+            # does: with --receive-buffer the sender slows down instead.
             out = subprocess.run([sys.executable, __file__, "--send", str(port), str(rate),
-                                  str(count)], capture_output=True, text=True, check=True).stdout
+                                  str(count), "0" if receive_buffer else "1"],
+                                 capture_output=True, text=True, check=True).stdout
             sent, elapsed, sender_cpu = int(out.split()[0]), float(out.split()[1]), float(out.split()[2])
             after = settle(inlets, before["acked"] + sent)
             cpu = sum(cpu_seconds(i.process.pid) for i in inlets) - cpu0
             broker_cpu = cpu_seconds(broker_pid) - broker0
-            drops = socket_drops(port)
+            drops = inlet_process.socket_drops(port)
             delta = {k: after[k] - before[k] for k in after}
             delta["drops"] = drops - drops_before
             before, drops_before = after, drops
@@ -199,20 +161,26 @@ def main() -> None:
     parser.add_argument("--producer", action="append", default=[], metavar="KEY=VALUE",
                         help="a librdkafka producer setting for the inlet (repeatable), e.g. "
                              "compression.type=none")
-    parser.add_argument("--send", nargs=3, type=int, metavar=("PORT", "RATE", "COUNT"),
+    parser.add_argument("--receive-buffer", type=int, metavar="BYTES",
+                        help="the listener's receive_buffer, e.g. 212992: what an unprivileged "
+                             "inlet gets on a stock Debian (default: the configured 32 MiB)")
+    parser.add_argument("--send", nargs=4, type=int, metavar=("PORT", "RATE", "COUNT", "CATCH_UP"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.send:
-        send(*args.send)
+        port, rate, count, catch_up = args.send
+        inlet_process.paced_send(port, rate, count, bool(catch_up))
         return
     rates = [int(r) for r in args.rates.split(",")]
     print(f"inlet benchmark: {SIZE}-byte random datagrams, {args.seconds}s per step, "
           f"{os.cpu_count()} cores shared by sender, inlet and broker; load average "
-          f"{os.getloadavg()[0]:.2f} before the run")
+          f"{os.getloadavg()[0]:.2f} before the run; receive buffer "
+          f"{args.receive_buffer or 'as configured (32 MiB)'}")
     with tempfile.TemporaryDirectory() as tmp:
         producer = dict(item.split("=", 1) for item in args.producer)
         results = [run_layout(*map(int, layout.split("x")), rates, args.seconds, Path(tmp),
-                              producer) for layout in args.layouts.split(",")]
+                              producer, args.receive_buffer)
+                   for layout in args.layouts.split(",")]
     print("\nhighest lossless rate (CPU us per datagram: inlet / broker / sender):")
     for r in results:
         if "rate" in r:

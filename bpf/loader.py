@@ -13,23 +13,27 @@ Modes, best first (`inlet.balancing: auto` takes the first that works):
 Each process compiles and attaches the program once per listener; every socket joins the map.
 A pinned map outlives the processes, so it is removed by whoever leaves it empty: each process
 on a clean stop, once its sockets are closed (`ListenerGroup.release`), and `waxflow bpf clean`
-for what a killed process left behind (`clean`).
+for what a killed process left behind (`clean`). Checking a map for sockets and unpinning it,
+and opening or creating a map and putting a socket in, happen under a lock on the pin
+directory (`pins_locked`): an inlet starting meanwhile never joins a map that then goes away.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import importlib.util
 import logging
 import os
 import socket
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
 from bpf import syscall
 
@@ -145,38 +149,86 @@ def pin_path(bpffs: Path, key: str, workers: int) -> Path:
     return bpffs / f"{safe}_w{workers}"
 
 
-def shared_socket_map(path: Path, workers: int) -> int:
-    """The listener's socket map: the pinned one if a process of the cluster made it already,
-    else a new one pinned at `path`. Returns an fd."""
+@contextmanager
+def pins_locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on the pin directory, across processes (bpffs holds no regular
+    files, so the directory itself is the lock). Raises FileNotFoundError when it is gone."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+
+
+def _pin_directory(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BalancingError(f"cannot create {path.parent} (is bpffs mounted at "
                              f"{path.parent.parent}?): {err.strerror}") from err
+
+
+def shared_socket_map(path: Path, workers: int) -> int:
+    """The listener's socket map: the pinned one if a process of the cluster made it already,
+    else a new one pinned at `path`. Returns an fd."""
     for _ in range(3):
+        _pin_directory(path)
+        try:
+            with pins_locked(path.parent):
+                return _open_or_create(path, workers)
+        except FileNotFoundError:
+            continue   # `waxflow bpf clean` removed the empty directory meanwhile
+    raise BalancingError(f"cannot settle on a socket map at {path}")
+
+
+def _open_or_create(path: Path, workers: int) -> int:
+    """Under the pin lock: open the pinned map, or replace what is not ours, or create one."""
+    try:
+        fd = syscall.open_pinned(str(path))
+    except syscall.BPFError as err:
+        if err.errno != errno.ENOENT:
+            raise BalancingError(f"cannot open {path}: {err.strerror}") from err
+    else:
+        if syscall.map_info(fd) == (syscall.BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, workers):
+            return fd
+        os.close(fd)
+        path.unlink(missing_ok=True)  # not ours (or from an older layout): replace it
+    try:
+        fd = syscall.create_socket_array(workers)
+    except syscall.BPFError as err:
+        raise BalancingError(f"cannot create the socket map: {err.strerror}") from err
+    try:
+        syscall.pin(fd, str(path))
+    except syscall.BPFError as err:
+        os.close(fd)
+        raise BalancingError(f"cannot pin the socket map at {path}: {err.strerror} "
+                             f"(is bpffs mounted?)") from err
+    return fd
+
+
+def join_pinned_map(path: Path, map_fd: int, index: int, socket_fd: int) -> bool:
+    """Put a socket in our map at `index` if the map is still the one pinned at `path`, under
+    the pin lock. Our map may have been unpinned as unused between opening it and now (while
+    the program compiled): it is pinned again, and holds a socket before the lock is let go.
+    False when another process pinned a new map there meanwhile: the caller must use that
+    one (a socket can sit in one socket map only, so nothing is put in ours)."""
+    _pin_directory(path)
+    with pins_locked(path.parent):
         try:
             fd = syscall.open_pinned(str(path))
         except syscall.BPFError as err:
             if err.errno != errno.ENOENT:
                 raise BalancingError(f"cannot open {path}: {err.strerror}") from err
+            syscall.pin(map_fd, str(path))
         else:
-            if syscall.map_info(fd) == (syscall.BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, workers):
-                return fd
-            os.close(fd)
-            path.unlink(missing_ok=True)  # not ours (or from an older layout): replace it
-        try:
-            fd = syscall.create_socket_array(workers)
-        except syscall.BPFError as err:
-            raise BalancingError(f"cannot create the socket map: {err.strerror}") from err
-        try:
-            syscall.pin(fd, str(path))
-            return fd
-        except syscall.BPFError as err:
-            os.close(fd)
-            if err.errno != errno.EEXIST:  # EEXIST: another process pinned first; open theirs
-                raise BalancingError(f"cannot pin the socket map at {path}: {err.strerror} "
-                                     f"(is bpffs mounted?)") from err
-    raise BalancingError(f"cannot settle on a socket map at {path}")
+            try:
+                if syscall.map_id(fd) != syscall.map_id(map_fd):
+                    return False
+            finally:
+                os.close(fd)
+        syscall.put_socket(map_fd, index, socket_fd)
+        return True
 
 
 def unused(fd: int) -> bool:
@@ -186,18 +238,24 @@ def unused(fd: int) -> bool:
 
 
 def remove_if_unused(path: Path) -> bool:
-    """Unpin the socket map at `path` when no socket uses it; True when removed."""
+    """Unpin the socket map at `path` when no socket uses it; True when removed. Under the pin
+    lock: no process can open the map and put its socket in between the check and the unlink."""
     try:
-        fd = syscall.open_pinned(str(path))
-    except syscall.BPFError:
-        return False   # gone already, or not a bpf object
-    try:
-        if syscall.map_info(fd)[0] != syscall.BPF_MAP_TYPE_REUSEPORT_SOCKARRAY or not unused(fd):
-            return False
-    finally:
-        os.close(fd)
-    path.unlink(missing_ok=True)
-    return True
+        with pins_locked(path.parent):
+            try:
+                fd = syscall.open_pinned(str(path))
+            except syscall.BPFError:
+                return False   # gone already, or not a bpf object
+            try:
+                if (syscall.map_info(fd)[0] != syscall.BPF_MAP_TYPE_REUSEPORT_SOCKARRAY
+                        or not unused(fd)):
+                    return False
+            finally:
+                os.close(fd)
+            path.unlink(missing_ok=True)
+            return True
+    except FileNotFoundError:
+        return False   # the directory is gone, and the map with it
 
 
 def clean(bpffs: Path) -> tuple[list[Path], list[Path]]:
@@ -255,10 +313,16 @@ class ListenerGroup:
     def join(self, sock: socket.socket, worker_index: int) -> str:
         """Add a bound SO_REUSEPORT socket; return the active mode."""
         with self._lock:
-            if not self.mode:
-                self._setup()
+            for _ in range(3):
+                if not self.mode:
+                    self._setup()
+                if self.mode != "ebpf" or join_pinned_map(self.path, self.map_fd,
+                                                          worker_index, sock.fileno()):
+                    break
+                self._reset()   # another map replaced ours in bpffs: set up again on that one
+            else:
+                raise BalancingError(f"cannot settle on a socket map at {self.path}")
             if self.mode == "ebpf":
-                syscall.put_socket(self.map_fd, worker_index, sock.fileno())
                 sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, self.prog_fd)
             elif self.mode == "cbpf":
                 try:
@@ -270,6 +334,10 @@ class ListenerGroup:
                     self.mode = "hash"
             return self.mode
 
+    def _reset(self) -> None:
+        if self.map_fd >= 0:
+            os.close(self.map_fd)
+        self.map_fd, self.mode, self._program = -1, "", None
 
     def release(self) -> None:
         """After this process closed sockets of the group: unpin the map once no socket of
@@ -301,5 +369,4 @@ def _forget(group: ListenerGroup) -> None:
     with _groups_lock:
         if _groups.get((group.key, group.requested, group.workers)) is group:
             del _groups[(group.key, group.requested, group.workers)]
-    os.close(group.map_fd)
-    group.map_fd, group.mode, group._program = -1, "", None
+    group._reset()

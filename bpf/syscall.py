@@ -106,12 +106,21 @@ def open_pinned(path: str) -> int:
     return _bpf(BPF_OBJ_GET, _attr((0, ctypes.c_uint64, ctypes.addressof(name))))
 
 
-def map_info(fd: int) -> tuple[int, int]:
-    """(map type, max_entries) of a map fd, to check that a pinned map is the one we expect."""
+def _map_info(fd: int) -> ctypes.Array:
+    """The kernel's struct bpf_map_info of a map fd."""
     info = ctypes.create_string_buffer(80)
     _bpf(BPF_OBJ_GET_INFO_BY_FD, _attr((0, ctypes.c_uint32, fd),
                                        (4, ctypes.c_uint32, ctypes.sizeof(info)),
                                        (8, ctypes.c_uint64, ctypes.addressof(info))))
-    map_type = ctypes.c_uint32.from_buffer(info, 0).value
-    max_entries = ctypes.c_uint32.from_buffer(info, 16).value
-    return map_type, max_entries
+    return info
+
+
+def map_info(fd: int) -> tuple[int, int]:
+    """(map type, max_entries) of a map fd, to check that a pinned map is the one we expect."""
+    info = _map_info(fd)
+    return ctypes.c_uint32.from_buffer(info, 0).value, ctypes.c_uint32.from_buffer(info, 16).value
+
+
+def map_id(fd: int) -> int:
+    """The kernel's id of the map behind an fd: two fds are the same map when ids match."""
+    return ctypes.c_uint32.from_buffer(_map_info(fd), 4).value

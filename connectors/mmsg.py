@@ -28,6 +28,9 @@ AF_INET, AF_INET6 = socket.AF_INET.value, socket.AF_INET6.value
 SOL_SOCKET = socket.SOL_SOCKET
 SO_TIMESTAMPNS = 35     # = SCM_TIMESTAMPNS
 SO_RXQ_OVFL = 40
+# Bytes of each slot kept once backed: a header and a jumbo datagram (9,216-byte MTU) fit;
+# with 1024 slots at most 16 MiB per socket stays resident.
+KEEP = 16384
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
@@ -45,14 +48,17 @@ class ReceiveRing:
     """`slots` receive slots, each `headroom` bytes then room for the largest datagram.
 
     The slots live in one anonymous mapping: pages are only backed once written, so a slot
-    costs the memory of the datagrams it really held (see `release`). Row i of `rows` is slot i,
-    the payload of datagram i starting at `headroom`: a header written there in place makes
-    row[:headroom + length] the whole message, with no concatenation.
+    costs the memory of the datagrams it really held, up to `KEEP` bytes (see `release_large`).
+    Row i of `rows` is slot i, the payload of datagram i starting at `headroom`: a header
+    written there in place makes row[:headroom + length] the whole message, with no
+    concatenation.
     """
 
     def __init__(self, slots: int, headroom: int, room: int = 65535) -> None:
         self.slots, self.headroom, self.room = slots, headroom, room
         self.stride = _page_round(headroom + room)
+        self.keep = min(KEEP, self.stride)   # bytes of a slot that stay backed once written
+        self.released = 0                    # slots whose tail pages were given back
         self.memory = mmap.mmap(-1, slots * self.stride)
         self.rows = np.frombuffer(self.memory, np.uint8).reshape(slots, self.stride)
         index = np.arange(slots, dtype=np.uint64)
@@ -67,12 +73,16 @@ class ReceiveRing:
         self.headers["iovlen"] = 1
         self.headers["control"] = self.control.ctypes.data + index * CONTROL_SIZE
         self._vector = self.headers.ctypes.data
+        # Field views made once: taking a field of a structured array costs a microsecond or
+        # two each time, several times per read.
+        self._namelen, self._controllen = self.headers["namelen"], self.headers["controllen"]
+        self._len, self._flags = self.headers["len"], self.headers["flags"]
         self.starts = index.astype(np.int64) * self.stride   # offset of each row in `memory`
 
     def receive(self, fd: int, count: int) -> int:
         """Up to `count` datagrams without waiting; 0 when none is queued. Raises OSError."""
-        self.headers["namelen"][:count] = NAME_SIZE      # the kernel writes the real sizes back
-        self.headers["controllen"][:count] = CONTROL_SIZE
+        self._namelen[:count] = NAME_SIZE      # the kernel writes the real sizes back
+        self._controllen[:count] = CONTROL_SIZE
         got = _recvmmsg(fd, self._vector, count, socket.MSG_DONTWAIT, None)
         if got < 0:
             err = ctypes.get_errno()
@@ -82,10 +92,10 @@ class ReceiveRing:
         return got
 
     def lengths(self, count: int) -> np.ndarray:
-        return self.headers["len"][:count].astype(np.int64)
+        return self._len[:count].astype(np.int64)
 
     def truncated(self, count: int) -> np.ndarray:
-        return (self.headers["flags"][:count] & socket.MSG_TRUNC) != 0
+        return (self._flags[:count] & socket.MSG_TRUNC) != 0
 
     def sources(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(exporter addresses as (n, 16) uint8, IPv4-mapped for IPv4; ports as (n, 2) uint8
@@ -102,7 +112,7 @@ class ReceiveRing:
     def ancillary(self, count: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Kernel receive times (ns; `has_time` False where the kernel gave none) and the
         highest SO_RXQ_OVFL drop count of the batch (the socket's cumulative count)."""
-        length = self.headers["controllen"][:count].astype(np.int64)
+        length = self._controllen[:count].astype(np.int64)
         as32 = self.control[:count].view(np.int32)    # (n, 16)
         as64 = self.control[:count].view(np.int64)    # (n, 8)
         # At most two messages: SCM_TIMESTAMPNS (32 bytes) and SO_RXQ_OVFL (20, aligned 24).
@@ -118,6 +128,14 @@ class ReceiveRing:
         drops = np.where(drops_first, as32[:, 4], np.where(drops_second, as32[:, 12], 0))
         return received, has_time, int(drops.astype(np.uint32).max(initial=0))
 
-    def release(self, slot: int) -> None:
-        """Give back the pages of a slot that held a large datagram (they refill on demand)."""
-        self.memory.madvise(mmap.MADV_DONTNEED, int(self.starts[slot]), self.stride)
+    def release_large(self, lengths: np.ndarray) -> int:
+        """Give back the pages past `KEEP` bytes of the slots of a read whose datagram went
+        past them (they refill on demand); returns how many slots. Jumbo datagrams (9,000 bytes
+        and a header fit in KEEP) keep their pages, so a jumbo exporter costs no madvise nor
+        page faults per datagram; a rare larger one must not pin up to 64 KiB per slot."""
+        large = np.flatnonzero(lengths > self.keep - self.headroom)
+        for slot in large.tolist():
+            self.memory.madvise(mmap.MADV_DONTNEED, int(self.starts[slot]) + self.keep,
+                                self.stride - self.keep)
+        self.released += len(large)
+        return len(large)

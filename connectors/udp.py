@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import select
 import signal
 import socket
 import threading
@@ -54,9 +55,14 @@ SO_RXQ_OVFL = mmsg.SO_RXQ_OVFL
 
 MAX_DATAGRAM = 65535             # any UDP payload fits: a full one is never truncated
 RING_SLOTS = 1024                # datagrams per recvmmsg call at most
-_LARGE = 4096 - envelope.HEADER_SIZE   # a datagram past its slot's first page
 _STOP_DRAIN_LIMIT = 1_000_000   # on stop: what the socket holds, bounded against a flood
-READ_PAUSE = 0.005               # seconds between reads once a worker's sockets are empty
+READ_PAUSE = 0.005               # the longest wait between reads (see UDPPartition)
+# A receive buffer must not fill during a pause at any rate a worker can keep up with: more
+# than bench/inlet.py measures for one worker here (~150-190k datagrams/s), with margin.
+WORKER_PEAK_RATE = 500_000       # datagrams/s
+# What the kernel charges a receive buffer per datagram beyond its payload (socket buffer
+# bookkeeping, allocation rounding up to 2x): an upper bound, so a capacity estimate is low.
+_TRUESIZE_OVERHEAD = 512
 
 
 class ListenerError(RuntimeError):
@@ -132,11 +138,27 @@ class ListenerSocket:
     group: loader.ListenerGroup
     ring_slots: int = RING_SLOTS
     kernel_drops_seen: int = 0
+    mean_length: float = 1500.0   # bytes a datagram, a moving average over reads
 
     def __post_init__(self) -> None:
         self.fd = self.sock.fileno()
         self.kind = DECODER_KINDS[self.listener.decoder]
         self.ring = mmsg.ReceiveRing(self.ring_slots, envelope.HEADER_SIZE, MAX_DATAGRAM)
+        # The kernel's own figure (twice what was granted): what datagrams are charged against.
+        self.buffer_bytes = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # This socket's counters, looked up once: labels() takes a lock and a dict lookup.
+        m, name, worker = self.metrics, self.listener.name, self.worker
+        self._datagrams = m.datagrams.labels(name, worker)
+        self._bytes = m.bytes.labels(name, worker)
+        self._kernel_drops = m.kernel_drops.labels(name, worker)
+
+    def safe_pause(self) -> float:
+        """The longest wait between reads after which this socket's buffer is not yet full at
+        WORKER_PEAK_RATE, for datagrams of the size seen lately: READ_PAUSE with the default
+        32 MiB buffer; well under a millisecond when net.core.rmem_max caps it (Debian's
+        212,992 bytes hold ~100-180 datagrams of 1,400 bytes)."""
+        capacity = self.buffer_bytes / (2 * (self.mean_length + _TRUESIZE_OVERHEAD))
+        return min(READ_PAUSE, capacity / WORKER_PEAK_RATE)
 
     def drain(self, limit: int) -> Envelopes:
         """Read up to `limit` datagrams without blocking, as envelopes: the kernel writes each
@@ -166,34 +188,37 @@ class ListenerSocket:
         envelope.write_headers(ring.rows[:count], self.kind, self.listener_id,
                                np.where(has_time, received, now) if self.kernel_timestamps
                                else now, exporters, ports)
-        keep = (lengths > 0) & ~ring.truncated(count)
         starts = ring.starts[:count]
         ends = starts + envelope.HEADER_SIZE + lengths
-        if not keep.all():
-            starts, ends = starts[keep], ends[keep]
+        keep = (lengths > 0) & ~ring.truncated(count)
+        empty = 0
+        if not keep.all():   # rare: empty or truncated datagrams are counted and left out
+            empty = int((lengths == 0).sum())
+            starts, ends, lengths, exporters = starts[keep], ends[keep], lengths[keep], exporters[keep]
         memory = ring.memory
         out = [memory[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-        self._count(lengths[keep], exporters[keep], count - len(out), int((lengths == 0).sum()),
-                    drops)
-        for slot in np.flatnonzero(lengths > _LARGE).tolist():
-            ring.release(slot)   # a rare large datagram must not keep its pages forever
+        self._count(lengths, exporters, count - len(out), empty, drops)
+        ring.release_large(lengths)
         return out
 
     def _count(self, lengths: np.ndarray, exporters: np.ndarray, dropped: int, empty: int,
                drops: int) -> None:
-        """All counters once per read, not per datagram."""
-        m, name, worker = self.metrics, self.listener.name, self.worker
+        """All counters once per read, not per datagram; the average datagram size too."""
         if len(lengths):
-            m.datagrams.labels(name, worker).inc(len(lengths))
-            m.bytes.labels(name, worker).inc(int(lengths.sum()))
+            total = int(lengths.sum())
+            self._datagrams.inc(len(lengths))
+            self._bytes.inc(total)
+            self.mean_length += (total / len(lengths) - self.mean_length) / 4
+            name = self.listener.name
             for exporter, count in exporter_counts(exporters):
-                m.exporter_datagrams.labels(name, exporter_label(name, exporter)).inc(count)
+                self.metrics.exporter_datagrams.labels(
+                    name, exporter_label(name, exporter)).inc(count)
         if empty:
             self._discard("empty", empty)
         if dropped > empty:
             self._discard("truncated", dropped - empty)
         if drops > self.kernel_drops_seen:  # the cumulative count of this socket
-            m.kernel_drops.labels(name, worker).inc(drops - self.kernel_drops_seen)
+            self._kernel_drops.inc(drops - self.kernel_drops_seen)
             self.kernel_drops_seen = drops
 
     def _discard(self, reason: str, count: int) -> None:
@@ -224,22 +249,46 @@ def exporter_label(listener: str, exporter: bytes) -> str:
 # --- the Bytewax source ----------------------------------------------------------------------------
 
 class UDPPartition(StatelessSourcePartition[Envelopes]):
+    """One worker's sockets. Reading is paced so that reads stay large without letting a
+    receive buffer overflow:
+
+    - after a read, the next one waits for the sockets' `safe_pause` (the shortest of them):
+      datagrams gather meanwhile, and each read's fixed cost is shared by many;
+    - a read that filled `max_batch` is followed at once by the next;
+    - after a read that found nothing, the worker sleeps in poll() until a datagram arrives,
+      for READ_PAUSE at most (to see a stop request): an idle worker wakes 200 times a second
+      at most, and a burst after silence is met at once instead of after a blind pause.
+    """
+
     def __init__(self, sockets: list[ListenerSocket], max_batch: int,
                  stop: threading.Event, pause: float = READ_PAUSE) -> None:
         self.sockets = sockets
         self.max_batch = max_batch
         self.stop = stop
-        self.pause = timedelta(seconds=pause)
+        self.max_pause = pause
         self.closed = False
+        self.idle = False
         self._awake: datetime | None = None
+        self._poll = select.poll()
+        for ls in sockets:
+            self._poll.register(ls.fd, select.POLLIN)
 
     def next_awake(self) -> datetime | None:
         return self._awake
+
+    def _wake(self) -> datetime:
+        """When to read next after a read that did not fill max_batch."""
+        pause = min([self.max_pause] + [ls.safe_pause() for ls in self.sockets])
+        return datetime.now(timezone.utc) + timedelta(seconds=pause)
 
     def next_batch(self) -> list[Envelopes]:
         if self.closed:
             raise StopIteration
         stopping = self.stop.is_set()
+        if self.idle and not stopping and not self._poll.poll(self.max_pause * 1000):
+            # Still nothing. An explicit "now": Bytewax would wait 1 ms after an empty batch.
+            self._awake = datetime.now(timezone.utc)
+            return []
         limit = _STOP_DRAIN_LIMIT if stopping else self.max_batch
         batches = []
         full = False
@@ -248,9 +297,13 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
             if envelopes:
                 batches.append(envelopes)
                 full = full or len(envelopes) == limit
-        # Sockets emptied: let datagrams gather for a moment rather than read them a few at a
-        # time, since each read has a fixed cost; the receive buffer holds far more than that.
-        self._awake = None if full else datetime.now(timezone.utc) + self.pause
+        self.idle = not batches
+        if full:
+            self._awake = None
+        elif batches:
+            self._awake = self._wake()
+        else:
+            self._awake = datetime.now(timezone.utc)   # to poll() at once (see above)
         if stopping:
             self.close()  # what was drained is emitted; the next call ends the partition
         return batches

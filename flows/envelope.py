@@ -21,8 +21,6 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable
-
 import numpy as np
 
 ENVELOPE_VERSION = 1
@@ -111,16 +109,6 @@ def decode(message: bytes) -> Envelope:
 def topic_name(base: str) -> str:
     """`flows` → `flows-v1`: old and new envelope formats never share a topic."""
     return f"{base}-v{ENVELOPE_VERSION}"
-
-
-def encode_many(decoder_kind: int, listener_id: int,
-                datagrams: Iterable[tuple[bytes, bytes, int, int]]) -> list[bytes]:
-    """Envelopes for many (payload, exporter 16 bytes, exporter port, received ns) of one
-    listener: the inlet's hot path, one header pack and one concatenation per datagram."""
-    pack = HEADER.pack
-    version = ENVELOPE_VERSION
-    return [pack(version, decoder_kind, listener_id, received, exporter, port) + payload
-            for payload, exporter, port, received in datagrams]
 
 
 def write_headers(slots: np.ndarray, decoder_kind: int, listener_id: int,

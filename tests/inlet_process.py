@@ -19,6 +19,9 @@ from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_BPFFS = Path("/sys/fs/bpf/waxflow-tests")   # not the operators' default directory
+SIZE = 1400                # bytes of each datagram paced_send sends
+POOL = 64                  # distinct random buffers of 46 datagrams each
+UDP_SEGMENT = 103          # linux/udp.h
 
 
 @dataclass
@@ -65,7 +68,8 @@ class Inlet:
 
 
 def write_config(path: Path, *, port: int, metrics_port: int, bootstrap: str, topic: str,
-                 balancing: str = "auto", partitions: int = 2, **kafka: object) -> Path:
+                 balancing: str = "auto", partitions: int = 2, receive_buffer: int | None = None,
+                 **kafka: object) -> Path:
     config = {
         "inlet": {"listeners": [{"name": "netflow", "address": "127.0.0.1", "port": port,
                                  "decoder": "netflow"}],
@@ -73,6 +77,8 @@ def write_config(path: Path, *, port: int, metrics_port: int, bootstrap: str, to
                   "bpffs": str(TEST_BPFFS)},
         "kafka": {"brokers": [bootstrap], "topic": topic, "partitions": partitions, **kafka},
     }
+    if receive_buffer:
+        config["inlet"]["listeners"][0]["receive_buffer"] = receive_buffer
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -156,3 +162,48 @@ def start_cluster(config: Path, logs: Path, metrics_port: int, processes: int, w
             inlet.terminate()
         raise
     return inlets
+
+
+def paced_send(port: int, rate: int, count: int, catch_up: bool = True) -> None:
+    """A sender process (bench/inlet.py, tests): `count` datagrams at `rate`/s from one
+    connected socket to 127.0.0.1:`port`. It uses UDP segmentation offload (UDP_SEGMENT): one send() of up to 46 × 1400 bytes that the kernel
+    cuts into separate 1400-byte datagrams, so the sender's share of the shared cores stays
+    small (it prints its CPU time). The inlet's sockets do not ask for UDP_GRO, so each
+    datagram reaches them on its own, as from a router; the kernel picks the socket once per
+    send, so the round-robin spreads groups of up to 46 datagrams. When the sender falls
+    behind (the cores are shared) it catches up with back-to-back sends, unless `catch_up` is
+    False: then it sends one group per wake-up and the rate reached is lower instead."""
+    per_send = 65507 // SIZE
+    pool = [os.urandom(SIZE * per_send) for _ in range(POOL)]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    tx.setsockopt(socket.SOL_UDP, UDP_SEGMENT, SIZE)
+    tx.connect(("127.0.0.1", port))
+    cpu0, start = time.process_time(), time.perf_counter()
+    sent = sends = 0
+    while sent < count:
+        due = min(count, int((time.perf_counter() - start) * rate) + 1)
+        if not catch_up:
+            due = min(due, sent + per_send)
+        while sent < due:
+            batch = min(due - sent, per_send)
+            tx.send(memoryview(pool[sends % POOL])[:batch * SIZE])
+            sent += batch
+            sends += 1
+        if sent < count:
+            time.sleep(0.0005)
+    elapsed = time.perf_counter() - start
+    # What was sent, in how long, at what CPU cost.
+    print(f"{sent} {elapsed:.4f} {time.process_time() - cpu0:.4f}", flush=True)
+
+
+def socket_drops(port: int) -> int:
+    """Datagrams the kernel dropped on the sockets bound to `port` (/proc/net/udp "drops"):
+    immediate, where SO_RXQ_OVFL only reports with the next datagram received."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                total += int(fields[-1])
+    return total

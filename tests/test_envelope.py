@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from flows import envelope
@@ -60,9 +61,30 @@ def test_topic_carries_the_version() -> None:
     assert envelope.topic_name("flows") == "flows-v1"
 
 
-def test_encode_many_matches_encode() -> None:
-    exporter = envelope.address_bytes("198.51.100.9")
-    datagrams = [(b"a" * n, exporter, 2000 + n, 10**18 + n) for n in range(5)]
-    assert envelope.encode_many(1, 7, datagrams) == [
-        envelope.encode("netflow", 7, received, exporter, port, payload)
-        for payload, exporter, port, received in datagrams]
+@pytest.mark.parametrize("per_datagram_time", [True, False])
+def test_write_headers_in_place_round_trip_through_decode(per_datagram_time: bool) -> None:
+    """Headers written in place in front of payloads (the inlet's receive slots) decode to
+    what encode() makes, for IPv4-mapped and IPv6 exporters, one time each or one for all."""
+    exporters = ["192.0.2.7", "2001:db8::1", "198.51.100.255"]
+    ports = [2055, 65535, 1]
+    payloads = [b"\x00\x0apayload", b"", bytes(range(256))]
+    times = [1_700_000_000_000_000_001, 0, 2**63 + 5]
+    width = envelope.HEADER_SIZE + 256 + 10
+    slots = np.full((3, width), 0xEE, np.uint8)   # garbage the header must overwrite
+    for row, payload in zip(slots, payloads):
+        row[envelope.HEADER_SIZE:envelope.HEADER_SIZE + len(payload)] = np.frombuffer(payload,
+                                                                                      np.uint8)
+    packed = np.array([list(envelope.address_bytes(a)) for a in exporters], np.uint8)
+    port_rows = np.array([list(p.to_bytes(2, "big")) for p in ports], np.uint8)
+    received = np.array(times, np.uint64) if per_datagram_time else times[0]
+    envelope.write_headers(slots, 2, 513, received, packed, port_rows)
+    for index, payload in enumerate(payloads):
+        message = slots[index, :envelope.HEADER_SIZE + len(payload)].tobytes()
+        stamp = times[index] if per_datagram_time else times[0]
+        assert message == envelope.encode("sflow", 513, stamp, exporters[index], ports[index],
+                                          payload)
+        got = envelope.decode(message)
+        assert (got.decoder, got.listener_id, got.received_ns, got.exporter_address,
+                got.exporter_port, got.payload) == ("sflow", 513, stamp, exporters[index],
+                                                    ports[index], payload)
+    assert (slots[:, envelope.HEADER_SIZE + 256:] == 0xEE).all()   # payload room untouched
