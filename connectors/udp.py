@@ -44,7 +44,7 @@ from connectors.cluster import process_id
 from connectors.metrics import MAX_EXPORTERS, OTHER_EXPORTERS, InletMetrics
 from flows import envelope
 from flows.envelope import DECODER_KINDS, address_text
-from flows.settings import Listener
+from flows.settings import Listener, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +334,8 @@ class UDPSource(DynamicSource[Envelopes]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> UDPPartition:
         metrics = metrics_mod.inlet_metrics()
         if self.metrics_listen:
-            host, _, port = self.metrics_listen.rpartition(":")
-            metrics_mod.serve(host, int(port) + process_id())
+            host, port = split_host_port(self.metrics_listen)
+            metrics_mod.serve(host, port + process_id())
         sockets: list[ListenerSocket] = []
         try:
             for listener_id, listener in enumerate(self.listeners):

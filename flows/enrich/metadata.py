@@ -43,16 +43,16 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-HITS = Counter("waxflow_snmp_cache_hits", "(exporter, ifIndex) lookups answered by the cache "
+HITS = Counter("waxflow_snmp_cache_hits_total", "(exporter, ifIndex) lookups answered by the cache "
                "(once per batch and unique key)")
-MISSES = Counter("waxflow_snmp_cache_misses", "(exporter, ifIndex) lookups not in the cache "
+MISSES = Counter("waxflow_snmp_cache_misses_total", "(exporter, ifIndex) lookups not in the cache "
                  "(once per batch and unique key; the exporter's own name counts as ifIndex 0)")
-EXPIRED = Counter("waxflow_snmp_cache_expired", "cache entries dropped after cache_duration unused")
-REFRESHES = Counter("waxflow_snmp_cache_refreshes", "cache entries polled again after cache_refresh")
-BREAKER_OPENS = Counter("waxflow_snmp_breaker_opens", "times an exporter's breaker opened after "
+EXPIRED = Counter("waxflow_snmp_cache_expired_total", "cache entries dropped after cache_duration unused")
+REFRESHES = Counter("waxflow_snmp_cache_refreshes_total", "cache entries polled again after cache_refresh")
+BREAKER_OPENS = Counter("waxflow_snmp_breaker_opens_total", "times an exporter's breaker opened after "
                         "breaker_failures failed polls in a row")
-HELD = Counter("waxflow_snmp_held_flows", "flows held waiting for an SNMP answer")
-RELEASED = Counter("waxflow_snmp_released_flows", "held flows released, by outcome: answered, "
+HELD = Counter("waxflow_snmp_held_flows_total", "flows held waiting for an SNMP answer")
+RELEASED = Counter("waxflow_snmp_released_flows_total", "held flows released, by outcome: answered, "
                    "failed (the poll failed), timeout (query_timeout passed), overflow (too many "
                    "rows held for one exporter)", ["outcome"])
 CACHE_SIZE = Gauge("waxflow_snmp_cache_entries", "entries in the SNMP metadata cache "
