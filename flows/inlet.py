@@ -10,8 +10,6 @@ batch, not per datagram.
 
 from __future__ import annotations
 
-import logging
-import sys
 import threading
 
 import bytewax.operators as op
@@ -20,7 +18,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka import ProducerSink
 from connectors.udp import UDPSource, stop_on_signals
 from flows import envelope
-from flows.settings import ConfigError, Settings, load_settings
+from flows.settings import Settings, dataflow_settings
 
 
 def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataflow:
@@ -37,14 +35,7 @@ def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataf
 def main_flow() -> Dataflow:
     """The flow `python -m bytewax.run flows.inlet` runs: configuration from the usual place,
     a clean stop on SIGTERM/SIGINT, logs on stderr."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings()
-    except ConfigError as err:
-        print(f"configuration error\n{err}", file=sys.stderr)
-        sys.exit(2)
+    settings = dataflow_settings()
     stop = threading.Event()
     stop_on_signals(stop)
     return build_flow(settings, stop)

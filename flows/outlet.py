@@ -7,8 +7,6 @@ Reads the configuration like every waxflow command ($WAXFLOW_CONFIG or ./dataflo
 
 from __future__ import annotations
 
-import logging
-import sys
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
@@ -20,7 +18,7 @@ from connectors.snmp import cache_file, snmp_poller
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
 from flows.outlet_steps import decode_builder, enrich_step, unwrap_messages
-from flows.settings import ConfigError, Settings, load_settings
+from flows.settings import Settings, dataflow_settings
 
 
 def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
@@ -41,14 +39,7 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
 def main_flow(enrich: bool = True) -> Dataflow:
     """The flow `python -m bytewax.run flows.outlet` runs: configuration from the usual place
     (a bad value ends the process naming the key), the HTTP endpoint started, logs on stderr."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings()
-    except ConfigError as err:
-        print(f"configuration error\n{err}", file=sys.stderr)
-        sys.exit(2)
+    settings = dataflow_settings()
     serve_outlet(settings)
     return build_flow(settings, enrich)
 

@@ -676,6 +676,22 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(f"environment ({ENV_PREFIX}...): {err}") from None
 
 
+def dataflow_settings() -> Settings:
+    """The configuration as a dataflow process starts with it: logs on stderr unless already
+    set up, and a bad value ends the process (exit 2) with the message naming the key."""
+    import logging
+    import sys
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return load_settings()
+    except ConfigError as err:
+        print(f"configuration error\n{err}", file=sys.stderr)
+        sys.exit(2)
+
+
 # --- reference documentation ------------------------------------------------------------------
 
 def _type_name(annotation: Any) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -106,3 +109,12 @@ def test_durations(text: str, seconds: float) -> None:
     value = parse_duration(text)
     assert value.total_seconds() == seconds
     assert parse_duration(format_duration(value)) == value
+
+
+@pytest.mark.parametrize("dataflow", ["flows.inlet", "flows.outlet"])
+def test_dataflow_with_a_bad_value_exits_2_naming_the_key(dataflow: str, tmp_path) -> None:
+    env = {**os.environ, "WAXFLOW__KAFKA__PARTITIONS": "-3"}
+    done = subprocess.run([sys.executable, "-m", "bytewax.run", dataflow], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "kafka.partitions" in done.stderr
