@@ -55,14 +55,6 @@ def connect(cfg: ClickHouse) -> Client:
         return client
 
 
-def close_all() -> None:
-    """Close every shared client (tests and clean shutdowns)."""
-    with _clients_lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()
-
-
 def ttl_seconds(cfg: ClickHouse) -> dict[str, int]:
     return {name: int(getattr(cfg.ttl, name).total_seconds()) for name in ddl.TABLES}
 
