@@ -1,5 +1,5 @@
 """The flows query API, as pure logic: parameter validation, the filter grammar, table choice,
-SQL building and shaping results. No clients or sockets here (connectors/http.py serves it,
+SQL building and shaping results. No clients or sockets here (connectors/http/ serves it,
 `waxflow top` runs it straight on a stopped store).
 
 User text never reaches SQL: dimension and filter column names are checked against
@@ -228,67 +228,6 @@ def parse_filter(text: str) -> Filter:
         raise QueryError("bad_filter", f"filter: cannot parse: {first}") from None
     transformer.out.sql = sql
     return transformer.out
-
-
-# --- read-only SQL from users ------------------------------------------------------------------
-#
-# ClickHouse's readonly=1 does not stop everything: chDB (clickhouse-local) still writes
-# `INTO OUTFILE`, runs `KILL QUERY`, and the scalar file() reads any local file. So the user's
-# text runs only as a subquery of ours, and ClickHouse's own parser (`EXPLAIN AST`) must show
-# that it stayed one: the newlines keep a trailing `--` comment from swallowing our closing
-# parenthesis, and text that closes it early (`SELECT 1) INTO OUTFILE ...`) shows up as extra
-# children of the outer query.
-
-# Table functions that only compute; every other one reads files, URLs, other servers or
-# processes (file, url, remote, executable, s3, mysql, python, ...).
-COMPUTING_TABLE_FUNCTIONS = frozenset({
-    "numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries", "generate_series", "values", "null",
-    "view", "format", "generaterandom", "primes", "merge"})
-# Scalar functions that read outside the database.
-OUTSIDE_FUNCTIONS = frozenset({"file", "catboostevaluate", "naivebayesclassifier"})
-
-
-def wrap_user_sql(sql: str) -> str:
-    """The user's text as the only subquery of ours."""
-    return f"SELECT * FROM (\n{sql}\n)"
-
-
-def _ast_nodes(lines: list[str]) -> list[tuple[int, str, str | None]]:
-    """EXPLAIN AST lines → (depth, node, parent node), depth from the indentation."""
-    out: list[tuple[int, str, str | None]] = []
-    stack: list[str] = []
-    for line in lines:
-        depth = len(line) - len(line.lstrip(" "))
-        node = line.strip()
-        del stack[depth:]
-        out.append((depth, node, stack[-1] if stack else None))
-        stack.append(node)
-    return out
-
-
-def check_user_ast(lines: list[str]) -> None:
-    """Refuse (QueryError) unless `EXPLAIN AST` of wrap_user_sql() shows our outer SELECT with
-    one plain subquery (a client may add its own output FORMAT), and no function that reaches
-    outside the database."""
-    nodes = _ast_nodes(lines)
-    shape = [(depth, node) for depth, node, _ in nodes if depth <= 3]
-    expected = [(0, "SelectWithUnionQuery"), (1, "ExpressionList (children 1)"), (2, "SelectQuery (children 2)"),
-                (3, "ExpressionList (children 1)"), (3, "TablesInSelectQuery (children 1)")]
-    extra = [(depth, node) for depth, node in shape if depth == 1 and node.startswith("Identifier ")]
-    rest = [item for item in shape if item not in extra]
-    if len(extra) > 1 or len(rest) != len(expected) or not rest[0][1].startswith(expected[0][1]) \
-            or rest[1:] != expected[1:]:
-        raise QueryError("not_a_select", "only one SELECT is allowed (no INTO OUTFILE, FORMAT, SETTINGS, "
-                                         "other statements)")
-    if any(node == "Set" for _, node, _ in nodes):  # readonly=1 refuses most, but not all, of them
-        raise QueryError("not_a_select", "SETTINGS are not allowed in API queries")
-    for _, node, parent in nodes:
-        if not node.startswith("Function "):
-            continue
-        name = node.split()[1].lower()
-        table_function = parent is not None and parent.startswith("TableExpression")
-        if (table_function and name not in COMPUTING_TABLE_FUNCTIONS) or name in OUTSIDE_FUNCTIONS:
-            raise QueryError("forbidden_function", f"{node.split()[1]}() reads outside the database")
 
 
 # --- parameters --------------------------------------------------------------------------------

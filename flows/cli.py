@@ -100,7 +100,7 @@ def query(ctx: Context, sql: str, fmt: str) -> None:
     from connectors.http import sql_result
 
     body = _look_up(ctx, "/api/v0/query", None, sql.encode(),
-                    lambda client: sql_result(client, ctx.settings, sql))
+                    lambda session: sql_result(session, ctx.settings, sql), kind="user")
     _print_rows(body["columns"], body["rows"], fmt)
     if body.get("truncated"):
         err_console.print(f"[yellow]truncated to api.max_rows = {ctx.settings.api.max_rows} rows[/]",
@@ -192,9 +192,11 @@ def run(ctx: Context, dataflow: str, workers: int, recovery: bool, snapshot_seco
 
 # --- the main job: waxflow up, demo exporter, look-ups ---------------------------------------------
 
-def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes | None, direct):
+def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes | None, direct,
+             kind: str = "api"):
     """Ask the running outlet's API (it owns the embedded store); when nothing answers, run
-    `direct(client)` straight on the store. Exits 1 with the reason on a refusal."""
+    `direct(session)` straight on the store, on the same kind of read-only session the API uses.
+    Exits 1 with the reason on a refusal."""
     from rich.markup import escape
 
     from connectors.http import APIError, APIUnavailable, call_api
@@ -207,12 +209,12 @@ def _look_up(ctx: Context, path: str, params: dict[str, str] | None, body: bytes
         sys.exit(1)
     except APIUnavailable:
         pass
-    from connectors.http import query_client
+    from connectors.http import ReadOnlySession
     from flows.api import QueryError
 
     try:
-        return direct(query_client(settings))
-    except QueryError as err:
+        return direct(ReadOnlySession(settings, kind))
+    except (QueryError, APIError) as err:
         err_console.print(f"[bold red]refused ({err.reason}):[/] {escape(str(err))}", highlight=False)
         sys.exit(1)
     except Exception as err:  # the store's own message says what is wrong
@@ -251,7 +253,7 @@ def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit
     params = {"from": f"-{last}", "dimensions": dimensions, "limit": str(limit), "points": "1",
               "filter": filter_, "unit": unit}
     body = _look_up(ctx, "/api/v0/flows", params, None,
-                    lambda client: flows_result(client, ctx.settings, parse_flows_query(params)))
+                    lambda session: flows_result(session, ctx.settings, parse_flows_query(params)))
     total = sum(s["average"] for s in body["series"]) or 1.0
     columns = [*body["dimensions"], unit, "share"]
     rows = [[*(s["dimensions"] + [""] * (len(body["dimensions"]) - len(s["dimensions"]))),

@@ -554,12 +554,37 @@ class API(Section):
     max_memory: Size = Field(ByteSize(1024**3), description="memory one API query may use (max_memory_usage)")
     max_result: Size = Field(ByteSize(64 * 1024**2),
                              description="largest result of an API SQL query (max_result_bytes)")
+    query_slots: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="API queries that run at once, each on its own read-only store session")
+    queue_wait: Duration = Field(timedelta(seconds=2),
+                                 description="longest a request waits for a free query slot (then 503 busy)")
+    max_connections: Annotated[int, Field(ge=4, le=10_000)] = Field(
+        64, description="HTTP connections served at once (more: 503 at once); /healthz and /metrics "
+                        "never wait for a query slot")
+
+    @field_validator("token")
+    @classmethod
+    def _real_token(cls, value: str | None) -> str | None:
+        # An empty token once meant "no auth": refuse it rather than guess which was meant.
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError("must be a non-empty token without surrounding spaces "
+                             "(leave the key out to run the API without auth)")
+        if value is not None and not all(33 <= ord(c) < 127 for c in value):
+            raise ValueError("must be printable ASCII without spaces (it travels in an HTTP header)")
+        return value
 
     @field_validator("query_timeout")
     @classmethod
     def _at_least_a_second(cls, value: timedelta) -> timedelta:
         if value.total_seconds() < 1:
             raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("queue_wait")
+    @classmethod
+    def _short_wait(cls, value: timedelta) -> timedelta:
+        if not 0 <= value.total_seconds() <= 60:
+            raise ValueError("must be between 0s and 60s")
         return value
 
     @field_validator("dsn")

@@ -242,15 +242,15 @@ def query_store(config: Path, *sqls: str) -> list[list[dict]]:
 
 def _main(config: str, *sqls: str) -> None:
     """What `waxflow query` runs on a stopped store, with room for every row the tests read."""
-    from connectors.http import query_client, sql_result
+    from connectors.http import ReadOnlySession, sql_result
     from flows.settings import load_settings
 
     settings = load_settings(config)
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"max_rows": 1_000_000})})
-    client = query_client(settings)
+    session = ReadOnlySession(settings, "user")
     out = []
     for sql in sqls:
-        result = sql_result(client, settings, sql)
+        result = sql_result(session, settings, sql)
         assert not result["truncated"], sql
         out.append([dict(zip(result["columns"], row)) for row in result["rows"]])
     json.dump(out, sys.stdout, default=str)

@@ -136,7 +136,7 @@ def test_an_unexpected_failure_is_a_counted_json_500(web, monkeypatch) -> None:
     def broken(name, settings):  # a fault that no request can cause: stands for a bug
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(http, "dictionary_csv", broken)
+    monkeypatch.setattr(http.server, "dictionary_csv", broken)
     before = REGISTRY.get_sample_value("waxflow_api_errors_total", {"reason": "internal"}) or 0
     answer = web.get("/api/v0/clickhouse/asns.csv")
     assert answer.status_code == 500 and answer.json["reason"] == "internal"

@@ -1,0 +1,211 @@
+"""Store sessions for API queries, and the queries themselves.
+
+Every API query runs on a `ReadOnlySession`: a store client of its own (never the sink's), whose
+limits are set once and then frozen by `SET readonly = 1`, so nothing it runs can write, create,
+drop, change a setting or run SYSTEM — chDB included, where per-query settings would otherwise
+ride as a SETTINGS clause the user's text could add to. Against a ClickHouse server the same
+limits and `readonly=1` (last: it forbids changing settings after it) go with each query, as the
+read-only user of `api.dsn` when set.
+
+A bounded `QueryPool` of such sessions runs `api.query_slots` queries at once; a request that
+finds none free within `api.queue_wait` is answered 503 busy instead of queueing without end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import clickhouse_connect
+
+from connectors.clickhouse import ttl_seconds
+from connectors.http.errors import APIError
+from flows import api, sqlguard
+from flows.settings import Settings
+
+
+def session_limits(settings: Settings, kind: str = "api") -> dict[str, Any]:
+    """Limits of a session: `api` for flows/exporters, `user` for users' SQL (also a cap on the
+    result's size: the query fails instead of building a huge answer), `probe` for /healthz."""
+    limits: dict[str, Any] = {"max_execution_time": int(settings.api.query_timeout.total_seconds()),
+                              "max_memory_usage": int(settings.api.max_memory)}
+    if kind == "user":
+        limits |= {"max_result_bytes": int(settings.api.max_result), "result_overflow_mode": "throw"}
+    elif kind == "probe":
+        limits |= {"max_execution_time": 2}
+    return limits
+
+
+def query_client(settings: Settings) -> Any:
+    """A client of its own for API queries: as `api.dsn`'s read-only user on a ClickHouse
+    server when set, else as `clickhouse.dsn` (a new chDB handle on the embedded store)."""
+    return clickhouse_connect.get_client(dsn=settings.api.dsn or settings.clickhouse.dsn)
+
+
+class ReadOnlySession:
+    """One store client that can only read. `query()` takes no settings: they are the session's."""
+
+    def __init__(self, settings: Settings, kind: str = "api",
+                 factory: Callable[[Settings], Any] = query_client) -> None:
+        self.database = settings.clickhouse.database
+        self.embedded = (settings.api.dsn or settings.clickhouse.dsn).startswith("chdb:")
+        self.client = factory(settings)
+        limits = session_limits(settings, kind)
+        if self.embedded:
+            exists = self.client.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                                       parameters={"db": self.database}).result_rows[0][0]
+            if exists:  # unqualified table names are the waxflow database's
+                self.client.command(f"USE `{self.database}`")
+            for name, value in limits.items():
+                self.client.command(f"SET {name} = {_setting_literal(value)}")
+            self.client.command("SET readonly = 1")
+            self._settings: dict[str, Any] | None = None
+        else:
+            self._settings = {**limits, "readonly": 1}
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self.client.query(sql, parameters=parameters, settings=self._settings)
+
+    def blocks(self, sql: str) -> Any:
+        """A context manager streaming the result's row blocks (see clickhouse-connect)."""
+        return self.client.query_row_block_stream(sql, settings=self._settings)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # a handle left in a bad state by a failed query: closing is best effort
+            pass
+
+
+def _setting_literal(value: Any) -> str:
+    return str(int(value)) if isinstance(value, (int, bool)) else "'" + str(value).replace("'", "''") + "'"
+
+
+class QueryPool:
+    """At most `slots` sessions in use at once, each used by one request at a time. A session
+    whose query failed is closed (chDB can keep the rest of a stopped stream on the handle) and
+    replaced by a fresh one on next use."""
+
+    def __init__(self, slots: int, wait: float, factory: Callable[[], ReadOnlySession]) -> None:
+        self.wait, self._factory = wait, factory
+        self._slots = threading.BoundedSemaphore(slots)
+        self._idle: list[ReadOnlySession] = []
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[ReadOnlySession], Any]) -> Any:
+        if not self._slots.acquire(timeout=self.wait):
+            raise APIError(503, "busy", "every query slot is in use; try again shortly")
+        session: ReadOnlySession | None = None
+        try:
+            with self._lock:
+                session = self._idle.pop() if self._idle else None
+            if session is None:
+                session = self._factory()
+            result = work(session)
+            with self._lock:
+                self._idle.append(session)
+            session = None
+            return result
+        finally:
+            if session is not None:
+                session.close()
+            self._slots.release()
+
+
+# --- the queries -------------------------------------------------------------------------------
+
+class UserSQLError(APIError):
+    """A user's SQL refused (400): by the guard, the parser, or the store when it ran."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(400, reason, message)
+
+
+def _first_line(err: Exception, limit: int = 500) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+
+
+def checked_sql(session: ReadOnlySession, sql: str) -> str:
+    """The canonical text of the user's one SELECT, or UserSQLError. See flows/sqlguard.py."""
+    try:
+        sqlguard.check_text(sql)
+        try:
+            rows = session.query("SELECT formatQuery({sql:String})", parameters={"sql": sql}).result_rows
+        except Exception as err:  # the parser's message says where it stopped
+            raise sqlguard.GuardError("syntax_error", _first_line(err)) from None
+        canonical = sqlguard.check_canonical(rows[0][0])
+        try:
+            lines = session.query(f"EXPLAIN AST {canonical}").result_rows
+        except Exception as err:  # formatted as one statement yet not explainable: not a SELECT
+            raise sqlguard.GuardError("not_a_select", _first_line(err)) from None
+        sqlguard.check_ast([line[0] for line in lines], session.database)
+    except sqlguard.GuardError as err:
+        raise UserSQLError(err.reason, str(err)) from None
+    return canonical
+
+
+def plain(value: Any) -> Any:
+    """JSON-friendly values: FixedString bytes as text, addresses without the IPv4-mapped prefix."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").rstrip("\0")
+    if isinstance(value, ipaddress.IPv6Address) and value.ipv4_mapped:
+        return str(value.ipv4_mapped)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass
+class _Capped:
+    """Rows kept under a row cap and a byte cap on their JSON text."""
+
+    max_rows: int
+    max_bytes: int
+    rows: list[list[Any]] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+
+    def add(self, block: Iterator[Any]) -> bool:
+        """Take rows from one block; False once a cap is reached (stop reading)."""
+        for row in block:
+            if len(self.rows) >= self.max_rows:
+                self.truncated = True
+                return False
+            values = [plain(v) for v in row]
+            self.size += len(json.dumps(values, default=str)) + 1
+            if self.size > self.max_bytes:
+                self.truncated = True
+                return False
+            self.rows.append(values)
+        return True
+
+
+def sql_result(session: ReadOnlySession, settings: Settings, sql: str) -> dict[str, Any]:
+    """A user's read-only SQL, streamed: at most `api.max_rows` rows and `api.max_result` bytes
+    of JSON, `truncated` when there was more (the rest is not read)."""
+    canonical = checked_sql(session, sql)
+    capped = _Capped(settings.api.max_rows, int(settings.api.max_result))
+    try:
+        with session.blocks(canonical) as stream:
+            columns = list(stream.source.column_names)
+            for block in stream:
+                if not capped.add(block):
+                    break
+    except Exception as err:  # a limit hit, a missing table, a type error: ClickHouse says which
+        raise UserSQLError("query_failed", _first_line(err)) from None
+    return {"columns": columns, "rows": capped.rows, "truncated": capped.truncated}
+
+
+def flows_result(session: ReadOnlySession, settings: Settings, query: api.FlowsQuery) -> dict[str, Any]:
+    """GET /api/v0/flows for validated parameters: pick the table, run, shape."""
+    built = api.build_flows_sql(query, settings.clickhouse.database, ttl_seconds(settings.clickhouse))
+    rows = session.query(built.sql, parameters=built.parameters).result_rows
+    return api.shape_flows(built, query, rows)
+
+
+def exporters_result(session: ReadOnlySession, settings: Settings) -> list[dict[str, Any]]:
+    return api.shape_exporters(session.query(api.exporters_sql(settings.clickhouse.database)).result_rows)
