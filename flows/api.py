@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, VisitError
 
 from flows import ddl, schema
@@ -29,6 +30,10 @@ DEFAULT_POINTS = 100
 MAX_FILTER_LENGTH = 2000
 MAX_RANGE_SECONDS = 2 * 366 * 86400
 MAX_FILTER_VALUES = 200
+MAX_FILTER_DEPTH = 64  # nesting of NOT / parentheses; deeper would exhaust the transformer's stack
+MAX_TIME_LENGTH = 64
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_UNIX_TIME = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 OTHER = "Other"
 
 
@@ -99,7 +104,7 @@ _OR.2: /or\b/i
 _NOT.2: /not\b/i
 _IN.2: /in\b/i
 COLUMN: /[A-Za-z][A-Za-z0-9]*/
-NUMBER: /\d+/
+NUMBER: /[0-9]+/
 STRING: /'[^'\n]*'/ | /"[^"\n]*"/
 %ignore /\s+/
 """
@@ -141,7 +146,7 @@ class _ToSQL(Transformer):
         if quoted:
             text = text[1:-1]
         if kind == "int":
-            if quoted or not text.isdigit() or int(text) >= 2**64:
+            if quoted or not _ASCII_DIGITS.fullmatch(text) or int(text) >= 2**64:
                 raise QueryError("bad_filter", f"filter: {name} needs a whole number, got {token!s}")
             return int(text)
         if not quoted:
@@ -208,6 +213,16 @@ def _mapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return f"::ffff:{address}" if address.version == 4 else str(address)
 
 
+def _check_depth(tree: Tree) -> None:
+    """Refuse filters nested deeper than MAX_FILTER_DEPTH (walked without recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_FILTER_DEPTH:
+            raise QueryError("bad_filter", f"filter: nested deeper than {MAX_FILTER_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+
+
 def parse_filter(text: str) -> Filter:
     """`SrcAS = 2906 AND InIfBoundary = 'external' AND NOT DstAddr = '10.0.0.0/8'` → SQL + values."""
     text = (text or "").strip()
@@ -217,6 +232,7 @@ def parse_filter(text: str) -> Filter:
         raise QueryError("bad_filter", f"filter: longer than {MAX_FILTER_LENGTH} characters")
     try:
         tree = _parser.parse(text)
+        _check_depth(tree)
         transformer = _ToSQL()
         sql = transformer.transform(tree)
     except VisitError as err:
@@ -237,19 +253,23 @@ def parse_time(value: str | None, now: float, default: float) -> float:
     text = (value or "").strip()
     if not text:
         return default
+    refused = QueryError("bad_time", f"{(value or '')[:MAX_TIME_LENGTH]!r} is not a time "
+                                     "(unix seconds, RFC 3339, now, -15m)")
+    if len(text) > MAX_TIME_LENGTH or not text.isascii():
+        raise refused
     if text == "now":
         return now
-    if text.replace(".", "", 1).isdigit():
+    if _UNIX_TIME.fullmatch(text):
         return float(text)
     if text[0] in "-0123456789" and text.lstrip("-")[-1:].isalpha():
         try:
             return now - parse_duration(text.lstrip("-")).total_seconds()
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: more days than a timedelta holds
             pass
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise QueryError("bad_time", f"{value!r} is not a time (unix seconds, RFC 3339, now, -15m)") from None
+    except (ValueError, OverflowError):
+        raise refused from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
@@ -270,7 +290,7 @@ def _bounded_int(params: Mapping[str, str], key: str, default: int, low: int, hi
     text = params.get(key)
     if text is None or text == "":
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _ASCII_DIGITS.fullmatch(text) or len(text) > 12 or not low <= int(text) <= high:
         raise QueryError(f"bad_{key}", f"{key} must be a whole number in {low}-{high}, got {text!r}")
     return int(text)
 

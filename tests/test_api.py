@@ -126,6 +126,16 @@ def test_no_dimensions_is_the_total(served) -> None:
     ({"from": "yesterday-ish"}, "bad_time"),
     ({"from": "0", "to": str(NOW)}, "bad_range"),
     ({"dimensions": "SrcAS", "sql": "SELECT 1"}, "unknown_parameter"),
+    # each of these answered 500 once (OverflowError, RecursionError, int() of other digits)
+    ({"from": "-99999999999d"}, "bad_time"),
+    ({"from": "-99999999999999999999w"}, "bad_time"),
+    ({"to": "9" * 400}, "bad_time"),
+    ({"from": "\u00b2"}, "bad_time"),
+    ({"filter": "NOT " * 490 + "SrcAS = 1"}, "bad_filter"),
+    ({"filter": "SrcAS = \u0663"}, "bad_filter"),
+    ({"limit": "\u00b2"}, "bad_limit"),
+    ({"limit": "\u0663"}, "bad_limit"),
+    ({"points": "\uff11\uff10"}, "bad_points"),
 ])
 def test_bad_parameters_get_400_with_a_reason(served, params, reason) -> None:
     status, body = get(served, "/api/v0/flows", params)

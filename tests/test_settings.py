@@ -66,6 +66,13 @@ def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
         ("api: {listen: 'localhost:99999'}\n", "api.listen", "host:port"),
         ("enrichment: {sampling: {override: {'10.0.0.0/33': 100}}}\n",
          "enrichment.sampling.override['10.0.0.0/33']", "does not appear to be an IPv4 or IPv6 network"),
+        # an empty token once turned authentication off without a word
+        ("api: {token: ''}\n", "api.token", "non-empty token"),
+        ("api: {token: '   '}\n", "api.token", "non-empty token"),
+        ("api: {token: 'tok en'}\n", "api.token", "printable ASCII"),
+        ("api: {query_slots: 0}\n", "api.query_slots", "greater than or equal to 1"),
+        ("api: {queue_wait: 2h}\n", "api.queue_wait", "between 0s and 60s"),
+        ("api: {max_connections: 1}\n", "api.max_connections", "greater than or equal to 4"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str, reason: str) -> None:
@@ -118,3 +125,14 @@ def test_dataflow_with_a_bad_value_exits_2_naming_the_key(dataflow: str, tmp_pat
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "kafka.partitions" in done.stderr
+
+
+def test_empty_token_fails_config_check_naming_the_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = write(tmp_path, "api: {token: ''}\n")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "config", "check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "api.token" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
