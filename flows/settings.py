@@ -551,7 +551,9 @@ class API(Section):
                                     description="longest an API query may run (max_execution_time)")
     max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         10_000, description="most rows an API SQL query returns (more: truncated, flagged)")
-    max_memory: Size = Field(ByteSize(1024**3), description="memory one API query may use (max_memory_usage)")
+    max_memory: Size = Field(ByteSize(512 * 1024**2),
+                             description="memory one API query may use (max_memory_usage); also bounds the "
+                                         "largest block of a result the outlet decodes at once")
     max_result: Size = Field(ByteSize(64 * 1024**2),
                              description="largest result of an API SQL query (max_result_bytes)")
     query_slots: Annotated[int, Field(ge=1, le=64)] = Field(

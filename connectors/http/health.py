@@ -1,9 +1,10 @@
-"""/healthz: cheap, cached probes that never wait behind users' queries.
+"""/healthz: probes that run in the background and never wait behind users' queries.
 
-The store probe has a session of its own (2 s limit) and a non-blocking lock: while one probe
-runs, other callers get the last answer instead of queueing, so any number of unauthenticated
-/healthz calls cost at most one store query per second. An answer older than `STALE` seconds
-(the probe itself hangs) reads as not ok.
+Each probe (the store, on a session of its own with a 2 s limit; Kafka, with a new admin client)
+runs in a thread of its own at most every few seconds, and /healthz answers at once with the
+last result: any number of unauthenticated calls cost at most one probe per period, and a
+store busy with a heavy query cannot slow /healthz down. A store answer older than `STALE`
+seconds (the probe hangs) reads as not ok.
 """
 
 from __future__ import annotations
@@ -21,20 +22,41 @@ STALE = 5.0
 REUSE = 1.0
 
 
-class CachedProbe:
-    """A slow yes/no check (a new Kafka admin client each time) run at most every `ttl` seconds,
-    so unauthenticated /healthz calls cannot make it run in a loop."""
+class BackgroundProbe:
+    """A check run in a thread of its own at most every `every` seconds; callers get its last
+    answer at once (the very first call waits up to `first_wait` for one). An answer older than
+    `stale` seconds (the check hangs) is replaced by `stale_answer()`."""
 
-    def __init__(self, check: Callable[[], bool], ttl: float = 5.0) -> None:
-        self.check, self.ttl = check, ttl
+    def __init__(self, check: Callable[[], Any], every: float, stale: float,
+                 stale_answer: Callable[[float], Any], first_wait: float = 3.0) -> None:
+        self.check, self.every, self.stale = check, every, stale
+        self._stale_answer, self._first_wait = stale_answer, first_wait
         self._lock = threading.Lock()
-        self._at, self._value = -ttl, False
+        self._running = False
+        self._done = threading.Event()
+        self._answer: Any = None
+        self._at = float("-inf")
 
-    def __call__(self) -> bool:
+    def __call__(self) -> Any:
         with self._lock:
-            if time.monotonic() - self._at >= self.ttl:
-                self._value, self._at = self.check(), time.monotonic()
-            return self._value
+            due = not self._running and time.monotonic() - self._at >= self.every
+            if due:
+                self._running = True
+        if due:
+            threading.Thread(target=self._run, name="waxflow-probe", daemon=True).start()
+        if self._at == float("-inf"):
+            self._done.wait(self._first_wait)
+        age = time.monotonic() - self._at
+        return self._answer if age <= self.stale else self._stale_answer(age)
+
+    def _run(self) -> None:
+        try:
+            answer = self.check()
+            self._answer, self._at = answer, time.monotonic()
+            self._done.set()
+        finally:
+            with self._lock:
+                self._running = False
 
 
 def broker_answers(settings: Settings) -> bool:
@@ -57,27 +79,14 @@ def store_components(session: ReadOnlySession) -> dict[str, Any]:
                             "rows_inserted": counter_total("waxflow_clickhouse_rows_total")}}
 
 
-class StoreProbe:
-    """The store's part of /healthz, on a probe session of its own."""
+class StoreSession:
+    """The store's part of /healthz, on a probe session of its own (reopened after a failure)."""
 
     def __init__(self, factory: Callable[[], ReadOnlySession]) -> None:
         self._factory = factory
         self._session: ReadOnlySession | None = None
-        self._lock = threading.Lock()
-        self._answer: dict[str, Any] = {"store": {"ok": False, "error": "not probed yet"}}
-        self._at = -STALE - 1.0
 
     def __call__(self) -> dict[str, Any]:
-        if time.monotonic() - self._at >= REUSE and self._lock.acquire(blocking=False):
-            try:
-                self._answer, self._at = self._probe(), time.monotonic()
-            finally:
-                self._lock.release()
-        if time.monotonic() - self._at > STALE:
-            return {"store": {"ok": False, "error": f"the store has not answered a probe for {STALE:.0f}s"}}
-        return self._answer
-
-    def _probe(self) -> dict[str, Any]:
         try:
             if self._session is None:
                 self._session = self._factory()
@@ -88,3 +97,15 @@ class StoreProbe:
                 self._session = None
             text = str(err).strip()
             return {"store": {"ok": False, "error": (text.splitlines()[0] if text else type(err).__name__)[:300]}}
+
+
+def store_probe(factory: Callable[[], ReadOnlySession]) -> BackgroundProbe:
+    return BackgroundProbe(StoreSession(factory), every=REUSE, stale=STALE,
+                           stale_answer=lambda age: {"store": {"ok": False, "error": "the store has not "
+                                                               f"answered a probe for {age:.0f}s"}})
+
+
+def kafka_probe(settings: Settings) -> BackgroundProbe:
+    """A new Kafka admin client each time: at most every 5 s, however often /healthz is called."""
+    return BackgroundProbe(lambda: broker_answers(settings), every=5.0, stale=30.0,
+                           stale_answer=lambda age: False)

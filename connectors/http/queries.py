@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -33,7 +34,10 @@ def session_limits(settings: Settings, kind: str = "api") -> dict[str, Any]:
     limits: dict[str, Any] = {"max_execution_time": int(settings.api.query_timeout.total_seconds()),
                               "max_memory_usage": int(settings.api.max_memory)}
     if kind == "user":
-        limits |= {"max_result_bytes": int(settings.api.max_result), "result_overflow_mode": "throw"}
+        # Smaller blocks: a result arrives (and is decoded, holding the GIL) a block at a time,
+        # and reading stops at the caps; 1024 rows cost little to aggregations (measured).
+        limits |= {"max_result_bytes": int(settings.api.max_result), "result_overflow_mode": "throw",
+                   "max_block_size": 1024}
     elif kind == "probe":
         limits |= {"max_execution_time": 2}
     return limits
@@ -124,9 +128,19 @@ class UserSQLError(APIError):
         super().__init__(400, reason, message)
 
 
+_NESTED_PREFIX = re.compile(r"^(Code: \d+\. DB::Exception: )+")
+_VERSION_SUFFIX = re.compile(r"( \([A-Z_]+\))?( \(version [^)]*\)\.?)+( \([A-Z_]+\))*$")
+
+
 def _first_line(err: Exception, limit: int = 500) -> str:
+    """ClickHouse's message without the nesting chDB adds (`Code: 241. DB::Exception: ` three times)."""
     text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+    line = text.splitlines()[0] if text else type(err).__name__
+    match = _NESTED_PREFIX.match(line)
+    if match:
+        code = line[:line.index(".")]
+        line = f"{code}: " + line[match.end():]
+    return _VERSION_SUFFIX.sub("", line)[:limit]
 
 
 def checked_sql(session: ReadOnlySession, sql: str) -> str:

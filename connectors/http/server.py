@@ -32,7 +32,7 @@ import logging
 import socket
 import threading
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from werkzeug.exceptions import HTTPException
@@ -44,7 +44,7 @@ from connectors.clickhouse import lookup_rows
 from connectors.cluster import process_id
 from connectors.http.client import listen_address
 from connectors.http.errors import APIError
-from connectors.http.health import CachedProbe, StoreProbe, broker_answers, counter_total
+from connectors.http.health import counter_total, kafka_probe, store_probe
 from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, flows_result,
                                      sql_result)
 from connectors.metrics import RateLimitedLog
@@ -111,8 +111,8 @@ class API:
         wait = settings.api.queue_wait.total_seconds()
         self._pools = {kind: QueryPool(settings.api.query_slots, wait, lambda kind=kind: factory(kind))
                        for kind in ("api", "user")}
-        self._store_probe = StoreProbe(lambda: factory("probe"))
-        self._kafka_ok = CachedProbe(lambda: broker_answers(settings))
+        self._store_probe = store_probe(lambda: factory("probe"))
+        self._kafka_ok = kafka_probe(settings)
         self.urls = Map([
             Rule("/metrics", endpoint="metrics"),
             Rule("/healthz", endpoint="healthz"),
@@ -207,7 +207,18 @@ class API:
         sql = request.args.get("sql", "") if request.method == "GET" else _body_sql(request)
         if not sql.strip():
             raise APIError(400, "bad_request", "no SQL given (GET ?sql=..., or POST the text or {\"sql\": ...})")
-        return _json(200, self._store("user", lambda session: sql_result(session, self.settings, sql)))
+        result = self._store("user", lambda session: sql_result(session, self.settings, sql))
+        # Encoded row by row while it is sent: one json.dumps of a 64 MiB answer would hold the
+        # GIL for a second, and /healthz, /metrics and the dataflow would all wait for it.
+        return Response(_json_chunks(result), status=200, mimetype="application/json")
+
+
+def _json_chunks(result: dict[str, Any]) -> Iterator[str]:
+    yield '{"columns": ' + json.dumps(result["columns"]) + ', "truncated": ' + json.dumps(result["truncated"])
+    yield ', "rows": ['
+    for index, row in enumerate(result["rows"]):
+        yield ("," if index else "") + json.dumps(row, default=str)
+    yield "]}"
 
 
 def _body_sql(request: Request) -> str:
