@@ -17,6 +17,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from connectors import process
+
 from flows.settings import split_host_port
 
 
@@ -94,8 +96,10 @@ class LocalBroker:
             return None
         return pid if _is_tansu(pid) else None
 
-    def start(self, timeout: float = 20.0) -> int:
-        """Start the broker detached and wait until it answers metadata; returns its pid."""
+    def start(self, timeout: float = 20.0, die_with_parent: bool = False) -> int:
+        """Start the broker and wait until it answers metadata; returns its pid. Detached (it
+        survives the command that started it, as `waxflow broker start` wants), or, with
+        `die_with_parent`, stopped by the kernel when the starting process dies (`waxflow up`)."""
         running = self.pid()
         if running:
             if answers(self.bootstrap):
@@ -110,7 +114,7 @@ class LocalBroker:
             proc = subprocess.Popen(
                 [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the command that started it
+                **({"preexec_fn": process.die_with_parent()} if die_with_parent else {"start_new_session": True}),
             )
         self.pidfile.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + timeout

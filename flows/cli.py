@@ -247,7 +247,7 @@ def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
 def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit: str, fmt: str) -> None:
     """The top talkers over the last minutes: through the running stack's API, else the store."""
     from connectors.http import flows_result
-    from connectors.supervisor import human_rate
+    from connectors.up import human_rate
     from flows.api import parse_flows_query
 
     params = {"from": f"-{last}", "dimensions": dimensions, "limit": str(limit), "points": "1",
@@ -305,7 +305,7 @@ def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int |
 @pass_context
 def up(ctx: Context, demo: bool, workers: int, demo_rate: float) -> None:
     """Run the whole collector: local broker, outlet (store + HTTP API), inlet, with a live status."""
-    from connectors.supervisor import run_up
+    from connectors.up import run_up
 
     sys.exit(run_up(ctx.settings, workers=workers, demo=demo, demo_rate=demo_rate))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from connectors.supervisor import Monitor
+from connectors.up import Monitor
 from flows.settings import Settings
 from tests.conftest import free_port
 
@@ -36,7 +36,7 @@ def test_preflight_names_a_taken_udp_listener_port(tmp_path) -> None:
     """port_taken(kind=SOCK_DGRAM), shared with the broker's check, sees a UDP port in use."""
     import socket
 
-    from connectors.supervisor import preflight
+    from connectors.up import preflight
 
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     holder.bind(("127.0.0.1", 0))
