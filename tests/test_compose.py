@@ -42,11 +42,27 @@ def stack() -> dict:
     """The compose file as docker-compose resolves it (compose/.env interpolated)."""
     if not shutil.which("docker-compose"):
         pytest.skip(reason="docker-compose is not installed (scripts/apt-packages.txt)")
-    done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "--profile", "demo", "config"],
-                          capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k not in dotenv()})
+    done = _compose_config({"WAXFLOW_API_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)
+
+
+TOKEN = "compose-test-token"
+
+
+def _compose_config(extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in dotenv()}
+    return subprocess.run(["docker-compose", "-f", str(COMPOSE), "--profile", "demo", "config"],
+                          capture_output=True, text=True, timeout=120, env={**env, **extra})
+
+
+def test_the_api_token_is_required_and_reaches_the_outlet(stack: dict, settings) -> None:
+    """The shipped .env holds no token: compose refuses to start until one is set, and the outlet
+    then runs with it (an empty token is refused by waxflow itself)."""
+    done = _compose_config({})
+    assert done.returncode != 0 and "WAXFLOW_API_TOKEN" in done.stderr
+    assert stack["services"]["outlet"]["environment"]["WAXFLOW__API__TOKEN"] == TOKEN
+    assert settings["outlet"]["api"]["token"] == TOKEN
 
 
 def settings_of(stack: dict, service: str) -> dict:
@@ -96,7 +112,8 @@ def test_compose_file_validates_with_every_service(stack: dict) -> None:
     assert set(stack["services"]) == SERVICES
     # without the demo profile too (docker-compose 1.29 lists profiled services either way)
     done = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
-                          text=True, timeout=120, env={k: v for k, v in os.environ.items() if k not in dotenv()})
+                          text=True, timeout=120,
+                          env={**{k: v for k, v in os.environ.items() if k not in dotenv()}, "WAXFLOW_API_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
 
 
