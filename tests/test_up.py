@@ -107,15 +107,20 @@ def up(tmp_path_factory) -> Up:
         stack.wait_ready()
         yield stack
     finally:
-        if stack.proc.poll() is None:
-            stack.proc.send_signal(signal.SIGINT)
-            try:
-                stack.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                stack.proc.kill()
-        for pid in stack.children:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        shut_down(stack)
+
+
+def shut_down(stack: Up) -> None:
+    """A fixture's end: Ctrl-C, then kill whatever is left of it and its children."""
+    if stack.proc.poll() is None:
+        stack.proc.send_signal(signal.SIGINT)
+        try:
+            stack.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            stack.proc.kill()
+    for pid in stack.children:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _wait_for_rows(up: Up, sql: str, timeout: float = 90) -> int:

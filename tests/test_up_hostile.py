@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from flows import ddl
-from tests.test_up import ROOT, Up, _config, alive
+from tests.test_up import ROOT, Up, _config, shut_down
 
 TOKEN = "hostile-test-token"
 DATAGRAMS, RECORDS = 20, 10
@@ -107,15 +107,7 @@ def stack(tmp_path_factory):
         up.before = _store_figures(up)
         yield up
     finally:
-        if up.proc.poll() is None:
-            up.proc.send_signal(signal.SIGINT)
-            try:
-                up.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                up.proc.kill()
-        for pid in up.children:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        shut_down(up)
 
 
 # (query, expected reason). {out} is a file path that must never be written.

@@ -182,6 +182,7 @@ class _Capped:
     rows: list[list[Any]] = field(default_factory=list)
     size: int = 0
     truncated: bool = False
+    over_bytes: bool = False
 
     def add(self, block: Iterator[Any]) -> bool:
         """Take rows from one block; False once a cap is reached (stop reading)."""
@@ -192,7 +193,7 @@ class _Capped:
             values = [plain(v) for v in row]
             self.size += len(json.dumps(values, default=str)) + 1
             if self.size > self.max_bytes:
-                self.truncated = True
+                self.truncated = self.over_bytes = True
                 return False
             self.rows.append(values)
         return True
@@ -209,6 +210,12 @@ def sql_result(session: ReadOnlySession, settings: Settings, sql: str) -> dict[s
             for block in stream:
                 if not capped.add(block):
                     break
+            if capped.over_bytes:
+                # The store's own limit (max_result_bytes, throw) decides whether a result is too
+                # large, not how far ahead of us it ran: read on, keeping nothing, until it
+                # throws or the result ends within the limit.
+                for _ in stream:
+                    pass
     except Exception as err:  # a limit hit, a missing table, a type error: ClickHouse says which
         raise UserSQLError("query_failed", _first_line(err)) from None
     return {"columns": columns, "rows": capped.rows, "truncated": capped.truncated}
