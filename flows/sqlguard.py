@@ -1,4 +1,5 @@
-"""The guard on SQL from API users, as pure logic over what ClickHouse's own parser says.
+"""The guard on SQL from API users, as pure logic over what ClickHouse's own parser says, and
+the limits of the sessions API queries run on.
 
 The text is never concatenated into anything of ours. connectors/http/queries.py asks the store
 to parse it twice, with the text only ever travelling as a bound parameter or verbatim:
@@ -18,6 +19,9 @@ written by the client, `KILL QUERY` and the scalar `file()` are not stopped by r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from flows.settings import Settings
 
 MAX_SQL_BYTES = 64 * 1024
 
@@ -38,8 +42,7 @@ COMPUTING_TABLE_FUNCTIONS = frozenset({
     "null", "view", "format", "generaterandom", "primes"})
 # Scalar functions that read outside the database (or load models from disk).
 OUTSIDE_FUNCTIONS = frozenset({"file", "catboostevaluate", "naivebayesclassifier", "url", "s3"})
-# Databases a query may read besides the waxflow one (functions and formats are in `system`,
-# but a user query names none of its tables: `system.*` shows other users' queries and settings).
+# What formatQuery()'s canonical text of a query starts with.
 _STATEMENT_STARTS = ("SELECT", "WITH", "(")
 
 
@@ -163,3 +166,20 @@ def _names_table(node: Node) -> bool:
     grand = parent.parent
     return grand is not None and grand.kind == "Function" and grand.name.lower() in (
         "in", "notin", "globalin", "globalnotin", "nullin", "notnullin", "globalnullin", "globalnotnullin")
+
+
+# --- limits of the sessions queries run on ----------------------------------------------------
+
+def session_limits(settings: Settings, kind: str = "api") -> dict[str, Any]:
+    """Limits of a session: `api` for flows/exporters, `user` for users' SQL (also a cap on the
+    result's size: the query fails instead of building a huge answer), `probe` for /healthz."""
+    limits: dict[str, Any] = {"max_execution_time": int(settings.api.query_timeout.total_seconds()),
+                              "max_memory_usage": int(settings.api.max_memory)}
+    if kind == "user":
+        # Smaller blocks: a result arrives (and is decoded, holding the GIL) a block at a time,
+        # and reading stops at the caps; 1024 rows cost little to aggregations (measured).
+        limits |= {"max_result_bytes": int(settings.api.max_result), "result_overflow_mode": "throw",
+                   "max_block_size": 1024}
+    elif kind == "probe":
+        limits |= {"max_execution_time": 2}
+    return limits

@@ -25,22 +25,8 @@ import clickhouse_connect
 from connectors.clickhouse import ttl_seconds
 from connectors.http.errors import APIError
 from flows import api, sqlguard
+from flows.sqlguard import session_limits
 from flows.settings import Settings
-
-
-def session_limits(settings: Settings, kind: str = "api") -> dict[str, Any]:
-    """Limits of a session: `api` for flows/exporters, `user` for users' SQL (also a cap on the
-    result's size: the query fails instead of building a huge answer), `probe` for /healthz."""
-    limits: dict[str, Any] = {"max_execution_time": int(settings.api.query_timeout.total_seconds()),
-                              "max_memory_usage": int(settings.api.max_memory)}
-    if kind == "user":
-        # Smaller blocks: a result arrives (and is decoded, holding the GIL) a block at a time,
-        # and reading stops at the caps; 1024 rows cost little to aggregations (measured).
-        limits |= {"max_result_bytes": int(settings.api.max_result), "result_overflow_mode": "throw",
-                   "max_block_size": 1024}
-    elif kind == "probe":
-        limits |= {"max_execution_time": 2}
-    return limits
 
 
 def query_client(settings: Settings) -> Any:
