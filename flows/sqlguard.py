@@ -40,8 +40,19 @@ class GuardError(ValueError):
 COMPUTING_TABLE_FUNCTIONS = frozenset({
     "numbers", "numbers_mt", "zeros", "zeros_mt", "generateseries", "generate_series", "values",
     "null", "view", "format", "generaterandom", "primes"})
-# Scalar functions that read outside the database (or load models from disk).
-OUTSIDE_FUNCTIONS = frozenset({"file", "catboostevaluate", "naivebayesclassifier", "url", "s3"})
+# Scalar functions that read outside the database (files, models, the server's configuration,
+# disks, other databases' catalogue).
+OUTSIDE_FUNCTIONS = frozenset({
+    "file", "catboostevaluate", "naivebayesclassifier", "url", "s3", "hascolumnintable",
+    "getserversetting", "getserverport", "globalvariable", "getmacro", "serveruuid", "tcpport",
+    "filesystemavailable", "filesystemcapacity", "filesystemfree", "filesystemunreserved",
+    "getclienthttpheader"})
+# Functions whose cost on one row grows with the square of its strings' length: ClickHouse checks
+# max_execution_time between blocks, so one block of them could hold a query slot for hours.
+UNBOUNDED_FUNCTIONS = frozenset({
+    "editdistance", "editdistanceutf8", "levenshteindistance", "levenshteindistanceutf8",
+    "damerauLevenshteinDistance".lower(), "jarosimilarity", "jarowinklersimilarity",
+    "stringjaccardindex", "stringjaccardindexutf8"})
 # What formatQuery()'s canonical text of a query starts with.
 _STATEMENT_STARTS = ("SELECT", "WITH", "(")
 
@@ -149,6 +160,9 @@ def check_ast(lines: list[str], database: str, client_format: str = "Native") ->
                 raise GuardError("forbidden_function", f"table function {node.name}() reads outside the database")
             if name in OUTSIDE_FUNCTIONS:
                 raise GuardError("forbidden_function", f"{node.name}() reads outside the database")
+            if name in UNBOUNDED_FUNCTIONS:
+                raise GuardError("forbidden_function", f"{node.name}() can run past the time limit "
+                                                       "(its cost per row is not bounded)")
         if node.kind in ("TableIdentifier", "Identifier") and _names_table(node):
             db = _table_database(node.name)
             if db is not None and db != database:

@@ -186,6 +186,12 @@ HOSTILE = [
     ("SELECT 1 UNION ALL SELECT count() FROM url('http://127.0.0.1:9/', 'TSV', 'a String')", FUNCTION),
     ("SELECT file('/etc/passwd')", FUNCTION),
     ("SELECT length(file('/etc/hostname')) FROM numbers(1)", FUNCTION),
+    ("SELECT hasColumnInTable('system', 'users', 'auth_type')", FUNCTION),  # other databases' catalogue
+    ("SELECT getServerSetting('path')", FUNCTION),
+    ("SELECT filesystemAvailable()", FUNCTION),
+    # one block of it runs for minutes: time limits are checked between blocks
+    ("SELECT editDistance(repeat(toString(number), 65000), repeat('b', 65000)) FROM numbers(12)", FUNCTION),
+    ("SELECT 1 FORMAT TabSeparatedRaw", FAILED),  # passes the tree (the client's own format), fails to run
     # other databases: system.* shows other queries, users, settings
     ("SELECT * FROM system.tables", TABLE),
     ("SELECT query FROM system.query_log", TABLE),
@@ -207,6 +213,8 @@ ALLOWED = [
     ("SELECT count() AS n FROM waxflow.flows WHERE DstPort = 443", [[FLOWS]]),
     ("SELECT x FROM (SELECT 2 AS x UNION ALL SELECT 3 AS x) ORDER BY x", [[2], [3]]),
     ("(SELECT 5 AS x)", [[5]]),
+    ("SELECT 1 AS x LIMIT 0", []),
+    ("SELECT nan AS a, inf AS b", [["nan", "inf"]]),  # JSON has neither
 ]
 
 

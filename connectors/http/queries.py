@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ def query_client(settings: Settings) -> Any:
     """A client of its own for API queries: as `api.dsn`'s read-only user on a ClickHouse
     server when set, else as `clickhouse.dsn` (a new chDB handle on the embedded store)."""
     return clickhouse_connect.get_client(dsn=settings.api.dsn or settings.clickhouse.dsn)
+
+
+EXPLAIN_FORMAT = "TabSeparatedRaw"
 
 
 class ReadOnlySession:
@@ -58,6 +62,12 @@ class ReadOnlySession:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return self.client.query(sql, parameters=parameters, settings=self._settings)
+
+    def text_lines(self, sql: str) -> list[str]:
+        """A one-column answer as lines of text, `FORMAT EXPLAIN_FORMAT` added by the client
+        (raw: clickhouse-connect takes a query ending in `LIMIT 0` for a metadata probe)."""
+        raw = self.client.raw_query(sql, fmt=EXPLAIN_FORMAT, settings=self._settings)
+        return raw.decode("utf-8", errors="replace").splitlines()
 
     def blocks(self, sql: str) -> Any:
         """A context manager streaming the result's row blocks (see clickhouse-connect)."""
@@ -114,19 +124,19 @@ class UserSQLError(APIError):
         super().__init__(400, reason, message)
 
 
-_NESTED_PREFIX = re.compile(r"^(Code: \d+\. DB::Exception: )+")
-_VERSION_SUFFIX = re.compile(r"( \([A-Z_]+\))?( \(version [^)]*\)\.?)+( \([A-Z_]+\))*$")
+_NESTED_PREFIX = re.compile(r"(?:Code: \d+\. DB::Exception: )+")
+_VERSION = re.compile(r" \(version [0-9.]+\)\.?")
 
 
 def _first_line(err: Exception, limit: int = 500) -> str:
-    """ClickHouse's message without the nesting chDB adds (`Code: 241. DB::Exception: ` three times)."""
-    text = str(err).strip()
+    """ClickHouse's message without the nesting chDB adds (`Code: 241. DB::Exception: ` three
+    times) and version notes. Cut before any pattern runs: the message echoes the user's text."""
+    text = str(err).strip()[:4 * limit]
     line = text.splitlines()[0] if text else type(err).__name__
     match = _NESTED_PREFIX.match(line)
     if match:
-        code = line[:line.index(".")]
-        line = f"{code}: " + line[match.end():]
-    return _VERSION_SUFFIX.sub("", line)[:limit]
+        line = line[:line.index(".")] + ": " + line[match.end():]
+    return _VERSION.sub("", line)[:limit]
 
 
 def checked_sql(session: ReadOnlySession, sql: str) -> str:
@@ -139,10 +149,10 @@ def checked_sql(session: ReadOnlySession, sql: str) -> str:
             raise sqlguard.GuardError("syntax_error", _first_line(err)) from None
         canonical = sqlguard.check_canonical(rows[0][0])
         try:
-            lines = session.query(f"EXPLAIN AST {canonical}").result_rows
+            lines = session.text_lines(f"EXPLAIN AST {canonical}")
         except Exception as err:  # formatted as one statement yet not explainable: not a SELECT
             raise sqlguard.GuardError("not_a_select", _first_line(err)) from None
-        sqlguard.check_ast([line[0] for line in lines], session.database)
+        sqlguard.check_ast(lines, session.database, client_format=EXPLAIN_FORMAT)
     except sqlguard.GuardError as err:
         raise UserSQLError(err.reason, str(err)) from None
     return canonical
@@ -154,6 +164,8 @@ def plain(value: Any) -> Any:
         return value.decode("utf-8", errors="replace").rstrip("\0")
     if isinstance(value, ipaddress.IPv6Address) and value.ipv4_mapped:
         return str(value.ipv4_mapped)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity: "nan", "inf", "-inf"
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
