@@ -68,10 +68,10 @@ def test_up_survives_a_hanging_outlet_api_and_sigterm_leaves_nothing(tmp_path: P
         _cleanup(up)
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSEGV, signal.SIGHUP])
 def test_nothing_outlives_up(tmp_path: Path, how: int) -> None:
-    """SIGKILL: the kernel's PR_SET_PDEATHSIG stops every child, the broker included. SIGHUP (the
-    terminal went away): an orderly stop."""
+    """SIGKILL, or a crash of the interpreter itself (SIGSEGV): the kernel's PR_SET_PDEATHSIG
+    stops every child, the broker included. SIGHUP (the terminal went away): an orderly stop."""
     _config(tmp_path)
     up = Up(tmp_path)
     try:

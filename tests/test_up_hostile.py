@@ -276,12 +276,16 @@ def test_a_heavy_query_does_not_freeze_healthz_or_metrics(stack) -> None:
 
 def test_hostile_queries_are_refused_and_leave_the_store_unchanged(stack) -> None:
     out = stack.outfiles / "written.txt"
-    answers = []
+    wrong = []
     for template, reason in HOSTILE:
         sql = template.replace("{out}", str(out))
         status, body = stack.post(sql)
-        answers.append((sql, status, body.get("reason"), reason, bool(body.get("error"))))
-    wrong = [a for a in answers if a[1:4] != (400, a[3], a[3]) or not a[4]]
+        if (status, body.get("reason")) != (400, reason) or not body.get("error"):
+            wrong.append((sql, status, body, reason))
+        if _store_figures(stack) != stack.before:  # after each request, not only at the end
+            wrong.append((sql, "changed the store", _store_figures(stack)))
+        if any(stack.outfiles.iterdir()):
+            wrong.append((sql, "wrote a file"))
     assert not wrong, "\n".join(map(repr, wrong))
     for sql, rows in ALLOWED:
         status, body = stack.post(sql)
