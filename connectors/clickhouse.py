@@ -216,6 +216,35 @@ RETRIES = Counter("waxflow_clickhouse_retries_total", "insert attempts that fail
 ERRORS = Counter("waxflow_clickhouse_errors_total", "failed inserts by reason (readonly, closed, "
                  "connection, storage, other)", ["reason"])
 PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
+FAILING_SINCE = Gauge("waxflow_clickhouse_failing_since_seconds",
+                      "unix time of the first failed insert since the last one that succeeded (0: none failing)")
+
+
+class _InsertHealth:
+    """When inserts started failing in this process (None: the last one succeeded), for /healthz."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failing_since: float | None = None
+
+    def failed(self) -> None:
+        with self._lock:
+            if self.failing_since is None:
+                self.failing_since = time.time()
+                FAILING_SINCE.set(self.failing_since)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.failing_since = None
+            FAILING_SINCE.set(0)
+
+    def failing_for(self) -> float:
+        """Seconds inserts have been failing, 0 when they are not."""
+        since = self.failing_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
+
+
+INSERT_HEALTH = _InsertHealth()
 
 # The three aggregating views of `flows` are filled on threads of their own rather than one
 # after the other: they are most of an insert's work (measured in bench/outlet.py).
@@ -324,6 +353,7 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
                 self.client.insert_arrow(self.table, table, settings=INSERT_SETTINGS)
                 break
             except Exception as err:  # any failure: keep the rows, wait, try again
+                INSERT_HEALTH.failed()
                 reason = _error_reason(err)
                 ERRORS.labels(reason).inc()
                 RETRIES.inc()
@@ -335,6 +365,7 @@ class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | 
                 if reason == "closed":
                     self.client = reconnect(self.cfg)
         INSERT_SECONDS.observe(time.perf_counter() - started)
+        INSERT_HEALTH.succeeded()
         ROWS.inc(rows)
         BATCHES.inc()
         PENDING.dec(rows)

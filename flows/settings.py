@@ -276,6 +276,9 @@ class ClickHouse(Section):
     batch_rows: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         50_000, description="flush an insert batch at this many rows")
     batch_wait: Duration = Field(timedelta(seconds=5), description="... or after this long")
+    unhealthy_after: Duration = Field(timedelta(seconds=30),
+                                      description="/healthz is 503 once inserts have failed (and been "
+                                                  "retried) for this long without one succeeding")
     asns_file: Path | None = Field(None, description="CSV asn,name loaded into the asns dictionary "
                                                      "(default: the small list shipped with waxflow)")
 

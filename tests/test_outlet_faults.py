@@ -63,12 +63,24 @@ def writes_refused(directory: Path) -> Iterator[None]:
             directory.chmod(mode)
 
 
+def healthz(port: int) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_path: Path) -> None:
     topic = f"faults-{tmp_path.name[-10:].replace('_', '-')}"
     create_topic(broker.bootstrap, envelope.topic_name(topic), 2)
     api_port = free_port()
     config = write_config(tmp_path, bootstrap=broker.bootstrap, topic=topic, api_port=api_port,
-                          batch_wait="300ms")
+                          batch_wait="300ms", clickhouse={"unhealthy_after": "2s"})
     outlet = Outlet(config, api_port).start()
     kafka_topic = envelope.topic_name(topic)
     try:
@@ -98,6 +110,13 @@ def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_
                             "failed inserts retried")
             assert outlet.value("waxflow_clickhouse_errors_total", reason="storage") >= 2
             assert outlet.value("waxflow_clickhouse_rows_total") == 400
+            # reads still work, but /healthz says the inserts have failed for too long
+            outlet.wait_for(lambda o: healthz(api_port)[0] == 503, 30, "/healthz unhealthy")
+            status, body = healthz(api_port)
+            assert body["components"]["store"]["ok"] is True
+            assert body["components"]["last_insert"]["ok"] is False
+            assert body["components"]["last_insert"]["failing_for_seconds"] > 2
+            assert outlet.value("waxflow_clickhouse_failing_since_seconds") > 0
             # the worker reads on until its next flush has to wait for the refused insert...
             sent += produce(broker.bootstrap, kafka_topic, v5_messages(range(80, 100), EXPORTERS))
             outlet.wait_for(lambda o: o.value("waxflow_clickhouse_pending_rows") == 600, 30,
@@ -110,6 +129,8 @@ def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_
         outlet.wait_idle(sent)
         outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 0, 30, "lag back to 0")
         assert outlet.value("waxflow_clickhouse_rows_total") == 1200
+        outlet.wait_for(lambda o: healthz(api_port)[0] == 200, 30, "/healthz healthy again")
+        assert outlet.value("waxflow_clickhouse_failing_since_seconds") == 0
         outlet.kill()
     finally:
         outlet.stop()

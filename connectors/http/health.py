@@ -75,8 +75,22 @@ def store_components(session: ReadOnlySession) -> dict[str, Any]:
                            "WHERE TimeReceived > now() - INTERVAL 1 DAY").result_rows
     stamp = newest[0][0] if newest else 0
     return {"store": {"ok": True},
-            "last_insert": {"ok": True, "newest_flow_age_seconds": round(time.time() - stamp, 1) if stamp else None,
+            "last_insert": {"newest_flow_age_seconds": round(time.time() - stamp, 1) if stamp else None,
                             "rows_inserted": counter_total("waxflow_clickhouse_rows_total")}}
+
+
+def insert_component(settings: Settings, store: dict[str, Any]) -> dict[str, Any]:
+    """`last_insert`: not ok once this process's inserts have failed for `clickhouse.unhealthy_after`
+    (the store may answer reads and still refuse writes: a full or read-only disk)."""
+    from connectors.clickhouse import INSERT_HEALTH
+
+    failing = INSERT_HEALTH.failing_for()
+    limit = settings.clickhouse.unhealthy_after.total_seconds()
+    part = dict(store.get("last_insert") or {})
+    part.update({"ok": failing <= limit, "failing_for_seconds": round(failing, 1)})
+    if failing > limit:
+        part["error"] = f"inserts have failed for {failing:.0f}s (clickhouse.unhealthy_after: {limit:.0f}s)"
+    return part
 
 
 class StoreSession:

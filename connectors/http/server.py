@@ -44,7 +44,7 @@ from connectors.clickhouse import lookup_rows
 from connectors.cluster import process_id
 from connectors.http.client import listen_address
 from connectors.http.errors import APIError
-from connectors.http.health import counter_total, kafka_probe, store_probe
+from connectors.http.health import counter_total, insert_component, kafka_probe, store_probe
 from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, flows_result,
                                      sql_result)
 from connectors.metrics import RateLimitedLog
@@ -183,9 +183,10 @@ class API:
             components: dict[str, Any] = {"store": {"ok": True, "served_by": "process 0"}}
         else:
             components = dict(self._store_probe())
+        components["last_insert"] = insert_component(self.settings, components)
         kafka_ok = self._kafka_ok()
         components["kafka"] = {"ok": kafka_ok, "messages_read": counter_total("waxflow_outlet_messages_total")}
-        ok = components["store"]["ok"] and kafka_ok
+        ok = components["store"]["ok"] and kafka_ok and components["last_insert"]["ok"]
         return _json(200 if ok else 503, {"ok": ok, "components": components})
 
     def on_init_sh(self, request: Request) -> Response:
