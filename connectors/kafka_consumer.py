@@ -4,13 +4,14 @@ configuration says."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
 
 from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, KafkaException, TopicPartition
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from flows import envelope
 from flows.settings import Kafka
@@ -21,6 +22,12 @@ CONSUMER_LAG = Gauge(
     "the broker's fetch responses last said) minus the next offset the dataflow reads",
     ["topic", "partition"])
 LAG_INTERVAL = 1.0
+OFFSET_RESETS = Counter(
+    "waxflow_kafka_offset_resets_total",
+    "times the outlet's read position was moved to the partition's earliest offset, by reason "
+    "(offsets_went_back: the partition now ends below the position, e.g. a broker that lost its "
+    "data and started again from 0)", ["reason"])
+CHECK_INTERVAL = 1.0  # seconds between two looks at a partition's watermarks
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END, "committed": OFFSET_STORED}
 
@@ -49,14 +56,49 @@ def consumer_config(cfg: Kafka) -> dict[str, str]:
     return config
 
 
+log = logging.getLogger(__name__)
+
+
 class _Partition(_KafkaSourcePartition):
-    """Bytewax's Kafka partition reader, whose lag `_LagReporter` reports."""
+    """Bytewax's Kafka partition reader, whose lag `_LagReporter` reports, and which notices
+    when the partition's offsets went backwards under it.
+
+    A broker that lost its data (the local broker keeps everything in memory) comes back with
+    the partition starting again at 0, below the position this reader resumes from or had
+    reached; it would wait there, reading nothing, until new messages passed that position, and
+    then skip everything below it. Policy: such a partition is read again from its earliest
+    offset, and the reset is counted and logged (what the broker lost cannot be read again).
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._lag = CONSUMER_LAG.labels(self._topic, str(self._part_idx))
         self._closed = False
+        self._checked_at = time.monotonic()
         _LagReporter.watch(self)
+
+    def next_batch(self) -> list:
+        now = time.monotonic()
+        if now - self._checked_at >= CHECK_INTERVAL:
+            self._checked_at = now
+            self._check_offsets()
+        return super().next_batch()
+
+    def _check_offsets(self) -> None:
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._part_idx), cached=True)
+        except (KafkaException, RuntimeError):
+            return
+        position = self._offset
+        if high is None or high < 0 or position < 0 or high >= position:
+            return
+        OFFSET_RESETS.labels("offsets_went_back").inc()
+        log.warning("kafka: %s[%d] now ends at offset %d, below the position %d: the broker lost "
+                    "messages (restarted without its data?); reading it again from its earliest offset",
+                    self._topic, self._part_idx, high, position)
+        self._consumer.assign([TopicPartition(self._topic, self._part_idx, OFFSET_BEGINNING)])
+        self._offset = OFFSET_BEGINNING
 
     def _process_stats(self, json_stats: str) -> None:
         """Bytewax's own statistics handling is not used (statistics are off)."""
