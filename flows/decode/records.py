@@ -95,11 +95,13 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     return parts
 
 
-# Columns taken as exported: name → information elements, the first present wins.
+# Columns taken as exported: name → information elements, the first present wins
+# (ingressPhysicalInterface 252 / egressPhysicalInterface 253 stand in for ingressInterface 10 /
+# egressInterface 14 when a template carries only them, as IOS-XR's do).
 _AS_EXPORTED = (
     ("Bytes", (1, 23, 85)), ("Packets", (2, 24, 86)), ("Proto", (4,)), ("IPTos", (5,)),
     ("TCPFlags", (6,)), ("SrcPort", (7,)), ("DstPort", (11,)), ("SrcNetMask", (9, 29)),
-    ("DstNetMask", (13, 30)), ("InIfIndex", (10,)), ("OutIfIndex", (14,)), ("SrcAS", (16,)),
+    ("DstNetMask", (13, 30)), ("InIfIndex", (10, 252)), ("OutIfIndex", (14, 253)), ("SrcAS", (16,)),
     ("DstAS", (17,)), ("SrcVlan", (58, 243)), ("DstVlan", (59, 254)), ("SrcMAC", (56,)),
     ("DstMAC", (80, 57)), ("IPTTL", (192, 52, 53)),
 )

@@ -123,19 +123,36 @@ def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
 def _sample_fields(samples: _Samples, be32: np.ndarray, body: np.ndarray, expanded: np.ndarray) -> None:
     """Rate and interfaces of compact (format 1) and expanded (format 3) flow samples."""
     compact_in, compact_out = be32[body + 20], be32[body + 24]
-    # Compact interface fields: format (top 2 bits) 0 is an ifIndex, 1 a discarded packet.
-    in_if = np.where(expanded, np.where(be32[body + 24] == 0, be32[body + 28], 0),
-                     np.where(compact_in < 0x40000000, compact_in, 0))
+    # sFlow v5 interface fields: a 2-bit format (the top bits of a compact sample's 32-bit value,
+    # a word of its own in an expanded sample) and a 30-bit value. Format 0 is one ifIndex, where
+    # 0x3FFFFFFF means the device itself (the packet originated or terminated there): no
+    # interface, stored as 0. Format 1 is a discarded packet (value: the reason), format 2
+    # several output interfaces (value: how many): no single ifIndex either.
+    in_format = np.where(expanded, be32[body + 24], compact_in >> 30)
+    in_value = np.where(expanded, be32[body + 28], compact_in & 0x3FFFFFFF)
     out_format = np.where(expanded, be32[body + 32], compact_out >> 30)
-    out_if = np.where(expanded, be32[body + 36], compact_out & 0x3FFFFFFF)
+    out_value = np.where(expanded, be32[body + 36], compact_out & 0x3FFFFFFF)
     cols = samples.cols
     cols["SamplingRate"] = np.where(expanded, be32[body + 12], be32[body + 8])
-    cols["InIfIndex"] = in_if
-    cols["OutIfIndex"] = np.where(out_format == 0, out_if, 0)
+    cols["InIfIndex"] = _single_interface(in_format, in_value)
+    cols["OutIfIndex"] = _single_interface(out_format, out_value)
     cols["ForwardingStatus"] = np.where(out_format == 1, DISCARDED, 0)
     n = samples.n
     for name in ("SrcVlan", "DstVlan", "SrcNetMask", "DstNetMask", "SrcAS", "DstAS"):
         cols[name] = np.zeros(n, np.int64)
+
+
+INTERNAL_INTERFACE = 0x3FFFFFFF
+
+
+def _single_interface(fmt: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """The ifIndex of a format-0 interface field, else 0 (internal, discarded, several)."""
+    return np.where((fmt == 0) & (value != INTERNAL_INTERFACE), value, 0)
+
+
+def _vlan(value: np.ndarray) -> np.ndarray:
+    """An extended-switch VLAN: 0-4095 as sent; anything larger (0xFFFFFFFF) means unknown: 0."""
+    return np.where(value < 4096, value, 0)
 
 
 def _records(samples: _Samples, buffer: bytes, be32: np.ndarray, owner: np.ndarray, body: np.ndarray,
@@ -146,8 +163,8 @@ def _records(samples: _Samples, buffer: bytes, be32: np.ndarray, owner: np.ndarr
     switch = (fmt == EXTENDED_SWITCH) & (length >= 16)
     if switch.any():
         rows, at = owner[switch], body[switch]
-        cols["SrcVlan"][rows] = be32[at] & 0xFFF
-        cols["DstVlan"][rows] = be32[at + 8] & 0xFFF
+        cols["SrcVlan"][rows] = _vlan(be32[at])
+        cols["DstVlan"][rows] = _vlan(be32[at + 8])
     header = (fmt == RAW_HEADER) & (length >= 16)
     if header.any():
         rows, at = owner[header], body[header]
@@ -175,12 +192,15 @@ def _variable_record(samples: _Samples, data: bytes, index: int, start: int, fmt
     elif fmt == EXTENDED_GATEWAY:
         gateway = _gateway(data, start, end)
         if gateway is not None:
-            hop, src_as, path = gateway
+            hop, router_as, src_as, path = gateway
             samples.next_hops.setdefault(index, hop)
-            cols["SrcAS"][index] = src_as
+            # The flow starts at the router when its source AS is 0, and ends there when the
+            # destination AS path is empty: the router's own AS stands for either (as pmacct
+            # and the reference do).
+            cols["SrcAS"][index] = src_as or router_as
             if path:
                 samples.as_paths[index] = path
-                cols["DstAS"][index] = path[-1]
+            cols["DstAS"][index] = path[-1] if path else router_as
     elif fmt == SAMPLED_IPV4 and end - start >= IPV4_RECORD.size:
         samples.sampled_ip[index] = (4,) + IPV4_RECORD.unpack_from(data, start)
     elif fmt == SAMPLED_IPV6 and end - start >= IPV6_RECORD.size:
@@ -199,11 +219,12 @@ def _address(data: bytes, offset: int, end: int) -> tuple[bytes | None, int]:
 
 
 def _gateway(data: bytes, offset: int, end: int):
-    """Extended gateway: next hop, source AS and the destination AS path (segments flattened)."""
+    """Extended gateway: next hop, the router's AS, the source AS and the destination AS path
+    (segments flattened)."""
     hop, offset = _address(data, offset, end)
     if hop is None or end - offset < 16:
         return None
-    _, src_as, _, segments = U32x4.unpack_from(data, offset)
+    router_as, src_as, _, segments = U32x4.unpack_from(data, offset)
     offset += 16
     path: list[int] = []
     for _ in range(min(segments, 64)):
@@ -215,7 +236,7 @@ def _gateway(data: bytes, offset: int, end: int):
             return None
         path.extend(struct.unpack_from(f"!{length}I", data, offset))
         offset += 4 * length
-    return hop, src_as, tuple(path)
+    return hop, router_as, src_as, tuple(path)
 
 
 # -- vectorised header parsing -------------------------------------------------------------------
