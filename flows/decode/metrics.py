@@ -18,6 +18,7 @@ REASONS = (
     "missing_template",  # a data set arrived before (or without) its template
     "bad_template",  # a template that cannot describe records (zero length, too long)
     "unsupported",  # well-formed input we do not decode (e.g. sFlow enterprise samples)
+    "implausible",  # parses, but no exporter sends that (a v5 count or times no router could give)
     "malformed",  # anything else that made a datagram or set undecodable
 )
 

@@ -187,7 +187,10 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
     # records: one set at a time, in datagram order.
     for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
         datagram = int(sets.datagram[row])
-        chunk.data_set(state, template_key, sets.body(row), sets.meta(row), sets.received_at[datagram])
+        try:
+            chunk.data_set(state, template_key, sets.body(row), sets.meta(row), sets.received_at[datagram])
+        except Exception:  # one bad set costs only itself, not the other sets of this call
+            metrics.error("malformed")
 
 
 def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
@@ -319,7 +322,8 @@ def sampling_rate_of(row: dict[tuple[int, int], int]) -> int:
     probability = row.get((0, 311))
     if probability:
         p = struct.unpack("!d", probability.to_bytes(8, "big"))[0]
-        if 0 < p <= 1:
+        # Below 1/MAX_RATE (a denormal among them, whose inverse is inf) no rate fits the column.
+        if 1 / MAX_RATE <= p <= 1:
             return max(1, round(1 / p))
     return 0
 

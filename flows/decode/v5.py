@@ -17,7 +17,8 @@ RECORD = np.dtype([
     ("tos", "u1"), ("src_as", ">u2"), ("dst_as", ">u2"), ("src_mask", "u1"), ("dst_mask", "u1"),
     ("pad2", ">u2"),
 ])
-MAX_COUNT = 30  # Cisco's limit; larger counts are still decoded as far as the datagram goes
+MAX_COUNT = 30  # Cisco's limit; a larger count is believed only when the length agrees exactly
+CLOCK_SKEW_MS = 1000  # how far after sysUptime a record's times may lie
 
 
 def walk_v5(chunk, state, data: bytes, received: float) -> None:
@@ -27,6 +28,11 @@ def walk_v5(chunk, state, data: bytes, received: float) -> None:
         return
     _, count, uptime, secs, nsecs, _, _, _, sampling = HEADER.unpack_from(data)
     available = (len(data) - HEADER.size) // RECORD.itemsize
+    if count > MAX_COUNT and len(data) != HEADER.size + count * RECORD.itemsize:
+        # Any bytes after `00 05` parse as a v5 header: a count no router sends, with a length
+        # that does not agree, is not a v5 datagram.
+        metrics.error("implausible")
+        return
     if available < count:
         metrics.error("truncated")
         count = available
@@ -41,6 +47,18 @@ def walk_v5(chunk, state, data: bytes, received: float) -> None:
                      (export_ms, uptime, int(received), rate), state.address))
 
 
+def _ago(uptime: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Milliseconds from a record's sysUptime value to the header's, across the 2^32 ms wrap."""
+    return ((uptime - value.astype(np.int64)) & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64)
+
+
+def _plausible(uptime: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Records whose flow ended no later than the header's sysUptime (give or take the skew) and
+    started no later than it ended."""
+    first_ago, last_ago = _ago(uptime, first), _ago(uptime, last)
+    return (last_ago >= -CLOCK_SKEW_MS) & (first_ago >= last_ago - CLOCK_SKEW_MS)
+
+
 def v5_columns(sets: list) -> tuple[int, dict]:
     """All queued v5 records of a call → one part of flow columns."""
     body = b"".join(s[0] for s in sets)
@@ -51,15 +69,21 @@ def v5_columns(sets: list) -> tuple[int, dict]:
     export_ms, uptime, received, rate = (np.repeat(meta[:, i], counts) for i in range(4))
 
     def at(uptime_values: np.ndarray) -> np.ndarray:
-        ago = ((uptime - uptime_values.astype(np.int64)) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
-        return export_ms - ago
+        return export_ms - _ago(uptime, uptime_values)
 
+    plausible = _plausible(uptime, rec["first"], rec["last"])
+    if not plausible.all():
+        metrics.error("implausible", int(np.count_nonzero(~plausible)))
+        rec, export_ms, uptime, received, rate = (a[plausible] for a in (rec, export_ms, uptime, received, rate))
+        exporters_kept = np.repeat(exporters, counts, axis=0)[plausible]
+    else:
+        exporters_kept = np.repeat(exporters, counts, axis=0)
     proto = rec["proto"]
     dstport = rec["dstport"]
     icmp = proto == 1
     cols = {
         "TimeReceived": received, "SamplingRate": rate,
-        "ExporterAddress": np.repeat(exporters, counts, axis=0),
+        "ExporterAddress": exporters_kept,
         "SrcAddr": mapped_v4(rec["src"]), "DstAddr": mapped_v4(rec["dst"]),
         "NextHop": mapped_v4(rec["nexthop"]), "InIfIndex": rec["input"], "OutIfIndex": rec["output"],
         "Packets": rec["packets"], "Bytes": rec["octets"],
