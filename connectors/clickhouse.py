@@ -259,6 +259,23 @@ _STORAGE_ERRORS = ("filesystem error", "permission denied", "operation not permi
                    "read-only file system", "no space left", "not enough space")
 
 
+def migrate_or_exit(settings: Any) -> None:
+    """The outlet's start: apply the migrations before consuming (with the embedded store, in
+    process 0, the one that owns it); a store that cannot be migrated ends the process (exit 2)
+    naming clickhouse.dsn."""
+    import sys
+
+    cfg = settings.clickhouse
+    if cfg.embedded and process_id() != 0:
+        return
+    try:
+        migrate(cfg)
+    except Exception as err:  # the store's own message says why
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"configuration error\n  clickhouse.dsn: cannot migrate the store: {text[:500]}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _error_reason(err: Exception) -> str:
     """One of a fixed set of reasons, from the error's text (clients raise many types)."""
     text = str(err).lower()

@@ -27,7 +27,10 @@ class Context:
             try:
                 self._settings = load_settings(self.config)
             except ConfigError as err:
-                err_console.print(f"[bold red]configuration error[/]\n{err}", highlight=False)
+                from rich.markup import escape
+
+                err_console.print(f"[bold red]configuration error[/]\n{escape(str(err))}", highlight=False,
+                                  soft_wrap=True)
                 sys.exit(2)
         return self._settings
 
@@ -58,8 +61,15 @@ def config() -> None:
 @click.option("--dump", is_flag=True, help="print the resolved configuration (file + environment)")
 @pass_context
 def config_check(ctx: Context, dump: bool) -> None:
-    """Validate the configuration; exit non-zero naming each bad key."""
+    """Validate the configuration and what it points at (files, addresses, directories, Kafka
+    client settings); exit 2 naming each bad key."""
+    from connectors.config_checks import environment_problems
+
     settings = ctx.settings
+    problems = environment_problems(settings)
+    if problems:
+        click.echo("configuration error\n" + "\n".join(f"  {p}" for p in problems), err=True)
+        sys.exit(2)
     if dump:
         click.echo(json.dumps(settings.dump(), indent=2))
     else:

@@ -15,6 +15,7 @@ import threading
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
+from connectors.config_checks import exit_on_problems
 from connectors.kafka import ProducerSink
 from connectors.udp import UDPSource, stop_on_signals
 from flows import envelope
@@ -36,6 +37,7 @@ def main_flow() -> Dataflow:
     """The flow `python -m bytewax.run flows.inlet` runs: configuration from the usual place,
     a clean stop on SIGTERM/SIGINT, logs on stderr."""
     settings = dataflow_settings()
+    exit_on_problems(settings, ("kafka", "listeners", "directories"))
     stop = threading.Event()
     stop_on_signals(stop)
     return build_flow(settings, stop)

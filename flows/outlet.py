@@ -11,7 +11,8 @@ from __future__ import annotations
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.clickhouse import ClickHouseSink
+from connectors.clickhouse import ClickHouseSink, migrate_or_exit
+from connectors.config_checks import exit_on_problems
 from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
 from connectors.snmp import cache_file, snmp_poller
@@ -40,6 +41,8 @@ def main_flow(enrich: bool = True) -> Dataflow:
     """The flow `python -m bytewax.run flows.outlet` runs: configuration from the usual place
     (a bad value ends the process naming the key), the HTTP endpoint started, logs on stderr."""
     settings = dataflow_settings()
+    exit_on_problems(settings, ("geoip", "kafka", "directories"))
+    migrate_or_exit(settings)  # before anything is consumed, not lazily at the first batch
     serve_outlet(settings)
     return build_flow(settings, enrich)
 

@@ -126,9 +126,17 @@ HostPort = Annotated[str, AfterValidator(_host_port)]
 
 
 class Section(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
+    """Unknown keys are errors: a typo must not silently fall back to a default; `true` is not a
+    number (YAML's booleans would otherwise read as 1 and 0: `port: true` binding port 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("must be a number, not true/false")
+        return value
 
 
 # --- inlet ---------------------------------------------------------------------------------
@@ -159,8 +167,8 @@ def _default_listeners() -> list[Listener]:
 
 
 class Inlet(Section):
-    listeners: list[Listener] = Field(default_factory=_default_listeners,
-                                      description="UDP listeners")
+    listeners: Annotated[list[Listener], Field(min_length=1)] = Field(
+        default_factory=_default_listeners, description="UDP listeners (at least one)")
     metrics_listen: HostPort = Field("127.0.0.1:9101",
                                      description="Prometheus /metrics of the inlet (worker 0)")
     balancing: Literal["auto", "ebpf", "cbpf", "hash"] = Field(
@@ -279,7 +287,7 @@ class ClickHouse(Section):
     unhealthy_after: Duration = Field(timedelta(seconds=30),
                                       description="/healthz is 503 once inserts have failed (and been "
                                                   "retried) for this long without one succeeding")
-    asns_file: Path | None = Field(None, description="CSV asn,name loaded into the asns dictionary "
+    asns_file: FilePath | None = Field(None, description="CSV asn,name loaded into the asns dictionary "
                                                      "(default: the small list shipped with waxflow)")
 
     @property
@@ -387,7 +395,42 @@ def _regex(value: str) -> str:
         re.compile(value)
     except re.error as err:
         raise ValueError(f"not a valid regular expression: {err}") from None
+    if _nested_repeat(value):
+        raise ValueError("a repeated group holds a repetition of its own (like (a+)+): such a pattern can "
+                         "take exponential time on a text that almost matches; write it without the nesting")
     return value
+
+
+def _nested_repeat(pattern: str) -> bool:
+    """Whether an unbounded repetition contains another unbounded one: Python's backtracking
+    engine may then try exponentially many ways to split a text that almost matches."""
+    import warnings
+
+    with warnings.catch_warnings():  # the modules are deprecated aliases; their API is stable
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import sre_constants
+        import sre_parse
+    repeats = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, getattr(sre_constants, "POSSESSIVE_REPEAT", None))
+
+    def walk(items: Any, inside: bool) -> bool:
+        for op, arg in items:
+            if op in repeats:
+                low, high, sub = arg
+                unbounded = high == sre_constants.MAXREPEAT or high > 1000
+                if unbounded and op != getattr(sre_constants, "POSSESSIVE_REPEAT", None):
+                    if inside or walk(sub, True):
+                        return True
+                elif walk(sub, inside):
+                    return True
+            elif op == sre_constants.SUBPATTERN and walk(arg[-1], inside):
+                return True
+            elif op == sre_constants.BRANCH and any(walk(branch, inside) for branch in arg[1]):
+                return True
+            elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT) and walk(arg[1], inside):
+                return True
+        return False
+
+    return walk(sre_parse.parse(pattern), False)
 
 
 Regex = Annotated[str, AfterValidator(_regex)]
@@ -649,13 +692,31 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, b
     return DEFAULT_CONFIG, False
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last
+    one silently, so the first would be ignored without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
 def _read_yaml(path: Path, required: bool) -> dict[str, Any]:
     if not path.exists():
         if required:
             raise ConfigError(f"{path}: configuration file not found")
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
@@ -693,10 +754,38 @@ def describe_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def unknown_environment_keys(environ: Any) -> list[str]:
+    """`WAXFLOW__...` variables that name no setting (pydantic-settings would ignore them, so a
+    typo would silently leave the default in place). Free-form mappings end the walk."""
+    from typing import get_args
+
+    unknown = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        model: Any = Settings
+        for part in name[len(ENV_PREFIX):].lower().split("__"):
+            fields = {key.lower(): field for key, field in model.model_fields.items()}
+            if part not in fields:
+                unknown.append(name)
+                break
+            annotation = fields[part].annotation
+            nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)
+                      and issubclass(a, BaseModel)]
+            if not nested:
+                break  # a value, or a free-form mapping/list: the model validates the rest
+            model = nested[0]
+    return unknown
+
+
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read the configuration; raise ConfigError naming every bad key."""
     file, required = config_path(path)
     data = _read_yaml(file, required)
+    unknown = unknown_environment_keys(os.environ)
+    if unknown:
+        raise ConfigError(f"environment ({ENV_PREFIX}...): invalid configuration\n"
+                          + "\n".join(f"  {name}: unknown key" for name in unknown))
     try:
         return Settings(**data)
     except ValidationError as err:
