@@ -80,7 +80,7 @@ def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_
     create_topic(broker.bootstrap, envelope.topic_name(topic), 2)
     api_port = free_port()
     config = write_config(tmp_path, bootstrap=broker.bootstrap, topic=topic, api_port=api_port,
-                          batch_wait="300ms", clickhouse={"unhealthy_after": "2s"})
+                          batch_wait="1s", clickhouse={"unhealthy_after": "2s"})
     outlet = Outlet(config, api_port).start()
     kafka_topic = envelope.topic_name(topic)
     try:
@@ -121,7 +121,7 @@ def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_
             sent += produce(broker.bootstrap, kafka_topic, v5_messages(range(80, 100), EXPORTERS))
             outlet.wait_for(lambda o: o.value("waxflow_clickhouse_pending_rows") == 600, 30,
                             "rows held")
-            time.sleep(1)  # (the flush is due 300 ms after those rows came)
+            time.sleep(2)  # (the flush is due 1 s after those rows came)
             # ... then stops reading: what arrives now waits in Kafka, and the lag says so
             sent += produce(broker.bootstrap, kafka_topic, v5_messages(range(100, 120), EXPORTERS))
             outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 20, 30, "lag of 20")
