@@ -232,8 +232,9 @@ def test_times_far_from_export_are_kept():
 def test_state_is_bounded_and_picklable():
     state = ExporterState("198.51.100.11", max_templates=16)
     evictions = metrics.TEMPLATE_EVICTIONS._value.get()
-    flood = b"".join(_set(0, struct.pack("!HHHH", 256 + i, 1, 1, 4)) for i in range(100))
-    decode_many(state, [(_v9_packet_raw(flood), "198.51.100.11", EXPORT)])
+    for first in range(0, 100, 20):  # (at most MAX_NEW_TEMPLATES_PER_DATAGRAM per datagram)
+        flood = b"".join(_set(0, struct.pack("!HHHH", 256 + i, 1, 1, 4)) for i in range(first, first + 20))
+        decode_many(state, [(_v9_packet_raw(flood), "198.51.100.11", EXPORT)])
     assert len(state.templates) == 16
     assert metrics.TEMPLATE_EVICTIONS._value.get() == evictions + 84
     restored = pickle.loads(pickle.dumps(state))

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from flows.decode import metrics
+from flows.decode import limits, metrics
 from flows.decode.columns import strided_view
 from flows.decode.walk import count, joined, lock_step
 from flows.decode.state import ExporterState
@@ -55,6 +55,7 @@ class _Sets:
         self.dom, self.domain_of = dom, domain_of
         self.export_ms, self.uptime, self.received_at = export_ms, uptime, received_at
         self.received = np.array(received_at, np.float64).astype(np.int64)
+        self.budget = RowBudget(len(received_at))
 
     def body(self, i: int) -> bytes:
         return self.buffer[int(self.offset[i]) + 4:int(self.following[i])]
@@ -62,6 +63,31 @@ class _Sets:
     def meta(self, i: int) -> tuple[int, int, int]:
         d = self.datagram[i]
         return int(self.export_ms[d]), int(self.uptime[d]), int(self.received[d])
+
+
+class RowBudget:
+    """What is left of each datagram's MAX_ROWS_PER_DATAGRAM as its sets are taken."""
+
+    def __init__(self, datagrams: int) -> None:
+        self.left = np.full(datagrams, limits.MAX_ROWS_PER_DATAGRAM, np.int64)
+
+    def take(self, datagram: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Records allowed of each set (in datagram order), its datagram's budget spent in order."""
+        if not counts.size:
+            return counts
+        # records of the earlier sets of the same datagram in this call
+        order = np.argsort(datagram, kind="stable")
+        d, c = datagram[order], counts[order]
+        total = np.cumsum(c)
+        run_start = np.concatenate(([True], d[1:] != d[:-1]))
+        before = total - c - np.maximum.accumulate(np.where(run_start, total - c, 0))
+        allowed = np.clip(self.left[d] - before, 0, c)
+        if (allowed < c).any():
+            metrics.error("limit", int(np.count_nonzero(allowed < c)))
+        np.subtract.at(self.left, d, allowed)
+        out = np.empty_like(counts)
+        out[order] = allowed
+        return out
 
 
 def walk_netflow(queue: NetflowQueue, chunk) -> None:
@@ -86,6 +112,7 @@ def walk_netflow(queue: NetflowQueue, chunk) -> None:
     position = 0
     buffer = sets.buffer
     known: set[tuple] = set()  # template sets already found unchanged during this walk
+    budgets: dict[int, TemplateBudget] = {}  # per datagram
     rows = np.nonzero(template_sets)[0]
     for index, dom, sid, start, end in zip(rows.tolist(), sets.dom[rows].tolist(), set_id[rows].tolist(),
                                            sets.offset[rows].tolist(), sets.following[rows].tolist()):
@@ -98,7 +125,8 @@ def walk_netflow(queue: NetflowQueue, chunk) -> None:
             known.add(seen)
             continue
         _data_sets(chunk, sets, position + np.nonzero(data_sets[position:index])[0])
-        _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3))
+        _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3),
+                              budget=budgets.setdefault(int(sets.datagram[index]), TemplateBudget()))
         known.clear()
         position = index
     _data_sets(chunk, sets, position + np.nonzero(data_sets[position:])[0])
@@ -139,7 +167,8 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     domain_of = [(states[k >> 33], 10 if (k >> 32) & 1 else 9, k & 0xFFFFFFFF) for k in unique_keys.tolist()]
     open_ = np.nonzero(~short & ~bad)[0]
     first_set = starts[open_] + (header if np.isscalar(header) else header[open_])
-    datagram, offset, following = lock_step(buffer, open_, first_set, ends[open_], header=4, inclusive=True)
+    datagram, offset, following = lock_step(buffer, open_, first_set, ends[open_], header=4, inclusive=True,
+                                            limit=limits.MAX_SETS_PER_DATAGRAM)
     if not offset.size:
         return None
     return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
@@ -158,6 +187,7 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
     groups = sorted(zip(order[starts_of_group].tolist(), starts_of_group.tolist(),
                         np.append(bounds, len(rows)).tolist()))  # in order of first appearance
     one_by_one = []
+    budget = sets.budget
     for _, begin, end in groups:
         key = int(keys[begin])
         state, version, domain = sets.domain_of[key >> 16]
@@ -165,11 +195,13 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
         these = rows[begin:end]
         template = state.templates.get(template_key)
         if template is None or template.options or template.varlen:
-            one_by_one.extend((row, state, template_key) for row in these.tolist())
+            # (an empty set holds no record: nothing to decode or to hold for its template)
+            nonempty = these[sets.following[these] - sets.offset[these] > 4]
+            one_by_one.extend((row, state, template_key) for row in nonempty.tolist())
             continue
         record_len = template.record_len
         offsets = sets.offset[these] + 4
-        counts = (sets.following[these] - offsets) // record_len
+        counts = budget.take(sets.datagram[these], (sets.following[these] - offsets) // record_len)
         if (counts == 1).all():  # one record per set (softflowd)
             starts, datagram = offsets, sets.datagram[these]
         else:
@@ -193,16 +225,32 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
             metrics.error("malformed")
 
 
+class TemplateBudget:
+    """Template records one datagram may have parsed, and new templates it may have built
+    (building one costs ~50 µs: compiling its record layout). Unchanged templates cost only the
+    parse, so a router sending more than MAX_NEW_TEMPLATES_PER_DATAGRAM at once has the rest
+    learnt from its next refreshes."""
+
+    __slots__ = ("parsed", "built")
+
+    def __init__(self) -> None:
+        self.parsed = self.built = 0
+
+    def exhausted(self) -> bool:
+        return (self.parsed >= limits.MAX_TEMPLATE_RECORDS_PER_DATAGRAM
+                or self.built >= limits.MAX_NEW_TEMPLATES_PER_DATAGRAM)
+
+
 def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                          options: bool) -> None:
+                          options: bool, budget: "TemplateBudget | None" = None) -> None:
     try:
-        _template_set(chunk, state, version, domain, set_id, body, options)
+        _template_set(chunk, state, version, domain, set_id, body, options, budget or TemplateBudget())
     except Exception:  # a parser bug must not stop the dataflow: count it, keep going
         metrics.error("malformed")
 
 
 def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                  options: bool) -> None:
+                  options: bool, budget: TemplateBudget) -> None:
     seen_key = (version, domain, set_id, body)
     if state.known_template_set(seen_key):
         return
@@ -214,6 +262,13 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
         tid = SET_HEADER.unpack_from(body, offset)[0]
         if tid == 0:
             break  # padding
+        if _field_count(body, offset, version, options) > limits.MAX_TEMPLATE_FIELDS:
+            metrics.error("limit")  # parsing it would cost more than any real template does
+            break
+        if budget.exhausted():
+            metrics.error("limit")
+            return  # not remembered as seen: what is left is read from the next refresh
+        budget.parsed += 1
         result = parse(body, offset, options)
         if result is None:
             metrics.error("truncated")
@@ -226,6 +281,12 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
             else:
                 state.withdraw(key)
             continue
+        current = state.templates.get(key)
+        if current is not None and current.fields == fields and current.options == options:
+            state.templates.move_to_end(key)  # a refresh of a template we hold: nothing to build
+            learnt.append((key, current))
+            continue
+        budget.built += 1
         template = Template(version, fields, options)
         if tid < 256 or not template.valid:
             metrics.error("bad_template")
@@ -236,6 +297,16 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
         for held_body, held_meta in state.take_held(key):
             chunk.data_set(state, key, held_body, held_meta, None)
     state.remember_template_set(seen_key, tuple(learnt))
+
+
+def _field_count(body: bytes, offset: int, version: int, options: bool) -> int:
+    """How many fields the template record at `offset` announces (0 when too short to say)."""
+    if version == 9 and options:
+        if len(body) - offset < 6:
+            return 0
+        _, scope_len, option_len = struct.unpack_from("!HHH", body, offset)
+        return (scope_len + option_len) // 4
+    return SET_HEADER.unpack_from(body, offset)[1]
 
 
 def _parse_v9_template(body: bytes, offset: int, options: bool):

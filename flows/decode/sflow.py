@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from flows.decode import metrics
+from flows.decode import limits, metrics
 from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn, strided_view
 from flows.decode.walk import count, joined, lock_step
 
@@ -93,7 +93,8 @@ def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
     agents[v4, :12] = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
     datagrams = np.nonzero(~short & ~bad & ~cut)[0]
     sample_dg, sample, sample_end = lock_step(buffer, datagrams, head[datagrams] + 16, ends[datagrams], header=8,
-                                              inclusive=False, remaining=be32[head[datagrams] + 12].astype(np.int64))
+                                              inclusive=False, remaining=be32[head[datagrams] + 12].astype(np.int64),
+                                              limit=limits.MAX_SAMPLES_PER_DATAGRAM)
     fmt, body = be32[sample], sample + 8
     flow = (fmt == FLOW_SAMPLE) | (fmt == EXPANDED_FLOW_SAMPLE)
     counter = (fmt == COUNTER_SAMPLE) | (fmt == EXPANDED_COUNTER_SAMPLE)
@@ -115,7 +116,7 @@ def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
     records = np.where(expanded, be32[body + 40], be32[body + 28]).astype(np.int64)
     first = body + np.where(expanded, 44, 32)
     owner, record, record_end = lock_step(buffer, np.arange(len(body)), first, sample_end, header=8,
-                                          inclusive=False, remaining=records)
+                                          inclusive=False, remaining=records, limit=limits.MAX_RECORDS_PER_SAMPLE)
     _records(samples, buffer, be32, owner, record + 8, be32[record].astype(np.int64), record_end)
     return samples
 

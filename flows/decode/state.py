@@ -18,6 +18,12 @@ MAX_TEMPLATES = 1024
 MAX_SAMPLERS = 256
 MAX_HELD_SETS = 32
 HOLD_SECONDS = 30.0
+# Bytes, so that a per-exporter snapshot stays under 1 MiB whatever the exporter sends: the
+# templates as pickled, the held data sets' bodies; the template-set cache (not snapshotted)
+# by its bodies' bytes.
+MAX_TEMPLATE_BYTES = 768 * 1024
+MAX_HELD_BYTES = 128 * 1024
+MAX_SEEN_BYTES = 256 * 1024
 
 TemplateKey = tuple[int, int, int]  # (version, source id / observation domain, template id)
 DomainKey = tuple[int, int]  # (version, source id / observation domain)
@@ -38,6 +44,22 @@ class ExporterState:
         self.sampler_rates: OrderedDict[tuple[int, int, int], int] = OrderedDict()
         self.system_init_ms: OrderedDict[DomainKey, int] = OrderedDict()
         self.held: deque = deque()
+        self.template_bytes: dict[TemplateKey, int] = {}
+        self.seen_bytes = 0
+        self.held_bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The template-set cache is rebuilt from the next datagrams: not worth a snapshot.
+        state = dict(self.__dict__)
+        state["seen_template_sets"], state["seen_bytes"] = {}, 0
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "template_bytes" not in state:  # a snapshot from before the byte bounds
+            self.template_bytes = {key: _pickled_size(t) for key, t in self.templates.items()}
+            self.seen_bytes = 0
+            self.held_bytes = sum(len(h[1]) for h in self.held)
 
     # -- templates -------------------------------------------------------------------------
     def template(self, key: TemplateKey) -> Any:
@@ -49,24 +71,40 @@ class ExporterState:
         if key in templates:
             templates.move_to_end(key)
         templates[key] = template
-        while len(templates) > self.max_templates:
-            templates.popitem(last=False)
+        self.template_bytes[key] = _pickled_size(template)
+        evicted = False
+        while len(templates) > 1 and (len(templates) > self.max_templates
+                                      or sum(self.template_bytes.values()) > MAX_TEMPLATE_BYTES):
+            old, _ = templates.popitem(last=False)
+            self.template_bytes.pop(old, None)
             metrics.TEMPLATE_EVICTIONS.inc()
+            evicted = True
+        if evicted:  # cached template sets may name evicted templates: keep none of them alive
+            self._forget_seen()
 
     def withdraw(self, key: TemplateKey) -> None:
         self.templates.pop(key, None)
+        self.template_bytes.pop(key, None)
         metrics.TEMPLATE_WITHDRAWALS.inc()
 
     def withdraw_all(self, version: int, domain: int, options: bool) -> None:
         for key in [k for k, t in self.templates.items() if k[:2] == (version, domain) and t.options == options]:
             del self.templates[key]
-        self.seen_template_sets.clear()
+            self.template_bytes.pop(key, None)
+        self._forget_seen()
         metrics.TEMPLATE_WITHDRAWALS.inc()
 
+    def _forget_seen(self) -> None:
+        self.seen_template_sets.clear()
+        self.seen_bytes = 0
+
     def remember_template_set(self, key: tuple, learnt: tuple) -> None:
-        if len(self.seen_template_sets) >= 4 * self.max_templates:
-            self.seen_template_sets.clear()
-        self.seen_template_sets[key] = learnt
+        size = len(key[3])
+        if len(self.seen_template_sets) >= 4 * self.max_templates or self.seen_bytes + size > MAX_SEEN_BYTES:
+            self._forget_seen()
+        if size <= MAX_SEEN_BYTES and key not in self.seen_template_sets:
+            self.seen_template_sets[key] = learnt
+            self.seen_bytes += size
 
     def known_template_set(self, key: tuple) -> bool:
         """True when this exact template set was parsed before and all its templates are current."""
@@ -90,10 +128,15 @@ class ExporterState:
     def hold(self, key: TemplateKey, body: bytes, meta: tuple, received: float) -> None:
         """Keep a data set briefly in case its template follows (bounded; the oldest expire)."""
         held = self.held
-        while held and (len(held) >= MAX_HELD_SETS or received - held[0][3] > HOLD_SECONDS):
-            held.popleft()
+        if len(body) > MAX_HELD_BYTES:
+            metrics.HELD_BY_OUTCOME["expired"].inc()
+            return
+        while held and (len(held) >= MAX_HELD_SETS or received - held[0][3] > HOLD_SECONDS
+                        or self.held_bytes + len(body) > MAX_HELD_BYTES):
+            self.held_bytes -= len(held.popleft()[1])
             metrics.HELD_BY_OUTCOME["expired"].inc()
         held.append((key, body, meta, received))
+        self.held_bytes += len(body)
         metrics.HELD_BY_OUTCOME["held"].inc()
 
     def take_held(self, key: TemplateKey) -> list[tuple[bytes, tuple]]:
@@ -102,8 +145,15 @@ class ExporterState:
             return []
         taken = [(body, meta) for k, body, meta, _ in self.held if k == key]
         self.held = deque(h for h in self.held if h[0] != key)
+        self.held_bytes -= sum(len(body) for body, _ in taken)
         metrics.HELD_BY_OUTCOME["recovered"].inc(len(taken))
         return taken
+
+
+def _pickled_size(template: Any) -> int:
+    import pickle
+
+    return len(pickle.dumps(template, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _bounded_put(table: OrderedDict, key: Any, value: Any, limit: int) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flows.decode import limits, metrics
+
 VARIABLE = 65535
 REVERSE_PEN = 29305  # RFC 5103 biflow: reverse information elements use this enterprise number
 SCOPE_PEN = -1  # NetFlow v9 scope fields: their type numbers are not information elements
@@ -75,22 +77,31 @@ class Template:
 
     @property
     def valid(self) -> bool:
-        """A template that can describe records: some fixed bytes, records under 64 KiB."""
-        return 0 < self.fixed_len and self.min_len < 65536
+        """A template that can describe records: some fixed bytes (MIN_RECORD_LENGTH for data
+        records), records under 64 KiB, at most MAX_TEMPLATE_FIELDS fields."""
+        least = 1 if self.options else limits.MIN_RECORD_LENGTH
+        return least <= self.fixed_len and self.min_len < 65536 and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS
 
-    def records(self, body: bytes) -> tuple[bytes, int]:
-        """The set body as whole fixed-layout records and their count (trailing padding dropped)."""
+    def records(self, body: bytes, most: int = limits.MAX_ROWS_PER_DATAGRAM) -> tuple[bytes, int]:
+        """The set body as whole fixed-layout records and their count (trailing padding dropped),
+        at most `most` of them (the rest counted as a limit hit)."""
         if self.varlen:
-            return self._normalise(body)
+            return self._normalise(body, most)
         count = len(body) // self.record_len
+        if count > most:
+            metrics.error("limit")
+            count = most
         size = count * self.record_len
         return (body if size == len(body) else body[:size]), count
 
-    def _normalise(self, body: bytes) -> tuple[bytes, int]:
+    def _normalise(self, body: bytes, most: int) -> tuple[bytes, int]:
         """Walk variable-length records, keeping only their fixed-length fields."""
         out, count, offset, end = bytearray(), 0, 0, len(body)
         fields = self.fields
         while end - offset >= self.min_len:
+            if count >= most:
+                metrics.error("limit")
+                break
             start = len(out)
             for _, _, length in fields:
                 if length == VARIABLE:

@@ -28,13 +28,14 @@ def joined(payloads: list[bytes], pad: int) -> tuple[bytes, np.ndarray, np.ndarr
 
 
 def lock_step(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndarray, *, header: int,
-              inclusive: bool, remaining: np.ndarray | None = None
+              inclusive: bool, remaining: np.ndarray | None = None, limit: int | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Walk items from each cursor up to its end, for all owners at once. An item is a
     `header`-byte header ending in its big-endian length (u16 in a 4-byte header, NetFlow
     style, the length counting the header: `inclusive`; u32 in an 8-byte header, sFlow style,
     the length of what follows), then its body. With `remaining`, at most that many items per
-    owner, and running out of room before them is counted as truncated.
+    owner, and running out of room before them is counted as truncated. With `limit`, at most that
+    many items per owner whatever it announces; an owner with room for more is counted (limit).
 
     Returns each item's owner, start offset and end offset, in buffer order. An inclusive item
     shorter than its header is counted (bad_length) and stops its owner; one that overruns the
@@ -44,10 +45,19 @@ def lock_step(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndar
     lengths = strided_view(buffer, ">u2" if header == 4 else ">u4")
     length_at = header - lengths.dtype.itemsize
     steps = []
+    taken = 0
     while owner.size:
-        if owner.size <= TAIL:
-            steps.append(_tail(buffer, owner, cursor, end, header, inclusive, remaining))
+        if limit is not None and taken >= limit:  # every owner still open took `limit` items
+            over_limit = end - cursor >= header
+            if remaining is not None:
+                over_limit &= remaining > 0
+            count("limit", over_limit)
             break
+        if owner.size <= TAIL:
+            steps.append(_tail(buffer, owner, cursor, end, header, inclusive, remaining,
+                               None if limit is None else limit - taken))
+            break
+        taken += 1
         room = end - cursor >= header
         if remaining is not None:
             live = remaining > 0
@@ -83,14 +93,20 @@ _LENGTH = {4: struct.Struct("!H"), 8: struct.Struct("!I")}
 
 
 def _tail(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndarray, header: int,
-          inclusive: bool, remaining: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          inclusive: bool, remaining: np.ndarray | None, limit: int | None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """lock_step for the last few owners, in Python (same items, same counting)."""
     unpack, length_at = _LENGTH[header].unpack_from, header - _LENGTH[header].size
     owners, starts, ends = [], [], []
-    truncated = bad = 0
+    truncated = bad = limited = 0
     left = [-1] * len(owner) if remaining is None else remaining.tolist()  # -1: no item limit
     for who, at, stop, items in zip(owner.tolist(), cursor.tolist(), end.tolist(), left):
+        allowed = -1 if limit is None else limit
         while items != 0:
+            if allowed == 0:
+                limited += stop - at >= header
+                break
+            allowed -= 1
             if stop - at < header:
                 truncated += items > 0  # fewer items than announced
                 break
@@ -114,6 +130,8 @@ def _tail(buffer: bytes, owner: np.ndarray, cursor: np.ndarray, end: np.ndarray,
             at, items = following, items - 1
     if truncated:
         metrics.error("truncated", truncated)
+    if limited:
+        metrics.error("limit", limited)
     if bad:
         metrics.error("bad_length", bad)
     return np.array(owners, np.int64), np.array(starts, np.int64), np.array(ends, np.int64)

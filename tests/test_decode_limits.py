@@ -1,0 +1,90 @@
+"""What one hostile exporter can cost the decoder (issue 15): per-datagram limits on sets,
+rows, template fields and record length, and per-exporter state bounded in bytes (a snapshot
+stays under 1 MiB). Datagrams are hand-packed from the RFC 3954 / RFC 7011 layouts."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+from flows.decode import ExporterState, FlowDecoder, decode_many, limits, metrics
+from tests.test_decode_scapy import EXPORT, _ipfix, _ipfix_template, _set
+
+
+def _errors(reason: str) -> float:
+    return metrics.ERRORS.labels(reason)._value.get()
+
+
+def _v9(sets: bytes, source_id: int = 1) -> bytes:
+    return struct.pack("!HHIIII", 9, 1, 10_000, EXPORT, 0, source_id) + sets
+
+
+def test_a_datagram_of_thousands_of_empty_sets_is_read_up_to_the_set_limit() -> None:
+    empty = struct.pack("!HH", 300, 4) * 16_000  # 64,000 bytes of empty data sets
+    before = _errors("limit")
+    assert FlowDecoder().decode(_v9(empty), "198.51.100.50", EXPORT).num_rows == 0
+    assert _errors("limit") == before + 1
+
+
+def test_sets_after_the_limit_are_not_read() -> None:
+    template = struct.pack("!HH", 0, 16) + struct.pack("!HHHH", 400, 2, 1, 4) + struct.pack("!HH", 2, 4)
+    data = struct.pack("!HH", 400, 12) + struct.pack("!II", 100, 1)
+    sets = template + data * (limits.MAX_SETS_PER_DATAGRAM + 50)
+    rows = FlowDecoder().decode(_v9(sets), "198.51.100.51", EXPORT).num_rows
+    assert rows == limits.MAX_SETS_PER_DATAGRAM - 1  # the template set is one of them
+
+
+def test_rows_per_datagram_are_capped() -> None:
+    template = _ipfix_template(401, [(1, 4)])  # 4-byte records: 16,000 in one set
+    data = _set(401, struct.pack("!I", 7) * 16_000)
+    before = _errors("limit")
+    batch = FlowDecoder().decode(_ipfix(template + data), "198.51.100.52", EXPORT)
+    assert batch.num_rows == limits.MAX_ROWS_PER_DATAGRAM
+    assert _errors("limit") > before
+    # spread over many sets, the same cap
+    data = _set(401, struct.pack("!I", 7) * 500) * 10
+    assert FlowDecoder().decode(_ipfix(template + data), "198.51.100.53", EXPORT).num_rows == 2000
+
+
+def test_a_one_byte_record_template_is_refused() -> None:
+    template = _ipfix_template(402, [(4, 1)])  # 65,000 one-byte "flows" per datagram otherwise
+    data = _set(402, bytes(60_000))
+    before = _errors("bad_template")
+    assert FlowDecoder().decode(_ipfix(template + data), "198.51.100.54", EXPORT).num_rows == 0
+    assert _errors("bad_template") == before + 1
+
+
+def test_a_template_with_too_many_fields_is_not_parsed() -> None:
+    fields = [(1, 4)] * 16_000
+    before = _errors("limit")
+    state = ExporterState("198.51.100.55")
+    decode_many(state, [(_ipfix(_ipfix_template(403, fields[:16_000])), "x", EXPORT)])
+    assert _errors("limit") == before + 1 and not state.templates
+
+
+def test_exporter_state_is_bounded_in_bytes() -> None:
+    """281 datagrams of template sets with ever-new ids (8,000 one-field templates each, as in
+    the report that found 2.2M templates kept alive): the state, and its snapshot, stay small."""
+    state = ExporterState("198.51.100.56")
+    for n in range(40):
+        records = b"".join(struct.pack("!HH", 256 + (n * 200 + i) % 65000, 1) + struct.pack("!HH", 1, 4)
+                           for i in range(200))
+        decode_many(state, [(_ipfix(_set(2, records)), "x", EXPORT)])
+    # and templates of the largest allowed size
+    fields = [(1, 4), (2, 4), (8, 4), (12, 4)] * (limits.MAX_TEMPLATE_FIELDS // 4)
+    for tid in range(300, 400):
+        decode_many(state, [(_ipfix(_ipfix_template(tid, fields)), "x", EXPORT)])
+    snapshot = pickle.dumps(state)
+    assert len(snapshot) <= 1024 * 1024, len(snapshot)
+    assert sum(len(key[3]) for key in state.seen_template_sets) <= 256 * 1024
+    assert all(state.templates.get(k) is t for learnt in state.seen_template_sets.values() for k, t in learnt)
+    restored = pickle.loads(snapshot)
+    assert restored.templates.keys() == state.templates.keys() and not restored.seen_template_sets
+
+
+def test_held_data_is_bounded_in_bytes() -> None:
+    state = ExporterState("198.51.100.57")
+    body = bytes(8_000)
+    for i in range(200):  # data sets for templates that never come
+        decode_many(state, [(_ipfix(_set(500 + i % 20, body)), "x", EXPORT)])
+    assert sum(len(h[1]) for h in state.held) <= 128 * 1024 and state.held_bytes == sum(len(h[1]) for h in state.held)
