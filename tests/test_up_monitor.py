@@ -50,3 +50,17 @@ def test_preflight_names_a_taken_udp_listener_port(tmp_path) -> None:
         assert problems == [f"UDP port {port} on 127.0.0.1 is taken by another program (inlet.listeners[0].port)"]
     finally:
         holder.close()
+
+
+def test_preflight_also_runs_the_configuration_checks(tmp_path) -> None:
+    """`waxflow up` names what every dataflow would refuse at its start, before starting any."""
+    from connectors.up import preflight
+
+    settings = Settings(inlet={"listeners": [{"name": "nf", "address": "192.0.2.77", "port": free_port(),
+                                              "decoder": "netflow"}],
+                               "metrics_listen": f"127.0.0.1:{free_port()}"},
+                        api={"listen": f"127.0.0.1:{free_port()}"}, data_dir="/proc/waxflow-up")
+    problems = preflight(settings, broker_running=True)
+    assert any(p.startswith("inlet.listeners[0].address: 192.0.2.77 is not an address of this host")
+               for p in problems), problems
+    assert any(p.startswith("data_dir: /proc/waxflow-up is not a writable directory") for p in problems), problems

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from connectors import broker as broker_mod
+from connectors.config_checks import environment_problems
 from flows.settings import Settings, split_host_port
 
 
@@ -77,12 +78,6 @@ def preflight(settings: Settings, broker_running: bool) -> list[str]:
         broker_mod.broker_binary()
     except broker_mod.BrokerError as err:
         problems.append(f"{err} (run ./scripts/bootstrap.sh)")
-    data_dir = Path(settings.data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        problems.append(f"data_dir {data_dir} is not writable: {err.strerror}")
+    # what every dataflow checks at its start (files, Kafka client settings, addresses, directories)
+    problems.extend(environment_problems(settings))
     return problems
