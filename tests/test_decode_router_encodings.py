@@ -9,7 +9,7 @@ import struct
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
 
 from flows.decode import FlowDecoder
 from tests.test_decode_scapy import EXPORT, _ipfix, _ipfix_template, _set
@@ -96,3 +96,22 @@ def test_logical_interfaces_win_over_physical_ones() -> None:
     values = bytes([10, 0, 0, 1]) + bytes([10, 0, 0, 2]) + struct.pack("!QQIIII", 1500, 1, 5, 6, 17, 42)
     flow = _ipfix_flow(fields, values)
     assert (flow["InIfIndex"], flow["OutIfIndex"]) == (5, 6)
+
+
+@pytest.mark.parametrize("frame, expected", [
+    (bytes(Ether() / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=1, dport=2)), (42, 42)),
+    # QinQ (802.1ad outer 100, customer 200): the inner tag, as the reference keeps it
+    (bytes(Ether(type=0x88A8) / Dot1Q(vlan=100) / Dot1Q(vlan=200) / IP(src="10.1.0.1", dst="10.2.0.2")
+           / UDP(sport=1, dport=2)), (200, 200)),
+    (FRAME, (0, 0)),
+])
+def test_header_vlans_fill_both_directions_without_a_switch_record(frame, expected) -> None:
+    flow = _one([_flow_sample([_raw_header(frame)])])
+    assert (flow["SrcVlan"], flow["DstVlan"]) == expected
+
+
+def test_a_switch_record_wins_over_the_header_vlan() -> None:
+    frame = bytes(Ether() / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=1, dport=2))
+    switch = _record(1001, struct.pack("!IIII", 7, 0, 8, 0))
+    flow = _one([_flow_sample([_raw_header(frame), switch])])
+    assert (flow["SrcVlan"], flow["DstVlan"]) == (7, 8)

@@ -282,9 +282,9 @@ def parse_headers(h: _Headers, protocol: np.ndarray, frame: np.ndarray, stripped
     etype = np.where(eth & ~h.has(np.zeros(n, np.int64), 14), 0, etype)
     out: dict = {"SrcMAC": np.where(eth, _mac(h, 6), 0), "DstMAC": np.where(eth, _mac(h, 0), 0)}
     vlan = np.zeros(n, np.int64)
-    for _ in range(2):  # 802.1Q / 802.1ad tags: the outer one is the VLAN
+    for _ in range(2):  # 802.1Q / 802.1ad tags: with QinQ the inner (customer) tag is the VLAN
         tagged = ((etype == 0x8100) | (etype == 0x88A8)) & h.has(offset, 4)
-        vlan = np.where(tagged & (vlan == 0), h.u16(offset) & 0xFFF, vlan)
+        vlan = np.where(tagged, h.u16(offset) & 0xFFF, vlan)
         etype = np.where(tagged, h.u16(offset + 2), etype)
         offset = np.where(tagged, offset + 4, offset)
     out["SrcVlan"] = vlan
@@ -388,7 +388,8 @@ def sample_columns(samples: _Samples) -> tuple[int, dict]:
 
 
 def _scatter(cols: dict, parsed: dict, which: np.ndarray, n: int) -> None:
-    """Place per-header columns at their sample rows (header VLAN only where no switch record)."""
+    """Place per-header columns at their sample rows (the header's VLAN only where no switch record
+    gave one)."""
     full = len(which) == n
     for name, values in parsed.items():
         if name == "MPLSLabels":
@@ -400,7 +401,10 @@ def _scatter(cols: dict, parsed: dict, which: np.ndarray, n: int) -> None:
             target = np.zeros((n,) + values.shape[1:], values.dtype)
             target[which] = values
         if name == "SrcVlan":
-            target = np.where(cols["SrcVlan"] == 0, target, cols["SrcVlan"])
+            # A sample without an extended-switch VLAN takes the header's for both directions.
+            no_switch = (cols["SrcVlan"] == 0) & (cols["DstVlan"] == 0)
+            cols["DstVlan"] = np.where(no_switch, target, cols["DstVlan"])
+            target = np.where(no_switch, target, cols["SrcVlan"])
         cols[name] = target
 
 
