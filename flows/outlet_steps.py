@@ -6,7 +6,8 @@ Pure logic and Bytewax operator logic; the clients live in connectors/.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -17,7 +18,7 @@ from prometheus_client import Counter
 
 from connectors.metrics import RateLimitedLog
 from flows import envelope
-from flows.decode import ExporterState, decode_many
+from flows.decode import ExporterState, decode_many, limits
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)
@@ -26,6 +27,9 @@ MESSAGES = Counter("waxflow_outlet_messages_total", "Kafka messages read by the 
 DROPPED = Counter("waxflow_outlet_dropped_messages_total",
                   "Kafka messages the outlet could not use, by reason", ["reason"])
 FLOWS = Counter("waxflow_outlet_flows_total", "flows decoded by the outlet")
+EVICTED = Counter("waxflow_outlet_exporter_evictions_total",
+                  "exporters whose decoder state was dropped to keep the process within its bounds "
+                  "(flows/decode/limits.py)")
 
 Datagram = tuple[bytes, str, float]
 IDLE_EXPORTER = timedelta(hours=1)
@@ -63,6 +67,40 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class _Exporters:
+    """The decoder states alive in this process, least recently active first, with their bytes:
+    past MAX_EXPORTERS_PER_PROCESS or MAX_STATE_BYTES_PER_PROCESS the oldest is marked evicted
+    (its logic drops its state at its next activation or tick)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: OrderedDict[int, tuple["DecodeLogic", int]] = OrderedDict()
+        self._bytes = 0
+
+    def touch(self, logic: "DecodeLogic", size: int) -> None:
+        with self._lock:
+            _, old = self._live.pop(id(logic), (None, 0))
+            self._live[id(logic)] = (logic, size)
+            self._bytes += size - old
+            while len(self._live) > 1 and (len(self._live) > limits.MAX_EXPORTERS_PER_PROCESS
+                                           or self._bytes > limits.MAX_STATE_BYTES_PER_PROCESS):
+                _, (oldest, oldest_size) = self._live.popitem(last=False)
+                self._bytes -= oldest_size
+                oldest.evicted = True
+                EVICTED.inc()
+
+    def forget(self, logic: "DecodeLogic") -> None:
+        with self._lock:
+            _, size = self._live.pop(id(logic), (None, 0))
+            self._bytes -= size
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+EXPORTERS = _Exporters()
+
+
 class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, ExporterState]):
     """Decoder state of one exporter, kept as Bytewax state (snapshotted and recovered).
 
@@ -76,12 +114,14 @@ class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, Expo
         self.tick = tick
         self.next_tick = _now() + tick
         self.last_seen = _now()
+        self.evicted = False
 
     def on_batch(self, values: list[list[Datagram]]) -> tuple[list[pa.RecordBatch | None], bool]:
         datagrams = values[0] if len(values) == 1 else [d for group in values for d in group]
-        if self.state is None:
-            self.state = ExporterState(datagrams[0][1])
+        if self.state is None or self.evicted:
+            self.state, self.evicted = ExporterState(datagrams[0][1]), False
         batch = decode_many(self.state, datagrams)
+        EXPORTERS.touch(self, self.state.approx_bytes)
         self.last_seen = _now()
         if batch.num_rows:
             FLOWS.inc(batch.num_rows)
@@ -94,7 +134,10 @@ class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, Expo
     def on_notify(self) -> tuple[list[pa.RecordBatch | None], bool]:
         now = _now()
         self.next_tick = now + self.tick
-        return [None], now - self.last_seen > IDLE_EXPORTER
+        if self.evicted or now - self.last_seen > IDLE_EXPORTER:
+            EXPORTERS.forget(self)
+            return [None], True
+        return [None], False
 
     def on_eof(self) -> tuple[list[pa.RecordBatch | None], bool]:
         return [None], False

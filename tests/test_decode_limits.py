@@ -88,3 +88,27 @@ def test_held_data_is_bounded_in_bytes() -> None:
     for i in range(200):  # data sets for templates that never come
         decode_many(state, [(_ipfix(_set(500 + i % 20, body)), "x", EXPORT)])
     assert sum(len(h[1]) for h in state.held) <= 128 * 1024 and state.held_bytes == sum(len(h[1]) for h in state.held)
+
+
+def test_the_outlet_drops_the_least_recently_active_exporters_past_its_bounds(monkeypatch) -> None:
+    """A flood of sources: past the process's exporter (or byte) bound, the oldest exporter's
+    decoder state is dropped at its next tick, counted; a later datagram starts it afresh."""
+    from datetime import timedelta
+
+    from flows import outlet_steps
+
+    monkeypatch.setattr(limits, "MAX_EXPORTERS_PER_PROCESS", len(outlet_steps.EXPORTERS) + 3)
+    before = outlet_steps.EVICTED._value.get()
+    template = _ipfix_template(410, [(8, 4), (1, 4)])
+    logics = [outlet_steps.DecodeLogic(timedelta(seconds=1), None) for _ in range(5)]
+    for i, logic in enumerate(logics):
+        data = _set(410, bytes([10, 0, 0, i]) + struct.pack("!I", 100))
+        out, _ = logic.on_batch([[(_ipfix(template + data), f"198.51.100.{70 + i}", EXPORT)]])
+        assert out[0].num_rows == 1
+    assert outlet_steps.EVICTED._value.get() == before + 2
+    assert [logic.on_notify()[1] for logic in logics] == [True, True, False, False, False]
+    # an evicted exporter that sends again starts with a new state (its template is gone)
+    out, _ = logics[0].on_batch([[(_ipfix(_set(410, bytes(8))), "198.51.100.70", EXPORT)]])
+    assert out == [] and not logics[0].evicted
+    for logic in logics:
+        outlet_steps.EXPORTERS.forget(logic)

@@ -14,3 +14,9 @@ MAX_TEMPLATE_FIELDS = 256  # fields of one template (routers: 10-80)
 MIN_RECORD_LENGTH = 4  # bytes of a data template's record (routers: 20 and more)
 MAX_SAMPLES_PER_DATAGRAM = 256  # sFlow samples (agents: 1-10; a 9,000-byte jumbo: ~45)
 MAX_RECORDS_PER_SAMPLE = 32  # flow records in one sFlow sample (agents: 2-6)
+
+# Per outlet process, over all its exporters' decoder states: past either bound the least
+# recently active exporter's state is dropped (counted; it relearns its templates from the next
+# refresh), so that a flood of sources cannot exhaust memory.
+MAX_EXPORTERS_PER_PROCESS = 50_000
+MAX_STATE_BYTES_PER_PROCESS = 512 * 1024 * 1024

@@ -48,6 +48,15 @@ class ExporterState:
         self.seen_bytes = 0
         self.held_bytes = 0
 
+    @property
+    def approx_bytes(self) -> int:
+        """What this state holds, about: its templates as pickled, held sets, cached set bodies."""
+        return 4096 + self.templates_total + self.held_bytes + self.seen_bytes
+
+    @property
+    def templates_total(self) -> int:
+        return self.__dict__.get("_templates_total", 0)
+
     def __getstate__(self) -> dict[str, Any]:
         # The template-set cache is rebuilt from the next datagrams: not worth a snapshot.
         state = dict(self.__dict__)
@@ -60,6 +69,7 @@ class ExporterState:
             self.template_bytes = {key: _pickled_size(t) for key, t in self.templates.items()}
             self.seen_bytes = 0
             self.held_bytes = sum(len(h[1]) for h in self.held)
+        self.__dict__["_templates_total"] = sum(self.template_bytes.values())
 
     # -- templates -------------------------------------------------------------------------
     def template(self, key: TemplateKey) -> Any:
@@ -71,26 +81,33 @@ class ExporterState:
         if key in templates:
             templates.move_to_end(key)
         templates[key] = template
-        self.template_bytes[key] = _pickled_size(template)
+        self._resize(key, _pickled_size(template))
         evicted = False
         while len(templates) > 1 and (len(templates) > self.max_templates
-                                      or sum(self.template_bytes.values()) > MAX_TEMPLATE_BYTES):
+                                      or self.templates_total > MAX_TEMPLATE_BYTES):
             old, _ = templates.popitem(last=False)
-            self.template_bytes.pop(old, None)
+            self._resize(old, 0)
             metrics.TEMPLATE_EVICTIONS.inc()
             evicted = True
         if evicted:  # cached template sets may name evicted templates: keep none of them alive
             self._forget_seen()
 
+    def _resize(self, key: TemplateKey, size: int) -> None:
+        """Record a template's size (0: gone) and keep the running total."""
+        old = self.template_bytes.pop(key, 0)
+        if size:
+            self.template_bytes[key] = size
+        self.__dict__["_templates_total"] = self.templates_total - old + size
+
     def withdraw(self, key: TemplateKey) -> None:
         self.templates.pop(key, None)
-        self.template_bytes.pop(key, None)
+        self._resize(key, 0)
         metrics.TEMPLATE_WITHDRAWALS.inc()
 
     def withdraw_all(self, version: int, domain: int, options: bool) -> None:
         for key in [k for k, t in self.templates.items() if k[:2] == (version, domain) and t.options == options]:
             del self.templates[key]
-            self.template_bytes.pop(key, None)
+            self._resize(key, 0)
         self._forget_seen()
         metrics.TEMPLATE_WITHDRAWALS.inc()
 
