@@ -46,6 +46,17 @@ def test_rows_per_datagram_are_capped() -> None:
     assert FlowDecoder().decode(_ipfix(template + data), "198.51.100.53", EXPORT).num_rows == 2000
 
 
+def test_variable_length_records_share_the_datagrams_row_budget() -> None:
+    """Sets decoded one at a time (variable-length fields) draw on the same 2,000 rows."""
+    template = _ipfix_template(404, [(1, 4), (82, 65535)])  # octetDeltaCount, interfaceName (varlen)
+    record = struct.pack("!I", 5) + b"\x00"  # an empty name
+    data = _set(404, record * 1_500) * 8  # 12,000 records in 8 sets
+    before = _errors("limit")
+    batch = FlowDecoder().decode(_ipfix(template + data), "198.51.100.58", EXPORT)
+    assert batch.num_rows == limits.MAX_ROWS_PER_DATAGRAM
+    assert _errors("limit") > before
+
+
 def test_a_one_byte_record_template_is_refused() -> None:
     template = _ipfix_template(402, [(4, 1)])  # 65,000 one-byte "flows" per datagram otherwise
     data = _set(402, bytes(60_000))

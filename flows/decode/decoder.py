@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from flows.decode import metrics
+from flows.decode import limits, metrics
 from flows.decode.columns import assemble
 from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
 from flows.decode.records import flow_columns
@@ -82,23 +82,28 @@ class Chunk:
             log.debug("undecodable datagram from %s", state.exporter, exc_info=True)
 
     def data_set(self, state: ExporterState, key: tuple, body: bytes, meta: tuple,
-                 received: float | None) -> None:
-        """Decode one v9/IPFIX data set on its own (or hold it until its template comes)."""
+                 received: float | None, most: int = limits.MAX_ROWS_PER_DATAGRAM) -> int:
+        """Decode one v9/IPFIX data set on its own (or hold it until its template comes): at
+        most `most` flow records (what is left of its datagram's budget); how many it queued."""
         template = state.templates.get(key)
         if template is None:
             metrics.error("missing_template")
             if received is not None:
                 state.hold(key, body, meta, received)
-            return
+            return 0
         if template.options:
             apply_options(state, template, key[0], key[1], body)
-            return
-        records, count = template.records(body)
+            return 0
+        if most <= 0:
+            metrics.error("limit")
+            return 0
+        records, count = template.records(body, most)
         if not count:
-            return
+            return 0
         export_ms, uptime, received_s = (np.full(count, value, np.int64) for value in meta)
         self.group(state, template, key[0], key[1]).pieces.append(
             (template.view(records), export_ms, uptime, received_s))
+        return count
 
     def group(self, state: ExporterState, template, version: int, domain: int) -> _TemplateGroup:
         """The queue of the template's records in this call."""

@@ -220,7 +220,8 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
     for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
         datagram = int(sets.datagram[row])
         try:
-            chunk.data_set(state, template_key, sets.body(row), sets.meta(row), sets.received_at[datagram])
+            budget.left[datagram] -= chunk.data_set(state, template_key, sets.body(row), sets.meta(row),
+                                                    sets.received_at[datagram], int(budget.left[datagram]))
         except Exception:  # one bad set costs only itself, not the other sets of this call
             metrics.error("malformed")
 
@@ -242,9 +243,9 @@ class TemplateBudget:
 
 
 def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                          options: bool, budget: "TemplateBudget | None" = None) -> None:
+                          options: bool, budget: TemplateBudget) -> None:
     try:
-        _template_set(chunk, state, version, domain, set_id, body, options, budget or TemplateBudget())
+        _template_set(chunk, state, version, domain, set_id, body, options, budget)
     except Exception:  # a parser bug must not stop the dataflow: count it, keep going
         metrics.error("malformed")
 

@@ -45,6 +45,7 @@ class ExporterState:
         self.system_init_ms: OrderedDict[DomainKey, int] = OrderedDict()
         self.held: deque = deque()
         self.template_bytes: dict[TemplateKey, int] = {}
+        self.templates_total = 0  # sum of template_bytes, kept as they change
         self.seen_bytes = 0
         self.held_bytes = 0
 
@@ -52,10 +53,6 @@ class ExporterState:
     def approx_bytes(self) -> int:
         """What this state holds, about: its templates as pickled, held sets, cached set bodies."""
         return 4096 + self.templates_total + self.held_bytes + self.seen_bytes
-
-    @property
-    def templates_total(self) -> int:
-        return self.__dict__.get("_templates_total", 0)
 
     def __getstate__(self) -> dict[str, Any]:
         # The template-set cache is rebuilt from the next datagrams: not worth a snapshot.
@@ -69,7 +66,7 @@ class ExporterState:
             self.template_bytes = {key: _pickled_size(t) for key, t in self.templates.items()}
             self.seen_bytes = 0
             self.held_bytes = sum(len(h[1]) for h in self.held)
-        self.__dict__["_templates_total"] = sum(self.template_bytes.values())
+        self.templates_total = sum(self.template_bytes.values())
 
     # -- templates -------------------------------------------------------------------------
     def template(self, key: TemplateKey) -> Any:
@@ -97,7 +94,7 @@ class ExporterState:
         old = self.template_bytes.pop(key, 0)
         if size:
             self.template_bytes[key] = size
-        self.__dict__["_templates_total"] = self.templates_total - old + size
+        self.templates_total += size - old
 
     def withdraw(self, key: TemplateKey) -> None:
         self.templates.pop(key, None)
