@@ -163,13 +163,13 @@ def test_a_read_only_session_cannot_write_even_when_asked_directly(narrow) -> No
 def test_error_messages_are_tidied_in_bounded_time() -> None:
     """The store's message echoes the user's text: a 64 KB one shaped to make a pattern backtrack
     costs milliseconds, and chDB's nested prefixes and version notes are gone."""
-    from connectors.http.queries import _first_line
+    from connectors.http.queries import first_line
 
     begin = time.monotonic()
-    line = _first_line(RuntimeError("Code: 62. DB::Exception: Code: 62. DB::Exception: Syntax error: 'x"
+    line = first_line(RuntimeError("Code: 62. DB::Exception: Code: 62. DB::Exception: Syntax error: 'x"
                                     + " (version )" * 5800))
     assert time.monotonic() - begin < 0.1 and len(line) <= 500
     assert line.startswith("Code: 62: Syntax error")
     nested = RuntimeError("Code: 241. DB::Exception: Code: 241. DB::Exception: Query memory limit exceeded. "
                           "(MEMORY_LIMIT_EXCEEDED) (version 26.9.2.1). (MEMORY_LIMIT_EXCEEDED) (version 26.9.2.1).")
-    assert _first_line(nested) == "Code: 241: Query memory limit exceeded. (MEMORY_LIMIT_EXCEEDED) (MEMORY_LIMIT_EXCEEDED)"
+    assert first_line(nested) == "Code: 241: Query memory limit exceeded. (MEMORY_LIMIT_EXCEEDED) (MEMORY_LIMIT_EXCEEDED)"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from prometheus_client import REGISTRY
 
-from connectors.http.queries import ReadOnlySession
+from connectors.http.queries import ReadOnlySession, first_line
 from flows.settings import Settings
 
 STALE = 5.0
@@ -109,8 +109,7 @@ class StoreSession:
             if self._session is not None:
                 self._session.close()
                 self._session = None
-            text = str(err).strip()
-            return {"store": {"ok": False, "error": (text.splitlines()[0] if text else type(err).__name__)[:300]}}
+            return {"store": {"ok": False, "error": first_line(err, 300)}}
 
 
 def store_probe(factory: Callable[[], ReadOnlySession]) -> BackgroundProbe:

@@ -128,7 +128,7 @@ _NESTED_PREFIX = re.compile(r"(?:Code: \d+\. DB::Exception: )+")
 _VERSION = re.compile(r" \(version [0-9.]+\)\.?")
 
 
-def _first_line(err: Exception, limit: int = 500) -> str:
+def first_line(err: Exception, limit: int = 500) -> str:
     """ClickHouse's message without the nesting chDB adds (`Code: 241. DB::Exception: ` three
     times) and version notes. Cut before any pattern runs: the message echoes the user's text."""
     text = str(err).strip()[:4 * limit]
@@ -146,12 +146,12 @@ def checked_sql(session: ReadOnlySession, sql: str) -> str:
         try:
             rows = session.query("SELECT formatQuery({sql:String})", parameters={"sql": sql}).result_rows
         except Exception as err:  # the parser's message says where it stopped
-            raise sqlguard.GuardError("syntax_error", _first_line(err)) from None
+            raise sqlguard.GuardError("syntax_error", first_line(err)) from None
         canonical = sqlguard.check_canonical(rows[0][0])
         try:
             lines = session.text_lines(f"EXPLAIN AST {canonical}")
         except Exception as err:  # formatted as one statement yet not explainable: not a SELECT
-            raise sqlguard.GuardError("not_a_select", _first_line(err)) from None
+            raise sqlguard.GuardError("not_a_select", first_line(err)) from None
         sqlguard.check_ast(lines, session.database, client_format=EXPLAIN_FORMAT)
     except sqlguard.GuardError as err:
         raise UserSQLError(err.reason, str(err)) from None
@@ -215,7 +215,7 @@ def sql_result(session: ReadOnlySession, settings: Settings, sql: str) -> dict[s
                 for _ in stream:
                     pass
     except Exception as err:  # a limit hit, a missing table, a type error: ClickHouse says which
-        raise UserSQLError("query_failed", _first_line(err)) from None
+        raise UserSQLError("query_failed", first_line(err)) from None
     return {"columns": columns, "rows": capped.rows, "truncated": capped.truncated}
 
 

@@ -45,8 +45,8 @@ from connectors.cluster import process_id
 from connectors.http.client import listen_address
 from connectors.http.errors import APIError
 from connectors.http.health import counter_total, insert_component, kafka_probe, store_probe
-from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, flows_result,
-                                     sql_result)
+from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, first_line,
+                                     flows_result, sql_result)
 from connectors.metrics import RateLimitedLog
 from flows import api, ddl
 from flows.settings import Settings
@@ -170,9 +170,7 @@ class API:
         except (api.QueryError, APIError):
             raise
         except Exception as err:  # ClickHouse's message names what is wrong
-            text = str(err).strip()
-            raise APIError(503, "store_unavailable", (text.splitlines()[0] if text else type(err).__name__)[:500]) \
-                from None
+            raise APIError(503, "store_unavailable", first_line(err)) from None
 
     # -- endpoints -----------------------------------------------------------------------------
     def on_metrics(self, request: Request) -> Response:
