@@ -27,7 +27,7 @@ OFFSET_RESETS = Counter(
     "times the outlet's read position was moved to the partition's earliest offset, by reason "
     "(offsets_went_back: the partition now ends below the position, e.g. a broker that lost its "
     "data and started again from 0)", ["reason"])
-CHECK_INTERVAL = 1.0  # seconds between two looks at a partition's watermarks
+CHECK_INTERVAL = 1.0  # seconds between two looks at a partition's watermarks (two agree: a reset)
 
 _STARTS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END, "committed": OFFSET_STORED}
 
@@ -75,6 +75,7 @@ class _Partition(_KafkaSourcePartition):
         self._lag = CONSUMER_LAG.labels(self._topic, str(self._part_idx))
         self._closed = False
         self._checked_at = time.monotonic()
+        self._behind = False
         _LagReporter.watch(self)
 
     def next_batch(self) -> list:
@@ -91,8 +92,13 @@ class _Partition(_KafkaSourcePartition):
         except (KafkaException, RuntimeError):
             return
         position = self._offset
-        if high is None or high < 0 or position < 0 or high >= position:
+        behind = high is not None and high >= 0 and position >= 0 and high < position
+        # Twice in a row (a second apart): a watermark read once from a lagging replica while a
+        # partition moves between brokers must not make the outlet read everything again.
+        seen_before, self._behind = self._behind, behind
+        if not (behind and seen_before):
             return
+        self._behind = False
         OFFSET_RESETS.labels("offsets_went_back").inc()
         log.warning("kafka: %s[%d] now ends at offset %d, below the position %d: the broker lost "
                     "messages (restarted without its data?); reading it again from its earliest offset",

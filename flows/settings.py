@@ -7,6 +7,7 @@ the program with a message naming the key (`kafka.partitions: ...`).
 
 from __future__ import annotations
 
+import collections.abc
 import ipaddress
 import json
 import os
@@ -134,9 +135,18 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError("must be a number, not true/false")
         return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """int, float or a subclass (ByteSize), also inside Optional/Annotated."""
+    from typing import get_args
+
+    if isinstance(annotation, type):
+        return issubclass(annotation, (int, float)) and not issubclass(annotation, bool)
+    return any(_numeric(arg) for arg in get_args(annotation))
 
 
 # --- inlet ---------------------------------------------------------------------------------
@@ -699,7 +709,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` keys may be overridden by the mapping's own
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):
+                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)

@@ -96,3 +96,19 @@ def test_the_outlet_migrates_before_it_consumes(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
+    done = _check(tmp_path, "inlet:\n  listeners:\n    - &base {name: a, port: 2055, decoder: netflow}\n"
+                            "    - {<<: *base, name: b, port: 2056}\n")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("text, key", [
+    ("inlet: {listeners: [{name: a, port: 2055, decoder: netflow, receive_buffer: true}]}\n",
+     "inlet.listeners[0].receive_buffer"),
+    ("inlet: {? [a, b] : 1}\n", "mapping key"),
+])
+def test_more_values_that_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    done = _check(tmp_path, text)
+    assert done.returncode == 2 and key in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -123,3 +123,22 @@ def test_the_outlet_drops_the_least_recently_active_exporters_past_its_bounds(mo
     assert out == [] and not logics[0].evicted
     for logic in logics:
         outlet_steps.EXPORTERS.forget(logic)
+
+
+def test_released_held_sets_share_the_template_datagrams_row_budget() -> None:
+    state = ExporterState("198.51.100.59")
+    for _ in range(30):  # data for a template not sent yet, held
+        decode_many(state, [(_ipfix(_set(420, struct.pack("!I", 1) * 1_000)), "x", EXPORT)])
+    batch = decode_many(state, [(_ipfix(_ipfix_template(420, [(1, 4)])), "x", EXPORT)])
+    assert batch.num_rows == limits.MAX_ROWS_PER_DATAGRAM
+
+
+def test_a_huge_sampler_id_is_not_kept() -> None:
+    """An options record whose samplerId is 60,000 bytes long would be a 60 KB state key."""
+    state = ExporterState("198.51.100.62")
+    options = _set(3, struct.pack("!HHH", 430, 2, 1) + struct.pack("!HHHH", 48, 60_000, 34, 4))
+    for i in range(20):
+        sampler_id = bytes([i + 1]) + bytes(59_999)  # a 480,000-bit number
+        decode_many(state, [(_ipfix(options + _set(430, sampler_id + struct.pack("!I", 100))),
+                             "x", EXPORT)])
+    assert not state.sampler_rates and len(pickle.dumps(state)) < 64 * 1024

@@ -232,13 +232,14 @@ class TemplateBudget:
     parse, so a router sending more than MAX_NEW_TEMPLATES_PER_DATAGRAM at once has the rest
     learnt from its next refreshes."""
 
-    __slots__ = ("parsed", "built")
+    __slots__ = ("parsed", "fields", "built", "released")
 
     def __init__(self) -> None:
-        self.parsed = self.built = 0
+        self.parsed = self.fields = self.built = self.released = 0
 
     def exhausted(self) -> bool:
         return (self.parsed >= limits.MAX_TEMPLATE_RECORDS_PER_DATAGRAM
+                or self.fields >= limits.MAX_TEMPLATE_FIELDS_PER_DATAGRAM
                 or self.built >= limits.MAX_NEW_TEMPLATES_PER_DATAGRAM)
 
 
@@ -263,13 +264,15 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
         tid = SET_HEADER.unpack_from(body, offset)[0]
         if tid == 0:
             break  # padding
-        if _field_count(body, offset, version, options) > limits.MAX_TEMPLATE_FIELDS:
+        fields_announced = _field_count(body, offset, version, options)
+        if fields_announced > limits.MAX_TEMPLATE_FIELDS:
             metrics.error("limit")  # parsing it would cost more than any real template does
             break
         if budget.exhausted():
             metrics.error("limit")
             return  # not remembered as seen: what is left is read from the next refresh
         budget.parsed += 1
+        budget.fields += fields_announced
         result = parse(body, offset, options)
         if result is None:
             metrics.error("truncated")
@@ -295,8 +298,9 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
         state.learn(key, template)
         learnt.append((key, template))
         metrics.TEMPLATES_BY_KIND["netflow_v9" if version == 9 else "ipfix"].inc()
-        for held_body, held_meta in state.take_held(key):
-            chunk.data_set(state, key, held_body, held_meta, None)
+        for held_body, held_meta in state.take_held(key):  # released rows count against this datagram
+            budget.released += chunk.data_set(state, key, held_body, held_meta, None,
+                                              limits.MAX_ROWS_PER_DATAGRAM - budget.released)
     state.remember_template_set(seen_key, tuple(learnt))
 
 
@@ -371,6 +375,9 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
         rate = min(sampling_rate_of(row), MAX_RATE)
         if rate:
             sampler = row.get((0, 48), row.get((0, 302)))
+            if sampler is not None and sampler >> 64:  # an id no sampler has: it would bloat the state
+                metrics.error("implausible")
+                continue
             if sampler is None:
                 state.set_domain_rate((version, domain), rate)
             else:

@@ -80,7 +80,9 @@ class Template:
         """A template that can describe records: some fixed bytes (MIN_RECORD_LENGTH for data
         records), records under 64 KiB, at most MAX_TEMPLATE_FIELDS fields."""
         least = 1 if self.options else limits.MIN_RECORD_LENGTH
-        return least <= self.fixed_len and self.min_len < 65536 and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS
+        variable = sum(1 for *_, length in self.fields if length == VARIABLE)
+        return (least <= self.fixed_len and self.min_len < 65536 and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS
+                and variable <= limits.MAX_VARIABLE_FIELDS)
 
     def records(self, body: bytes, most: int = limits.MAX_ROWS_PER_DATAGRAM) -> tuple[bytes, int]:
         """The set body as whole fixed-layout records and their count (trailing padding dropped),
