@@ -147,14 +147,15 @@ def stage_costs(sequences, rows: int, batch_rows: int = 50_000) -> dict[str, flo
 
     import pyarrow as pa
 
-    from connectors.clickhouse import ClickHouseSink
+    from connectors.clickhouse_sink import ClickHouseSink
     from flows import envelope
     from flows.enrich import Enricher
     from flows.outlet_steps import DecodeLogic, unwrap_messages
     from flows.settings import ClickHouse, Enrichment
 
-    messages = [SimpleNamespace(value=envelope.encode("netflow", 0, time.time_ns(), exporter, 2055, p))
-                for exporter, payloads, _ in sequences for p in payloads]
+    messages = [SimpleNamespace(value=envelope.encode("netflow", 0, time.time_ns(), exporter, 2055, p),
+                                partition=0, offset=i)
+                for i, (exporter, p) in enumerate((e, p) for e, payloads, _ in sequences for p in payloads)]
     random.Random(1).shuffle(messages)  # polls mix exporters
     enricher, logics = Enricher(Enrichment()), {}
     costs = dict.fromkeys(("unwrap", "decode", "enrich"), 0.0)
@@ -179,14 +180,15 @@ def stage_costs(sequences, rows: int, batch_rows: int = 50_000) -> dict[str, flo
     table = pa.Table.from_batches(batches).combine_chunks()
     chunks = [table.slice(i, batch_rows).to_batches(max_chunksize=batch_rows)[0]
               for i in range(0, table.num_rows - batch_rows + 1, batch_rows)]
-    cfg = ClickHouse(dsn=f"chdb:{tempfile.mkdtemp(prefix='waxflow-bench-insert-')}", batch_rows=batch_rows)
-    part = ClickHouseSink(cfg).build_part("clickhouse", "chdb", None)
-    part.write_batch([chunks[0]])  # warm up
+    where = Path(tempfile.mkdtemp(prefix='waxflow-bench-insert-'))
+    cfg = ClickHouse(dsn=f"chdb:{where / 'store'}", batch_rows=batch_rows)
+    part = ClickHouseSink(cfg, where / "delivery").build_part("clickhouse", "chdb", None)
+    part.write_batch([("bench", chunks[0])])  # warm up
     part.wait_inserted()
     done, cpu, wall = 0, time.process_time(), time.perf_counter()
     while done < rows:
         for chunk in chunks:
-            part.write_batch([chunk])
+            part.write_batch([("bench", chunk)])
             part.wait_inserted()  # the insert alone, nothing to overlap with
             done += chunk.num_rows
     out["insert"] = (time.process_time() - cpu) / done * 1e6

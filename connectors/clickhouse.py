@@ -1,4 +1,5 @@
-"""ClickHouse store: the client (embedded chDB or a server over HTTP) and the migrations.
+"""ClickHouse store: the client (embedded chDB or a server over HTTP) and the migrations (the
+outlet's sink is connectors/clickhouse_sink.py).
 
 Migrations look at what exists (system.tables, system.columns) and change only what differs
 from flows/ddl.py: missing tables and columns are added, TTLs altered, views whose definition
@@ -10,12 +11,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import re
 import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,14 +21,10 @@ from typing import Any, Iterable
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect
-import pyarrow as pa
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.client import Client
-from prometheus_client import Counter, Gauge, Histogram
 
 from connectors.cluster import process_id
-from connectors.metrics import RateLimitedLog
-from flows import ddl, schema
+from flows import ddl
 from flows.settings import ClickHouse
 
 log = logging.getLogger(__name__)
@@ -124,6 +118,10 @@ class Migrator:
         if _existing_ttl(existing.engine_full) != spec.ttl_seconds:
             self._apply(f"set TTL of {spec.name} to {spec.ttl_seconds}s",
                         f"ALTER TABLE `{self.db}`.`{spec.name}` MODIFY {ddl.ttl_clause(spec.ttl_seconds)}")
+        missing = [s for s in spec.settings if s not in existing.engine_full]
+        if missing:
+            self._apply(f"set {', '.join(missing)} on {spec.name}",
+                        f"ALTER TABLE `{self.db}`.`{spec.name}` MODIFY SETTING {', '.join(missing)}")
 
     def _columns_of(self, spec: ddl.TableSpec, existing: _Existing) -> None:
         have = self._columns(spec.name)
@@ -205,60 +203,6 @@ def migrate(cfg: ClickHouse, client: Client | None = None) -> list[str]:
     return Migrator(client or connect(cfg), cfg).run()
 
 
-# --- the outlet's sink -------------------------------------------------------------------------
-
-
-ROWS = Counter("waxflow_clickhouse_rows_total", "flow rows inserted into ClickHouse")
-BATCHES = Counter("waxflow_clickhouse_batches_total", "insert batches committed to ClickHouse")
-INSERT_SECONDS = Histogram("waxflow_clickhouse_insert_seconds", "time to insert one batch",
-                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-RETRIES = Counter("waxflow_clickhouse_retries_total", "insert attempts that failed and were retried")
-ERRORS = Counter("waxflow_clickhouse_errors_total", "failed inserts by reason (readonly, closed, "
-                 "connection, storage, other)", ["reason"])
-PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
-FAILING_SINCE = Gauge("waxflow_clickhouse_failing_since_seconds",
-                      "unix time of the first failed insert since the last one that succeeded (0: none failing)")
-
-
-class _InsertHealth:
-    """When inserts started failing in this process (None: the last one succeeded), for /healthz."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.failing_since: float | None = None
-
-    def failed(self) -> None:
-        with self._lock:
-            if self.failing_since is None:
-                self.failing_since = time.time()
-                FAILING_SINCE.set(self.failing_since)
-
-    def succeeded(self) -> None:
-        with self._lock:
-            self.failing_since = None
-            FAILING_SINCE.set(0)
-
-    def failing_for(self) -> float:
-        """Seconds inserts have been failing, 0 when they are not."""
-        since = self.failing_since
-        return 0.0 if since is None else max(0.0, time.time() - since)
-
-
-INSERT_HEALTH = _InsertHealth()
-
-# The three aggregating views of `flows` are filled on threads of their own rather than one
-# after the other: they are most of an insert's work (measured in bench/outlet.py).
-INSERT_SETTINGS = {"parallel_view_processing": 1}
-BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
-_ratelimited = RateLimitedLog(log)
-
-
-# The store's disk refuses writes: permissions, a read-only or full filesystem.
-_STORAGE_ERRORS = ("filesystem error", "permission denied", "operation not permitted",
-                   "read-only file system", "no space left", "not enough space")
-
-
 def migrate_or_exit(settings: Any) -> None:
     """The outlet's start: apply the migrations before consuming (with the embedded store, in
     process 0, the one that owns it); a store that cannot be migrated ends the process (exit 2)
@@ -274,151 +218,6 @@ def migrate_or_exit(settings: Any) -> None:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"configuration error\n  clickhouse.dsn: cannot migrate the store: {text[:500]}", file=sys.stderr)
         sys.exit(2)
-
-
-def _error_reason(err: Exception) -> str:
-    """One of a fixed set of reasons, from the error's text (clients raise many types)."""
-    text = str(err).lower()
-    if any(m in text for m in _STORAGE_ERRORS):
-        return "storage"
-    if "readonly" in text or "read-only" in text or "read only" in text:
-        return "readonly"
-    if "closed" in text:
-        return "closed"
-    if "connection" in text or "timed out" in text or "timeout" in text:
-        return "connection"
-    return "other"
-
-
-def _to_ipc(batches: list[pa.RecordBatch]) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, schema.ARROW_SCHEMA) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-    return sink.getvalue()
-
-
-def _from_ipc(data: bytes) -> list[pa.RecordBatch]:
-    return list(pa.ipc.open_stream(data))
-
-
-class _ClickHousePartition(StatefulSinkPartition[pa.RecordBatch | None, bytes | None]):
-    """Buffers flow batches and inserts them in large batches, holding them while inserts fail.
-
-    Items are flow batches, or None: a tick the decode step sends so that a quiet stream is
-    still flushed after `batch_wait`. A due batch is inserted by a background thread while the
-    worker goes on decoding (chDB and the HTTP client release the GIL while they work); at most
-    one insert is in flight, so a slow or refusing store stops the worker at the next flush
-    (back-pressure) instead of piling up rows. The snapshot holds the rows not yet inserted,
-    the in-flight ones included, so a crash after a recovery snapshot loses none of them.
-    """
-
-    def __init__(self, cfg: ClickHouse, resume: bytes | None) -> None:
-        self.cfg = cfg
-        self.client = connect(cfg)
-        self.table = f"{cfg.database}.flows"
-        self.pending: list[pa.RecordBatch] = _from_ipc(resume) if resume else []
-        self.rows = sum(b.num_rows for b in self.pending)
-        self.first_at = time.monotonic() if self.pending else None
-        self.in_flight: list[pa.RecordBatch] = []
-        self.inserting: Future | None = None
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
-        PENDING.inc(self.rows)
-
-    def write_batch(self, values: list[pa.RecordBatch | None]) -> None:
-        for batch in values:
-            if batch is not None and batch.num_rows:
-                if self.first_at is None:
-                    self.first_at = time.monotonic()
-                self.pending.append(batch)
-                self.rows += batch.num_rows
-                PENDING.inc(batch.num_rows)
-        if self.inserting is not None and self.inserting.done():
-            self.wait_inserted()  # frees the rows and surfaces a failure promptly
-        if self._due():
-            self.flush()
-
-    def _due(self) -> bool:
-        if not self.rows:
-            return False
-        if self.rows >= self.cfg.batch_rows:
-            return True
-        return time.monotonic() - self.first_at >= self.cfg.batch_wait.total_seconds()
-
-    def flush(self) -> None:
-        """Start inserting everything pending, once the previous insert has finished."""
-        self.wait_inserted()
-        if not self.rows:
-            return
-        self.in_flight, rows = self.pending, self.rows
-        self.pending, self.rows, self.first_at = [], 0, None
-        self.inserting = self.executor.submit(self._insert, self.in_flight, rows)
-
-    def wait_inserted(self) -> None:
-        """Block until the insert in flight (with its retries) has succeeded."""
-        if self.inserting is not None:
-            self.inserting.result()
-            self.inserting, self.in_flight = None, []
-
-    def _insert(self, batches: list[pa.RecordBatch], rows: int) -> None:
-        """Insert one batch; retry with backoff until it succeeds (runs in the insert thread)."""
-        table = pa.Table.from_batches(batches, schema=schema.ARROW_SCHEMA)
-        delay = BACKOFF_START
-        while True:
-            started = time.perf_counter()
-            try:
-                self.client.insert_arrow(self.table, table, settings=INSERT_SETTINGS)
-                break
-            except Exception as err:  # any failure: keep the rows, wait, try again
-                INSERT_HEALTH.failed()
-                reason = _error_reason(err)
-                ERRORS.labels(reason).inc()
-                RETRIES.inc()
-                _ratelimited(logging.WARNING, reason,
-                             "insert of %d rows failed (%s: %s); retrying in %.1fs, rows kept",
-                             rows, reason, err, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-                if reason == "closed":
-                    self.client = reconnect(self.cfg)
-        INSERT_SECONDS.observe(time.perf_counter() - started)
-        INSERT_HEALTH.succeeded()
-        ROWS.inc(rows)
-        BATCHES.inc()
-        PENDING.dec(rows)
-
-    def snapshot(self) -> bytes | None:
-        if self.inserting is not None and self.inserting.done():
-            self.wait_inserted()  # inserted rows need not be replayed
-        batches = self.in_flight + self.pending
-        return _to_ipc(batches) if batches else None
-
-    def close(self) -> None:
-        self.flush()
-        self.wait_inserted()
-        self.executor.shutdown()
-
-
-class ClickHouseSink(FixedPartitionedSink[pa.RecordBatch | None, bytes | None]):
-    """Flow batches keyed by exporter → ClickHouse `flows`, in large batches.
-
-    chDB is owned by one process, so with the embedded store only process 0 lists the single
-    partition and Bytewax routes every batch there. A server takes `writers` parallel
-    partitions from every process.
-    """
-
-    def __init__(self, cfg: ClickHouse, writers: int = 2) -> None:
-        self.cfg = cfg
-        self.writers = writers
-
-    def list_parts(self) -> list[str]:
-        if self.cfg.embedded:
-            return ["chdb"] if process_id() == 0 else []
-        return [f"clickhouse-{i}" for i in range(self.writers)]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: bytes | None) -> _ClickHousePartition:
-        migrate(self.cfg)
-        return _ClickHousePartition(self.cfg, resume_state)
 
 
 def reconnect(cfg: ClickHouse) -> Client:

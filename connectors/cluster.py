@@ -19,3 +19,12 @@ def process_id() -> int:
         if arg.startswith("--process-id="):
             return int(arg.split("=", 1)[1])
     return int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
+
+
+def recovery_enabled() -> bool:
+    """Whether `python -m bytewax.run` was given a recovery directory (`-r`, or
+    BYTEWAX_RECOVERY_DIRECTORY): read from its command line like process_id()."""
+    argv = sys.argv
+    if any(arg in ("-r", "--recovery-directory") or arg.startswith("--recovery-directory=") for arg in argv):
+        return True
+    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))

@@ -13,6 +13,8 @@ from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from connectors.cluster import recovery_enabled
+from connectors.metrics import RateLimitedLog
 from flows import envelope
 from flows.settings import Kafka
 
@@ -41,14 +43,17 @@ def consumer_config(cfg: Kafka) -> dict[str, str]:
     """librdkafka settings for the outlet's consumers.
 
     A recovery snapshot, when present, decides the start offset. Without one, `committed`
-    resumes from the group's committed offsets (earliest when it has none); offsets are
-    committed as messages are consumed, so a crash without recovery may skip what was consumed
-    but not yet inserted — run with recovery (`-r`) for no loss.
+    resumes from the group's committed offsets (earliest when it has none). With recovery
+    (`-r`) an offset is committed only once a snapshot holds it (`_Partition.snapshot`), so a
+    process killed before its first snapshot starts again where the last one did, not past rows
+    it had read but not stored. Without recovery offsets are committed as messages are read, and
+    a crash may skip what was read but not yet inserted.
     """
+    auto = cfg.start_offset == "committed" and not recovery_enabled()
     config = {
         "group.id": cfg.consumer_group,
         "auto.offset.reset": "earliest",
-        "enable.auto.commit": "true" if cfg.start_offset == "committed" else "false",
+        "enable.auto.commit": "true" if auto else "false",
         "fetch.max.bytes": str(64 * 1024 * 1024),
         "queued.max.messages.kbytes": str(256 * 1024),
     }
@@ -57,6 +62,7 @@ def consumer_config(cfg: Kafka) -> dict[str, str]:
 
 
 log = logging.getLogger(__name__)
+_ratelimited_commit = RateLimitedLog(log)
 
 
 class _Partition(_KafkaSourcePartition):
@@ -105,6 +111,18 @@ class _Partition(_KafkaSourcePartition):
                     self._topic, self._part_idx, high, position)
         self._consumer.assign([TopicPartition(self._topic, self._part_idx, OFFSET_BEGINNING)])
         self._offset = OFFSET_BEGINNING
+
+    def snapshot(self) -> int:
+        # Called at each epoch's end, only with recovery: the group's offset follows the
+        # snapshots, for a start that finds none (see consumer_config).
+        if self._offset >= 0:
+            try:
+                self._consumer.commit(offsets=[TopicPartition(self._topic, self._part_idx, self._offset)],
+                                      asynchronous=True)
+            except (KafkaException, RuntimeError) as err:
+                _ratelimited_commit(logging.WARNING, "commit", "kafka: committing offset %d of %s[%d] "
+                                    "failed: %s", self._offset, self._topic, self._part_idx, err)
+        return self._offset
 
     def _process_stats(self, json_stats: str) -> None:
         """Bytewax's own statistics handling is not used (statistics are off)."""

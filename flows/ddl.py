@@ -22,6 +22,10 @@ AGGREGATE_TABLES = tuple(f"flows_{suffix}" for suffix, _, _ in RESOLUTIONS)
 TABLES = ("flows", *AGGREGATE_TABLES, "exporters")
 # Leading sorting columns: queries filter on time, then exporter and interfaces.
 KEY_PREFIX = ("TimeReceived", "ExporterAddress", "InIfName", "OutIfName")
+DEDUPLICATION_WINDOW = 1000
+"""Inserts whose deduplication token a table remembers: the sink inserts a block again after a
+crash with its token (connectors/clickhouse_sink.py), a few blocks after it was first sent."""
+DEDUPLICATION_SETTING = f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class TableSpec:
     primary_key: tuple[str, ...] = ()
     extend_key_with_new_columns: bool = False
     """Aggregated tables: a new dimension must join the sorting key or it would not be summed by."""
+    settings: tuple[str, ...] = ()
+    """`name = value` table settings the migrations keep in place."""
 
     def create_sql(self, database: str) -> str:
         cols = ",\n    ".join(c.ddl for c in self.columns)
@@ -51,6 +57,7 @@ class TableSpec:
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}` (\n    {cols}\n)\n"
             f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}{pk}\n"
             f"ORDER BY ({', '.join(self.order_by)})\n{ttl_clause(self.ttl_seconds)}"
+            + (f"\nSETTINGS {', '.join(self.settings)}" if self.settings else "")
         )
 
 
@@ -87,6 +94,7 @@ def flows_table(ttl_seconds: int) -> TableSpec:
         order_by=("toStartOfFiveMinutes(TimeReceived)", *KEY_PREFIX[1:]),
         partition_by="toYYYYMMDD(TimeReceived)",
         ttl_seconds=ttl_seconds,
+        settings=(DEDUPLICATION_SETTING,),
     )
 
 
@@ -107,6 +115,7 @@ def aggregate_table(name: str, partition_by: str, ttl_seconds: int) -> TableSpec
         ttl_seconds=ttl_seconds,
         primary_key=KEY_PREFIX,
         extend_key_with_new_columns=True,
+        settings=(DEDUPLICATION_SETTING,),
     )
 
 

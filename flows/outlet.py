@@ -11,14 +11,15 @@ from __future__ import annotations
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.clickhouse import ClickHouseSink, migrate_or_exit
+from connectors.clickhouse import migrate_or_exit
+from connectors.clickhouse_sink import ClickHouseSink
 from connectors.config_checks import exit_on_problems
 from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
 from connectors.snmp import cache_file, snmp_poller
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
-from flows.outlet_steps import decode_builder, enrich_step, unwrap_messages
+from flows.outlet_steps import decode_builder, enrich_step, sink_item, unwrap_messages
 from flows.settings import Settings, dataflow_settings
 
 
@@ -33,7 +34,9 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
         metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
         described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
         flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment)))
-    op.output("clickhouse", flows, ClickHouseSink(settings.clickhouse))
+    # The sink keeps what it stored per exporter key (exactly-once), so the key goes with each batch.
+    items = op.map("to_sink", flows, sink_item)
+    op.output("clickhouse", items, ClickHouseSink(settings.clickhouse, settings.data_dir / "delivery"))
     return flow
 
 

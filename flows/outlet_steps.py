@@ -1,4 +1,5 @@
-"""The outlet's steps between Kafka and ClickHouse: unwrap envelopes, decode per exporter.
+"""The outlet's steps between Kafka and ClickHouse: unwrap envelopes, decode per exporter (each
+row tagged with its datagram's Kafka origin, flows/delivery.py), hand the sink its items.
 
 Pure logic and Bytewax operator logic; the clients live in connectors/.
 """
@@ -18,7 +19,9 @@ from prometheus_client import Counter
 
 from connectors.metrics import RateLimitedLog
 from flows import envelope
-from flows.decode import ExporterState, decode_many, limits
+from flows.decode import ExporterState, limits
+from flows.decode.decoder import decode_with_origins
+from flows.delivery import origin, with_origins
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)
@@ -31,7 +34,8 @@ EVICTED = Counter("waxflow_outlet_exporter_evictions_total",
                   "exporters whose decoder state was dropped to keep the process within its bounds "
                   "(flows/decode/limits.py)")
 
-Datagram = tuple[bytes, str, float]
+Datagram = tuple[bytes, str, float, int]
+"""(payload, exporter, receive time, origin)."""
 IDLE_EXPORTER = timedelta(hours=1)
 """Decoder state of an exporter silent this long is dropped: state stays bounded as exporters
 come and go, and a returning exporter resends its templates."""
@@ -42,7 +46,7 @@ def unwrap_messages(messages: list[Any]) -> Iterable[tuple[str, list[Datagram]]]
 
     Grouping per poll amortizes the per-item cost of the stateful step across datagrams.
     """
-    grouped: dict[bytes, list[tuple[bytes, float]]] = defaultdict(list)
+    grouped: dict[bytes, list[tuple[bytes, float, int]]] = defaultdict(list)
     for message in messages:
         if isinstance(message, KafkaError):
             DROPPED.labels("kafka_error").inc()
@@ -54,12 +58,12 @@ def unwrap_messages(messages: list[Any]) -> Iterable[tuple[str, list[Datagram]]]
         except envelope.EnvelopeError:
             DROPPED.labels("bad_envelope").inc()
             continue
-        grouped[env.exporter].append((env.payload, env.received_ns / 1e9))
+        grouped[env.exporter].append((env.payload, env.received_ns / 1e9, origin(message.partition, message.offset)))
     # The exporter's text form is made once per exporter and poll, not once per datagram.
     out = []
     for packed, items in grouped.items():
         exporter = envelope.address_text(packed)
-        out.append((exporter, [(payload, exporter, received) for payload, received in items]))
+        out.append((exporter, [(payload, exporter, received, tag) for payload, received, tag in items]))
     return out
 
 
@@ -120,12 +124,12 @@ class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, Expo
         datagrams = values[0] if len(values) == 1 else [d for group in values for d in group]
         if self.state is None or self.evicted:
             self.state, self.evicted = ExporterState(datagrams[0][1]), False
-        batch = decode_many(self.state, datagrams)
+        batch, origins = decode_with_origins(self.state, datagrams)
         EXPORTERS.touch(self, self.state.approx_bytes)
         self.last_seen = _now()
         if batch.num_rows:
             FLOWS.inc(batch.num_rows)
-            return [batch], False
+            return [with_origins(batch, origins)], False
         return [], False
 
     def notify_at(self) -> datetime:
@@ -166,4 +170,9 @@ def enrich_step(enricher):
     return enrich
 
 
-__all__ = ["unwrap_messages", "DecodeLogic", "decode_builder", "enrich_step"]
+def sink_item(item: tuple[str, pa.RecordBatch | None]) -> tuple[str, tuple[str, pa.RecordBatch | None]]:
+    """(exporter, batch) → the same, with the exporter also in the value the sink receives."""
+    return item[0], item
+
+
+__all__ = ["unwrap_messages", "DecodeLogic", "decode_builder", "enrich_step", "sink_item"]

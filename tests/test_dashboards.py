@@ -20,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from connectors import clickhouse
+from connectors.clickhouse_sink import ClickHouseSink
 from flows import dashboards, schema
 from flows.decode import FlowDecoder
 from flows.settings import ClickHouse
@@ -199,13 +200,14 @@ def exported(tmp_path_factory) -> list[pa.RecordBatch]:
 
 @pytest.fixture(scope="module")
 def loaded(exported, chdb_dir) -> ClickHouse:
-    """The flows inserted through the outlet's sink (which migrates first); then the 1-minute
+    """The flows inserted through the outlet's sink (after the migrations); then the 1-minute
     table loses what is older than 7 days, as its TTL would do."""
     import uuid
 
     cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"dash_{uuid.uuid4().hex[:8]}")
-    part = clickhouse.ClickHouseSink(cfg).build_part("clickhouse", "chdb", None)
-    part.write_batch(list(exported))
+    clickhouse.migrate(cfg)
+    part = ClickHouseSink(cfg, chdb_dir.parent / f"delivery-{cfg.database}").build_part("clickhouse", "chdb", None)
+    part.write_batch([("", batch) for batch in exported])
     part.close()
     client = clickhouse.connect(cfg)
     client.command(f"ALTER TABLE `{cfg.database}`.flows_1m0s DELETE WHERE TimeReceived < now() - INTERVAL 7 DAY",

@@ -114,12 +114,12 @@ def test_the_outlet_drops_the_least_recently_active_exporters_past_its_bounds(mo
     logics = [outlet_steps.DecodeLogic(timedelta(seconds=1), None) for _ in range(5)]
     for i, logic in enumerate(logics):
         data = _set(410, bytes([10, 0, 0, i]) + struct.pack("!I", 100))
-        out, _ = logic.on_batch([[(_ipfix(template + data), f"198.51.100.{70 + i}", EXPORT)]])
+        out, _ = logic.on_batch([[(_ipfix(template + data), f"198.51.100.{70 + i}", EXPORT, 0)]])
         assert out[0].num_rows == 1
     assert outlet_steps.EVICTED._value.get() == before + 2
     assert [logic.on_notify()[1] for logic in logics] == [True, True, False, False, False]
     # an evicted exporter that sends again starts with a new state (its template is gone)
-    out, _ = logics[0].on_batch([[(_ipfix(_set(410, bytes(8))), "198.51.100.70", EXPORT)]])
+    out, _ = logics[0].on_batch([[(_ipfix(_set(410, bytes(8))), "198.51.100.70", EXPORT, 0)]])
     assert out == [] and not logics[0].evicted
     for logic in logics:
         outlet_steps.EXPORTERS.forget(logic)

@@ -82,7 +82,7 @@ def store_components(session: ReadOnlySession) -> dict[str, Any]:
 def insert_component(settings: Settings, store: dict[str, Any]) -> dict[str, Any]:
     """`last_insert`: not ok once this process's inserts have failed for `clickhouse.unhealthy_after`
     (the store may answer reads and still refuse writes: a full or read-only disk)."""
-    from connectors.clickhouse import INSERT_HEALTH
+    from connectors.clickhouse_sink import INSERT_HEALTH
 
     failing = INSERT_HEALTH.failing_for()
     limit = settings.clickhouse.unhealthy_after.total_seconds()

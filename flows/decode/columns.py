@@ -149,6 +149,11 @@ def _concat(column: schema.Column, kind: str, dtype: np.dtype | None, pieces: li
     return pa.Array.from_buffers(column.arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
+ORIGIN = "_origin"
+"""The parts' column of each row's datagram origin (Chunk.add); not a flow column: assemble()
+leaves it out and Chunk.finish_with_origins() returns it beside the batch."""
+
+
 def assemble(parts: Sequence[Part]) -> pa.RecordBatch:
     """One RecordBatch in the flow schema from the parts (columns absent everywhere get defaults)."""
     parts = [(n, cols) for n, cols in parts if n]

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from flows.decode import limits, metrics
-from flows.decode.columns import assemble
+from flows.decode.columns import ORIGIN, assemble
 from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
 from flows.decode.records import flow_columns
 from flows.decode.sflow import SflowQueue
@@ -57,8 +57,10 @@ class Chunk:
         # Datagram counts go to the metrics once per call: a Prometheus inc() takes a lock.
         self.datagrams = {"netflow_v5": 0, "sflow_v5": 0}
 
-    def add(self, state: ExporterState, payload: bytes, received: float) -> None:
-        """Queue one datagram (any version); never raises."""
+    def add(self, state: ExporterState, payload: bytes, received: float, origin: int = 0) -> None:
+        """Queue one datagram (any version); never raises. `origin` is an opaque number carried to
+        every row this datagram's decoding emits (the outlet's delivery tag, see flows/delivery.py):
+        its own records, and held records its templates release."""
         try:
             if len(payload) < 4:
                 metrics.error("truncated")
@@ -69,12 +71,13 @@ class Chunk:
                 netflow.payloads.append(payload)
                 netflow.states.append(state)
                 netflow.received.append(received)
+                netflow.origins.append(origin)
             elif version == 5:
                 self.datagrams["netflow_v5"] += 1
-                walk_v5(self, state, payload, received)
+                walk_v5(self, state, payload, received, origin)
             elif version == 0 and payload[2:4] == b"\x00\x05":
                 self.datagrams["sflow_v5"] += 1
-                self.sflow.add(payload, received)
+                self.sflow.add(payload, received, origin)
             else:
                 metrics.error("unknown_version")
         except Exception:  # a decoder bug must not stop the dataflow: count it, keep going
@@ -100,9 +103,9 @@ class Chunk:
         records, count = template.records(body, most)
         if not count:
             return 0
-        export_ms, uptime, received_s = (np.full(count, value, np.int64) for value in meta)
+        export_ms, uptime, received_s, origin = (np.full(count, value, np.int64) for value in meta)
         self.group(state, template, key[0], key[1]).pieces.append(
-            (template.view(records), export_ms, uptime, received_s))
+            (template.view(records), export_ms, uptime, received_s, origin))
         return count
 
     def group(self, state: ExporterState, template, version: int, domain: int) -> _TemplateGroup:
@@ -113,6 +116,10 @@ class Chunk:
         return group
 
     def finish(self) -> pa.RecordBatch:
+        return self.finish_with_origins()[0]
+
+    def finish_with_origins(self) -> tuple[pa.RecordBatch, np.ndarray]:
+        """The flow batch, and per row the origin of the datagram that emitted it."""
         if self.netflow.payloads:
             _guarded(walk_netflow, self.netflow, self)
         parts = []
@@ -126,7 +133,15 @@ class Chunk:
         for kind, count in self.datagrams.items():
             if count:
                 metrics.DATAGRAMS_BY_KIND[kind].inc(count)
-        return assemble(parts)
+        return assemble(parts), _origins(parts)
+
+
+def _origins(parts: list) -> np.ndarray:
+    """The parts' origin columns end to end, in the order assemble() puts their rows."""
+    pieces = [np.asarray(cols.get(ORIGIN, np.zeros(n, np.int64)), np.int64) for n, cols in parts if n]
+    if not pieces:
+        return np.zeros(0, np.int64)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 def _guarded(function, *args) -> list:
@@ -142,15 +157,16 @@ def _template_parts(template, group: _TemplateGroup) -> list:
     state, version, domain = group.state, group.version, group.domain
     pieces = group.pieces
     if len(pieces) == 1:
-        view, export_ms, uptime_ms, received = pieces[0]
+        view, export_ms, uptime_ms, received, origin = pieces[0]
     else:
-        view, export_ms, uptime_ms, received = (np.concatenate(column) for column in zip(*pieces))
+        view, export_ms, uptime_ms, received, origin = (np.concatenate(column) for column in zip(*pieces))
     ctx = {
         "version": version,
         "exporter": state.address,
         "export_ms": export_ms,
         "uptime_ms": uptime_ms,
         "received": received.astype(np.uint32),
+        "origin": origin,
         "domain_rate": state.domain_rates.get((version, domain), 0),
         "sampler_rates": {k[2]: r for k, r in state.sampler_rates.items() if k[:2] == (version, domain)},
         "system_init_ms": state.system_init_ms.get((version, domain)),
@@ -170,6 +186,16 @@ def decode_many(state: ExporterState, datagrams: Iterable[Datagram]) -> pa.Recor
     for payload, _, received in datagrams:
         chunk.add(state, payload, received)
     return chunk.finish()
+
+
+def decode_with_origins(state: ExporterState,
+                        datagrams: Iterable[tuple[bytes, str, float, int]]) -> tuple[pa.RecordBatch, np.ndarray]:
+    """As decode_many for datagrams given as (payload, exporter, received, origin): the flow
+    batch, and per row the origin of the datagram whose decoding emitted it."""
+    chunk = Chunk()
+    for payload, _, received, origin in datagrams:
+        chunk.add(state, payload, received, origin)
+    return chunk.finish_with_origins()
 
 
 class FlowDecoder:

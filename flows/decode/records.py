@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flows.decode.columns import ListColumn, be_uint, mapped_v4, v6
+from flows.decode.columns import ORIGIN, ListColumn, be_uint, mapped_v4, v6
 from flows.decode.templates import REVERSE_PEN, Template
 
 NTP_UNIX_OFFSET = 2208988800
@@ -70,6 +70,7 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     n = r.n
     cols: dict[str, object] = {
         "TimeReceived": ctx["received"],
+        ORIGIN: ctx["origin"],
         "ExporterAddress": np.broadcast_to(np.frombuffer(ctx["exporter"], np.uint8), (n, 16)),
         "SamplingRate": _sampling(r, ctx),
     }

@@ -22,7 +22,7 @@ import struct
 import numpy as np
 
 from flows.decode import limits, metrics
-from flows.decode.columns import V4_MAPPED_PREFIX, ListColumn, strided_view
+from flows.decode.columns import ORIGIN, V4_MAPPED_PREFIX, ListColumn, strided_view
 from flows.decode.walk import count, joined, lock_step
 
 U32 = struct.Struct("!I")
@@ -46,14 +46,16 @@ class SflowQueue:
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
         self.received: list[float] = []
+        self.origins: list[int] = []
 
-    def add(self, payload: bytes, received: float) -> None:
+    def add(self, payload: bytes, received: float, origin: int = 0) -> None:
         self.payloads.append(payload)
         self.received.append(received)
+        self.origins.append(origin)
 
     def parts(self) -> list[tuple[int, dict]]:
         """The flow samples of all queued datagrams as one part (none when there are none)."""
-        samples = _walk(self.payloads, self.received)
+        samples = _walk(self.payloads, self.received, self.origins)
         if samples is None:
             return []
         n, cols = sample_columns(samples)
@@ -75,7 +77,7 @@ class _Samples:
         self.sampled_ip: dict[int, tuple] = {}  # sample index → IPv4/IPv6 record values
 
 
-def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
+def _walk(payloads: list[bytes], received: list[float], origins: list[int]) -> _Samples | None:
     n = len(payloads)
     buffer, starts, lengths = joined(payloads, _PAD)
     be32 = strided_view(buffer, ">u4")
@@ -112,6 +114,7 @@ def _walk(payloads: list[bytes], received: list[float]) -> _Samples | None:
     _sample_fields(samples, be32, body, expanded)
     cols = samples.cols
     cols["TimeReceived"] = np.array(received, np.float64).astype(np.int64)[sample_dg]
+    cols[ORIGIN] = np.array(origins, np.int64)[sample_dg]
     cols["ExporterAddress"] = agents[sample_dg]
     records = np.where(expanded, be32[body + 40], be32[body + 28]).astype(np.int64)
     first = body + np.where(expanded, 44, 32)

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 
 from flows.decode import metrics
-from flows.decode.columns import mapped_v4
+from flows.decode.columns import ORIGIN, mapped_v4
 
 HEADER = struct.Struct("!HHIIIIBBH")  # version count uptime secs nsecs sequence engine type/id sampling
 RECORD = np.dtype([
@@ -21,7 +21,7 @@ MAX_COUNT = 30  # Cisco's limit; a larger count is believed only when the length
 CLOCK_SKEW_MS = 1000  # how far after sysUptime a record's times may lie
 
 
-def walk_v5(chunk, state, data: bytes, received: float) -> None:
+def walk_v5(chunk, state, data: bytes, received: float, origin: int = 0) -> None:
     """Queue the records of one v5 datagram; whole records of a cut datagram are kept."""
     if len(data) < HEADER.size:
         metrics.error("truncated")
@@ -44,7 +44,7 @@ def walk_v5(chunk, state, data: bytes, received: float) -> None:
     rate = (sampling & 0x3FFF) or 1
     export_ms = secs * 1000 + nsecs // 1_000_000
     chunk.v5.append((data[HEADER.size:HEADER.size + count * RECORD.itemsize], count,
-                     (export_ms, uptime, int(received), rate), state.address))
+                     (export_ms, uptime, int(received), rate, origin), state.address))
 
 
 def _ago(uptime: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ def v5_columns(sets: list) -> tuple[int, dict]:
     meta = np.array([s[2] for s in sets], np.int64)
     exporters = np.frombuffer(b"".join(s[3] for s in sets), np.uint8).reshape(-1, 16)
     rec = np.frombuffer(body, RECORD)
-    export_ms, uptime, received, rate = (np.repeat(meta[:, i], counts) for i in range(4))
+    export_ms, uptime, received, rate, origin = (np.repeat(meta[:, i], counts) for i in range(5))
 
     def at(uptime_values: np.ndarray) -> np.ndarray:
         return export_ms - _ago(uptime, uptime_values)
@@ -74,7 +74,8 @@ def v5_columns(sets: list) -> tuple[int, dict]:
     plausible = _plausible(uptime, rec["first"], rec["last"])
     if not plausible.all():
         metrics.error("implausible", int(np.count_nonzero(~plausible)))
-        rec, export_ms, uptime, received, rate = (a[plausible] for a in (rec, export_ms, uptime, received, rate))
+        rec, export_ms, uptime, received, rate, origin = (
+            a[plausible] for a in (rec, export_ms, uptime, received, rate, origin))
         exporters_kept = np.repeat(exporters, counts, axis=0)[plausible]
     else:
         exporters_kept = np.repeat(exporters, counts, axis=0)
@@ -82,7 +83,7 @@ def v5_columns(sets: list) -> tuple[int, dict]:
     dstport = rec["dstport"]
     icmp = proto == 1
     cols = {
-        "TimeReceived": received, "SamplingRate": rate,
+        "TimeReceived": received, "SamplingRate": rate, ORIGIN: origin,
         "ExporterAddress": exporters_kept,
         "SrcAddr": mapped_v4(rec["src"]), "DstAddr": mapped_v4(rec["dst"]),
         "NextHop": mapped_v4(rec["nexthop"]), "InIfIndex": rec["input"], "OutIfIndex": rec["output"],

@@ -54,7 +54,8 @@ BREAKER_OPENS = Counter("waxflow_snmp_breaker_opens_total", "times an exporter's
 HELD = Counter("waxflow_snmp_held_flows_total", "flows held waiting for an SNMP answer")
 RELEASED = Counter("waxflow_snmp_released_flows_total", "held flows released, by outcome: answered, "
                    "failed (the poll failed), timeout (query_timeout passed), overflow (too many "
-                   "rows held for one exporter)", ["outcome"])
+                   "rows held for one exporter), queued (needed nothing, waited behind an earlier "
+                   "held batch of its exporter)", ["outcome"])
 CACHE_SIZE = Gauge("waxflow_snmp_cache_entries", "entries in the SNMP metadata cache "
                    "(exporter names and interfaces) of this process")
 
@@ -358,11 +359,11 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
     def on_batch(self, values: list[pa.RecordBatch | None]) -> tuple[list[pa.RecordBatch | None], bool]:
         now = self.shared.clock()
         self._collect(now)
-        out: list[pa.RecordBatch | None] = []
+        out: list[pa.RecordBatch | None] = self._release(now)
         for batch in values:
             if batch is not None:
                 out.extend(self._admit(batch, now))
-        out = self._release(now) + out
+        out.extend(self._release(now))  # a queued batch an overflow brought to the front
         if any(batch is None for batch in values):
             out.append(None)  # the decode step's tick goes on to the sink
         return out, False
@@ -429,8 +430,10 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
                 continue
             self._ask(address, set(missing), now)
             waits[address] = set(missing)
-        if not waits:
+        if not waits and not self.state.held:
             return [self._annotate(batch, keys)]
+        # An exporter's batches leave in the order they came, a batch that needs nothing waiting
+        # behind an earlier one that waits: the sink's exactly-once marks rely on that order.
         HELD.inc(batch.num_rows)
         self.state.held.append(Held(batch, now + self.cfg.query_timeout.total_seconds(), waits))
         return self._overflow()
@@ -499,17 +502,19 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
     # --- holding and releasing ---
 
     def _release(self, now: float, flush: bool = False) -> list[pa.RecordBatch | None]:
+        """The held batches that may go, oldest first, up to the first that still waits."""
         out: list[pa.RecordBatch | None] = []
-        keep = []
-        for held in self.state.held:
+        held_list = self.state.held
+        while held_list:
+            held = held_list[0]
             waiting = any(held.waits[a] & self._pending(a) for a in held.waits)
             if waiting and now < held.deadline and not flush:
-                keep.append(held)
-                continue
-            outcome = "timeout" if waiting else "failed" if held.failed else "answered"
+                break
+            held_list.pop(0)
+            outcome = ("timeout" if waiting else "failed" if held.failed
+                       else "answered" if held.waits else "queued")
             RELEASED.labels(outcome).inc(held.batch.num_rows)
             out.append(self._annotate(held.batch))
-        self.state.held = keep
         return out
 
     def _overflow(self) -> list[pa.RecordBatch]:

@@ -1,0 +1,145 @@
+"""Exactly-once delivery from Kafka to the store: which rows were already stored.
+
+Every row the outlet decodes carries its *origin* — the Kafka partition and offset of the
+datagram whose decoding emitted it — in an extra column (ORIGIN_COLUMN) that the sink strips
+before inserting. For one exporter (the dataflow's key) and one partition, rows reach the sink
+in offset order: the inlet keys messages by exporter, Bytewax keeps the order of one key, the
+metadata step releases an exporter's batches in order, and the sink inserts whole batches in
+arrival order. So after each acknowledged insert the sink can keep, per (exporter, partition),
+one *mark*: the highest offset and the latest TimeReceived it stored. A row is already stored
+exactly when its offset and its TimeReceived are both within the mark.
+
+After a crash, Bytewax replays from its last snapshot; the rows that replay produces again are
+decoded exactly as before (same decoder state, same datagrams in the same order) and carry the
+same origins, so the marks drop precisely those that were stored. The TimeReceived half of the
+test keeps a partition whose offsets started again from 0 (a broker that lost its data) from
+being mistaken for a replay: its new messages were received after everything stored.
+
+Pure logic; the durable copy of the marks and the insert log live in connectors/delivery_log.py.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ORIGIN_COLUMN = "_origin"
+OFFSET_BITS = 40  # offsets up to 1.1e12 per partition; partitions up to 2^23
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+MAX_MARKS = 200_000
+"""(exporter, partition) marks kept; past it the least recently advanced is forgotten (its
+exporter silent for longer than any replay reaches back). ~150 bytes each: ≤ 30 MB."""
+
+Key = tuple[str, int]  # (exporter key, Kafka partition)
+
+
+def origin(partition: int, offset: int) -> int:
+    """The origin number of a Kafka message."""
+    return (partition << OFFSET_BITS) | offset
+
+
+def split_origins(origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Origins → (partitions, offsets)."""
+    origins = np.asarray(origins, np.int64)
+    return origins >> OFFSET_BITS, origins & OFFSET_MASK
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """What is stored of one exporter's rows from one partition: offsets up to `offset` received
+    up to `received` (TimeReceived, unix seconds)."""
+
+    offset: int
+    received: int
+
+    def joined(self, other: "Mark") -> "Mark":
+        return Mark(max(self.offset, other.offset), max(self.received, other.received))
+
+
+def with_origins(batch: pa.RecordBatch, origins: np.ndarray) -> pa.RecordBatch:
+    """The flow batch with its origin column appended."""
+    return batch.append_column(ORIGIN_COLUMN, pa.array(np.asarray(origins, np.int64), pa.int64()))
+
+
+def without_origins(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The flow batch as the store takes it."""
+    index = batch.schema.get_field_index(ORIGIN_COLUMN)
+    return batch if index < 0 else batch.remove_column(index)
+
+
+def _columns(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    partitions, offsets = split_origins(batch.column(ORIGIN_COLUMN).to_numpy(zero_copy_only=False))
+    received = batch.column("TimeReceived").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return partitions, offsets, received
+
+
+def coverage(items: Iterable[tuple[str, pa.RecordBatch]]) -> dict[Key, Mark]:
+    """The marks a block of (exporter, batch) items reaches, per (exporter, partition)."""
+    out: dict[Key, Mark] = {}
+    for exporter, batch in items:
+        if not batch.num_rows or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
+            continue  # rows of no known origin (tools, tests) are not tracked
+        partitions, offsets, received = _columns(batch)
+        for partition in np.unique(partitions).tolist():
+            rows = partitions == partition
+            mark = Mark(int(offsets[rows].max()), int(received[rows].max()))
+            key = (exporter, int(partition))
+            out[key] = out[key].joined(mark) if key in out else mark
+    return out
+
+
+class Marks:
+    """The marks of one sink partition, bounded (MAX_MARKS, least recently advanced forgotten)."""
+
+    def __init__(self, marks: Mapping[Key, Mark] | None = None, limit: int = MAX_MARKS) -> None:
+        self._marks: OrderedDict[Key, Mark] = OrderedDict(marks or {})
+        self.limit = limit
+        self._forgotten: list[Key] = []
+        self._trim()
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def get(self, key: Key) -> Mark | None:
+        return self._marks.get(key)
+
+    def advance(self, reached: Mapping[Key, Mark]) -> None:
+        """An insert covering `reached` was acknowledged."""
+        marks = self._marks
+        for key, mark in reached.items():
+            old = marks.pop(key, None)
+            marks[key] = mark if old is None else old.joined(mark)
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self._marks) > self.limit:
+            self._forgotten.append(self._marks.popitem(last=False)[0])
+
+    def take_forgotten(self) -> list[Key]:
+        """Keys dropped by the bound since the last call (for the durable copy to drop too)."""
+        out, self._forgotten = self._forgotten, []
+        return out
+
+    def unstored(self, exporter: str, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of one exporter's batch not already stored (all of them, but after a replay)."""
+        if not batch.num_rows or not self._marks or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
+            return batch
+        partitions, offsets, received = _columns(batch)
+        stored = None
+        for partition in np.unique(partitions).tolist():
+            mark = self._marks.get((exporter, int(partition)))
+            if mark is None:
+                continue
+            rows = partitions == partition
+            if offsets[rows].min() > mark.offset:
+                continue  # the usual case: everything new
+            hit = rows & (offsets <= mark.offset) & (received <= mark.received)
+            stored = hit if stored is None else stored | hit
+        if stored is None or not stored.any():
+            return batch
+        return batch.filter(pc.invert(pa.array(stored)))
