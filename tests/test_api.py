@@ -244,8 +244,10 @@ def test_queries_run_while_another_thread_inserts(served) -> None:
 
     def insert() -> None:
         try:
-            for _ in range(20):
-                client.insert_arrow(f"{db}.flows_copy", pa.Table.from_batches([_batch(ROWS)]))
+            for i in range(20):
+                # the same block 20 times, each its own insert (flows keeps a deduplication window)
+                client.insert_arrow(f"{db}.flows_copy", pa.Table.from_batches([_batch(ROWS)]),
+                                    settings={"insert_deduplication_token": f"copy-{i}"})
         except BaseException as err:  # reported by the assertion below
             errors.append(err)
 

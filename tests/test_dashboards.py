@@ -486,7 +486,7 @@ def test_a_schema_column_that_is_not_aggregated_is_refused() -> None:
 def exposed_names() -> set[str]:
     """Every sample name the code's metrics expose (counters as _total, histograms as
     _bucket/_sum/_count), including labelled metrics that have no child yet."""
-    import connectors.clickhouse  # noqa: F401  (registers its metrics)
+    import connectors.clickhouse_sink  # noqa: F401  (registers its metrics)
     import connectors.http  # noqa: F401
     import connectors.kafka_consumer  # noqa: F401
     import connectors.snmp  # noqa: F401

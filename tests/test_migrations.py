@@ -8,14 +8,14 @@ import time
 import pytest
 
 from connectors import clickhouse
-from flows import ddl, schema
+from flows import ddl, migrations, schema
 from flows.settings import ClickHouse
 
 
 def table_ttls(client, database: str) -> dict[str, int | None]:
     rows = client.query("SELECT name, engine_full FROM system.tables WHERE database = {d:String}",
                         parameters={"d": database}).result_rows
-    return {name: clickhouse._existing_ttl(engine) for name, engine in rows}
+    return {name: migrations.existing_ttl(engine) for name, engine in rows}
 
 
 def test_creates_tables_views_and_dictionaries_with_ttls(store: ClickHouse) -> None:
@@ -156,3 +156,29 @@ def test_sorting_key_starts_with_time_and_exporter(store: ClickHouse, table: str
         parameters={"d": store.database, "t": table}).result_rows[0][0]
     first = key.split(", ")[0]
     assert first in ("toStartOfFiveMinutes(TimeReceived)", "TimeReceived", "ExporterAddress")
+
+
+def test_the_plan_is_a_pure_function_of_what_exists() -> None:
+    """flows/migrations.plan without a store: a fresh database, then one that lacks a column,
+    a TTL and the deduplication window, then one that matches."""
+    ttls = {name: 86_400 for name in ddl.TABLES}
+    lookups = {"protocols": [[6, "TCP", ""]], "asns": [[64500, "Example"]]}
+    fresh = migrations.plan(migrations.Existing(database=False), "w", ttls, lookups)
+    assert fresh[0].description == "create database w"
+    creates = {step.description for step in fresh}
+    assert {"create table flows", "create view flows_1m0s_consumer", "create dictionary asns"} <= creates
+    flows_sql = next(step.sql for step in fresh if step.description == "create table flows")
+    assert ddl.DEDUPLICATION_SETTING in flows_sql
+    spec = ddl.flows_table(86_400)
+    columns = {c.name: c.ch_type for c in spec.columns if c.name != "DstVlan"}
+    old = migrations.ExistingTable("MergeTree ORDER BY x TTL TimeReceived + toIntervalSecond(3600)",
+                                   "TimeReceived", "", columns)
+    steps = migrations.plan(migrations.Existing(True, {"flows": old}), "w", ttls, lookups)
+    described = [step.description for step in steps]
+    assert "alter flows: DstVlan" in described and "set TTL of flows to 86400s" in described
+    assert f"set {ddl.DEDUPLICATION_SETTING} on flows" in described
+    current = migrations.ExistingTable(
+        f"MergeTree ORDER BY x {ddl.ttl_clause(86_400)} SETTINGS {ddl.DEDUPLICATION_SETTING}",
+        "TimeReceived", "", {c.name: c.ch_type for c in spec.columns})
+    steps = migrations.plan(migrations.Existing(True, {"flows": current}), "w", ttls, lookups)
+    assert not [s for s in steps if s.description.endswith(" flows") or s.description.startswith("alter flows")]
