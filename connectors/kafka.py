@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -16,6 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, Ne
 
 from connectors import metrics as metrics_mod
 from connectors.metrics import InletMetrics, RateLimitedLog
+from connectors.spool import Spool
 from flows.envelope import EXPORTER
 from flows.settings import Kafka
 
@@ -117,12 +119,25 @@ def producer_config(kafka: Kafka, **callbacks: Callable[..., None]) -> dict[str,
             "bootstrap.servers": kafka.bootstrap, **callbacks}
 
 
+REPLAY_CHUNK = 5000  # spooled messages handed to the producer at once, then waited for
+REPLAY_BELOW = 0.5  # ... once the producer queue is under this fraction of its message bound
+
+
 class ProducerPartition(StatelessSinkPartition[Envelopes]):
     """One producer per worker. Items are lists of envelopes; the key is each envelope's
-    exporter address (`kafka.key_mode: by-exporter`) or none (librdkafka spreads them)."""
+    exporter address (`kafka.key_mode: by-exporter`) or none (librdkafka spreads them).
+
+    With `kafka.queue_full: spool`, what the producer cannot take (its queue full while Kafka is
+    slow or away) and what failed delivery go to an on-disk spool (connectors/spool.py); while
+    the spool holds anything, new envelopes go behind them there, so they reach Kafka in the
+    order they came. A replay thread hands the spool's head to the producer once its queue has
+    room, waits until every one of them was acknowledged or failed (a failure goes back into
+    the spool), and only then forgets them: what the broker never acknowledged is not dropped,
+    also across an inlet restart.
+    """
 
     def __init__(self, kafka: Kafka, topic: str, worker: str, metrics: InletMetrics,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, spool_dir: Path | None = None) -> None:
         self.kafka = kafka
         self.topic = topic
         self.worker = worker
@@ -138,10 +153,23 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
         self.producer = Producer(producer_config(kafka, on_delivery=self._delivered,
                                                  error_cb=self._error))
         self._closing = threading.Event()
+        self.spool = (Spool(spool_dir, int(kafka.spool_max_bytes))
+                      if kafka.queue_full == "spool" and spool_dir is not None else None)
+        self._queue_bound = int(PRODUCER_DEFAULTS["queue.buffering.max.messages"]
+                                if "queue.buffering.max.messages" not in kafka.producer
+                                else kafka.producer["queue.buffering.max.messages"])
         # Serves failure reports while the dataflow is idle, so counts never go stale.
         self._poller = threading.Thread(target=self._poll_loop, daemon=True,
                                         name=f"kafka-poll-{worker}")
         self._poller.start()
+        self._replayer = None
+        if self.spool is not None:
+            if self.spool.messages:
+                log.warning("kafka: worker %s has %d messages spooled by an earlier run; replaying them "
+                            "before anything new", worker, self.spool.messages)
+            self._replayer = threading.Thread(target=self._replay_loop, daemon=True,
+                                              name=f"kafka-replay-{worker}")
+            self._replayer.start()
 
     @property
     def acked(self) -> int:
@@ -152,13 +180,26 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
             return self.produced - self.failed - len(self.producer)
 
     # -- callbacks (librdkafka reports through poll/flush) --
-    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is None:   # only with a non-default delivery.report.only.error
             return
         with self._lock:
             self.failed += 1
         self.metrics.kafka_failed.labels(self.worker, err.name()).inc()
+        if self.spool is not None and msg is not None and msg.value() is not None:
+            self._to_spool([msg.value()], "delivery_failed")
+            _ratelimited(logging.WARNING, "delivery", "kafka: delivery failed (%s); spooled for a retry",
+                         err.str())
+            return
         _ratelimited(logging.ERROR, "delivery", "kafka: delivery failed: %s", err.str())
+
+    def _to_spool(self, values: list[bytes], reason: str) -> None:
+        kept = self.spool.append(values)
+        if kept:
+            self.metrics.kafka_spooled.labels(self.worker, reason).inc(kept)
+        for _ in range(len(values) - kept):
+            self._discard("spool_full")
+        self.metrics.spool_bytes.labels(self.worker).set(self.spool.bytes)
 
     def _error(self, err: KafkaError) -> None:
         _ratelimited(logging.WARNING, f"error-{err.code()}", "kafka: %s", err.str())
@@ -185,18 +226,58 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
         produce = self.producer.produce
         topic, keyed, key = self.topic, self.by_exporter, None
         produced = 0
-        for envelopes in items:
-            for value in envelopes:
+        spool = self.spool
+        for index, envelopes in enumerate(items):
+            if spool is not None and spool.messages:  # spooling: behind what waits there
+                self._to_spool([bytes(v) for batch in items[index:] for v in batch], "behind_spool")
+                break
+            for position, value in enumerate(envelopes):
                 if keyed:
                     key = value[EXPORTER]
                 try:
                     produce(topic, value, key)
                 except BufferError:
+                    if spool is not None:
+                        self._to_spool([bytes(v) for v in envelopes[position:]], "queue_full")
+                        _ratelimited(logging.WARNING, "queue-full", "kafka: producer queue full on worker "
+                                     "%s; spooling to disk until Kafka takes messages again", self.worker)
+                        break
                     if not self._wait_for_room(key, value):
                         continue
                 produced += 1
         with self._lock:
             self.produced += produced
+
+    def _replay_loop(self) -> None:
+        """Hand the spool's head to the producer whenever its queue has room; forget a chunk
+        once the producer holds none of it (each acknowledged, or failed and spooled again)."""
+        spool = self.spool
+        while not self._closing.is_set():
+            if not spool.messages or len(self.producer) > self._queue_bound * REPLAY_BELOW:
+                self._closing.wait(0.1)
+                continue
+            values, position, size = spool.peek(REPLAY_CHUNK)
+            if not values:
+                self._closing.wait(0.1)
+                continue
+            for value in values:
+                key = value[EXPORTER] if self.by_exporter else None
+                while not self._closing.is_set():
+                    try:
+                        self.producer.produce(self.topic, value, key)
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+            with self._lock:
+                self.produced += len(values)
+            failed_before = self.failed
+            while len(self.producer) and not self._closing.is_set():
+                self.producer.flush(0.5)
+            if self._closing.is_set() and len(self.producer):
+                return  # close() purges them back into the spool; this chunk stays at its head
+            spool.advance(position, len(values), size)
+            self.metrics.kafka_replayed.labels(self.worker).inc(len(values) - min(self.failed - failed_before, len(values)))
+            self.metrics.spool_bytes.labels(self.worker).set(spool.bytes)
 
     def _wait_for_room(self, key: bytes | None, value: bytes) -> bool:
         """The local queue is full: drop (counted) or block until deliveries make room.
@@ -226,10 +307,21 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
         self.metrics.kafka_discarded.labels(self.worker, reason).inc()
 
     def close(self) -> None:
-        """End of the dataflow (a clean stop): wait for what is queued to be acknowledged."""
+        """End of the dataflow (a clean stop): wait for what is queued to be acknowledged; with
+        a spool, what Kafka has still not taken is spooled for the next start."""
         self._closing.set()
         self._poller.join()
+        if self._replayer is not None:
+            self._replayer.join()
         remaining = self.producer.flush(self.kafka.flush_timeout.total_seconds())
+        if remaining and self.spool is not None:
+            # Not yet sent: reported as purged, spooled by the delivery callback. Those in
+            # flight are left to their fate (they may have been stored).
+            self.producer.purge(in_queue=True, in_flight=False, blocking=True)
+            self.producer.flush(1.0)
+            remaining = len(self.producer)
+        if self.spool is not None:
+            self.spool.close()
         self._report()
         log.info("kafka: worker %s produced %d, acked %d, failed %d, discarded %d, "
                  "unacknowledged after flush %d", self.worker, self.produced, self.acked,
@@ -239,16 +331,20 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
 class ProducerSink(DynamicSink[Envelopes]):
     """Produces lists of envelopes to `topic`; ensures the topic first when managed."""
 
-    def __init__(self, kafka: Kafka, topic: str, stop: threading.Event | None = None) -> None:
+    def __init__(self, kafka: Kafka, topic: str, stop: threading.Event | None = None,
+                 spool_dir: Path | None = None) -> None:
         self.kafka = kafka
         self.topic = topic
         self.stop = stop or threading.Event()
+        self.spool_dir = spool_dir
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> ProducerPartition:
         if self.kafka.manage_topic:
             _ensure_once(self.kafka, self.topic)
+        # worker_index counts across the cluster's processes: one spool per worker everywhere.
+        spool = self.spool_dir / f"worker-{worker_index}" if self.spool_dir is not None else None
         return ProducerPartition(self.kafka, self.topic, str(worker_index),
-                                 metrics_mod.inlet_metrics(), self.stop)
+                                 metrics_mod.inlet_metrics(), self.stop, spool)
 
 
 _ensured: set[str] = set()

@@ -54,8 +54,16 @@ class InletMetrics:
                                     registry=registry)
         self.kafka_discarded = Counter(p + "kafka_discarded", "messages not produced, by "
                                        "reason (queue_full with kafka.queue_full: drop, "
+                                       "spool_full when the spool reached kafka.spool_max_bytes, "
                                        "shutdown when Kafka stays away at a stop)",
                                        ["worker", "reason"], registry=registry)
+        self.kafka_spooled = Counter(p + "kafka_spooled", "messages written to the on-disk spool "
+                                     "(producer queue full, or delivery failed), by reason",
+                                     ["worker", "reason"], registry=registry)
+        self.kafka_replayed = Counter(p + "kafka_replayed", "spooled messages the broker "
+                                      "acknowledged on replay", ["worker"], registry=registry)
+        self.spool_bytes = Gauge(p + "spool_bytes", "bytes of messages waiting in the spool",
+                                 ["worker"], registry=registry)
         self.kafka_queued = Gauge(p + "kafka_queued", "messages waiting in the producer queue",
                                   ["worker"], registry=registry)
 

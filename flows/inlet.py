@@ -29,7 +29,8 @@ def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataf
     received = op.input("receive", flow, UDPSource(
         inlet.listeners, balancing=inlet.balancing, bpffs=inlet.bpffs,
         max_batch=inlet.max_batch, stop=stop, metrics_listen=inlet.metrics_listen))
-    op.output("produce", received, ProducerSink(kafka, envelope.topic_name(kafka.topic), stop))
+    op.output("produce", received, ProducerSink(kafka, envelope.topic_name(kafka.topic), stop,
+                                                spool_dir=settings.data_dir / "spool" / "inlet"))
     return flow
 
 

@@ -221,8 +221,13 @@ class Kafka(Section):
     manage_topic: bool = Field(True, description="create the topic and update its config entries")
     key_mode: Literal["by-exporter", "random"] = Field(
         "by-exporter", description="message key: exporter address (ordered per exporter) or random")
-    queue_full: Literal["block", "drop"] = Field(
-        "block", description="when the producer queue is full: block (back-pressure) or drop (counted)")
+    queue_full: Literal["spool", "block", "drop"] = Field(
+        "spool", description="when the producer queue is full (Kafka slow or away): spool (to disk, "
+                             "replayed in order once Kafka takes messages again), block "
+                             "(back-pressure into the sockets) or drop (counted)")
+    spool_max_bytes: Size = Field(
+        ByteSize(1024 ** 3), description="disk the inlet's spool may use per producer worker "
+                               "(<data_dir>/spool/inlet); past it messages are dropped (counted)")
     flush_timeout: Duration = Field(timedelta(seconds=30),
                                     description="on a clean stop, wait this long for Kafka to "
                                                 "acknowledge what is still queued")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
@@ -122,6 +123,39 @@ def test_keys_by_exporter_or_none_and_acked_counted(broker: LocalBroker, topic_n
         assert (part.produced, part.acked, part.failed) == (5, 5, 0)
         assert metrics.kafka_acked.labels("0")._value.get() == 5
         assert consume_messages(broker.bootstrap, topic, 1) == list(zip(keys, sent)), mode
+
+
+def test_what_kafka_does_not_take_is_spooled_and_replayed_once_it_does(
+        broker: LocalBroker, topic_name: str, tmp_path) -> None:
+    """Kafka away: the producer queue (10) fills, the rest goes to the spool, and what was
+    queued fails delivery after message.timeout.ms and is spooled too; a stop keeps the spool.
+    The next start, with Kafka there, replays every message once; the spool ends empty."""
+    spool = tmp_path / "spool"
+    metrics = InletMetrics(CollectorRegistry())
+    away = _unreachable(queue_full="spool", flush_timeout=0.5)
+    sent = envelopes(25)
+    part = kafka_mod.ProducerPartition(away, "t-v1", "0", metrics, threading.Event(), spool)
+    part.write_batch([sent[:20], sent[20:]])
+    assert metrics.kafka_spooled.labels("0", "queue_full")._value.get() == 10
+    assert metrics.kafka_spooled.labels("0", "behind_spool")._value.get() == 5
+    part.write_batch([envelopes(2, "192.0.2.99")])  # behind the spool, not in the queue
+    part.close()
+    assert part.spool.messages == 27 and part.discarded == 0  # the 10 failed ones spooled as well
+
+    cfg = Kafka(brokers=[broker.bootstrap], topic=topic_name, partitions=1, queue_full="spool")
+    topic = envelope.topic_name(cfg.topic)
+    kafka_mod.ensure_topic(cfg, topic)
+    again = kafka_mod.ProducerPartition(cfg, topic, "0", InletMetrics(CollectorRegistry()),
+                                        threading.Event(), spool)
+    deadline = time.monotonic() + 30
+    while again.spool.messages and time.monotonic() < deadline:
+        time.sleep(0.1)
+    again.close()
+    assert again.spool.messages == 0
+    received = [value for _, value in consume_messages(broker.bootstrap, topic, 1)]
+    assert sorted(received) == sorted(sent + envelopes(2, "192.0.2.99"))
+    # the queue-full ones and those behind them kept their order
+    assert [v for v in received if v in sent[10:]] == sent[10:]
 
 
 def test_producer_settings_from_config_win_over_defaults() -> None:
