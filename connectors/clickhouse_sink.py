@@ -49,7 +49,8 @@ INSERT_SECONDS = Histogram("waxflow_clickhouse_insert_seconds", "time to insert 
                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RETRIES = Counter("waxflow_clickhouse_retries_total", "insert attempts that failed and were retried")
 ERRORS = Counter("waxflow_clickhouse_errors_total", "failed inserts by reason (readonly, closed, "
-                 "connection, storage, other)", ["reason"])
+                 "connection, storage, other; delivery_log: the sink's own log could not be written)",
+                 ["reason"])
 PENDING = Gauge("waxflow_clickhouse_pending_rows", "rows buffered, waiting for the next insert")
 FAILING_SINCE = Gauge("waxflow_clickhouse_failing_since_seconds",
                       "unix time of the first failed insert since the last one that succeeded (0: none failing)")
@@ -201,9 +202,9 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
     def _deliver(self, items: list[tuple[str, pa.RecordBatch]], rows: int) -> dict:
         reached = coverage(items)
         table = pa.Table.from_batches([without_origins(b) for _, b in items], schema=schema.ARROW_SCHEMA)
-        path, token = self.log.write(table, reached)
+        path, token = self._retried("delivery_log", rows, lambda: self.log.write(table, reached))
         self._insert(table, token, rows)
-        self.log.acknowledged(path, reached)
+        self._retried("delivery_log", rows, lambda: self.log.acknowledged(path, reached))
         return reached
 
     def _replay(self, path: Path) -> None:
@@ -212,36 +213,47 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
                     "acknowledged; the store drops what it already has", path.name, table.num_rows)
         PENDING.inc(table.num_rows)
         self._insert(table, token, table.num_rows)
-        self.log.acknowledged(path, reached)
+        self._retried("delivery_log", table.num_rows, lambda: self.log.acknowledged(path, reached))
         self.marks.advance(reached)
         REPLAYED_BLOCKS.inc()
 
     def _insert(self, table: pa.Table, token: str, rows: int) -> None:
         """Insert one block; retry with backoff until it succeeds."""
         settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
-        delay = BACKOFF_START
-        while True:
+        started = time.perf_counter()
+
+        def attempt() -> None:
+            nonlocal started
             started = time.perf_counter()
-            try:
-                self.client.insert_arrow(self.table, table, settings=settings)
-                break
-            except Exception as err:  # any failure: keep the rows, wait, try again
-                INSERT_HEALTH.failed()
-                reason = _error_reason(err)
-                ERRORS.labels(reason).inc()
-                RETRIES.inc()
-                _ratelimited(logging.WARNING, reason,
-                             "insert of %d rows failed (%s: %s); retrying in %.1fs, rows kept",
-                             rows, reason, err, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-                if reason == "closed":
-                    self.client = reconnect(self.cfg)
+            self.client.insert_arrow(self.table, table, settings=settings)
+
+        self._retried(None, rows, attempt)
         INSERT_SECONDS.observe(time.perf_counter() - started)
         INSERT_HEALTH.succeeded()
         ROWS.inc(rows)
         BATCHES.inc()
         PENDING.dec(rows)
+
+
+    def _retried(self, reason: str | None, rows: int, action):
+        """Run `action` until it succeeds, with backoff, counting each failure by `reason` (the
+        error's kind when None): a full disk under the delivery log holds the rows like a store
+        that refuses inserts, instead of ending the worker."""
+        delay = BACKOFF_START
+        while True:
+            try:
+                return action()
+            except Exception as err:  # any failure: keep the rows, wait, try again
+                INSERT_HEALTH.failed()
+                kind = reason or _error_reason(err)
+                ERRORS.labels(kind).inc()
+                RETRIES.inc()
+                _ratelimited(logging.WARNING, kind, "insert of %d rows failed (%s: %s); retrying in %.1fs, "
+                             "rows kept", rows, kind, err, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                if kind == "closed":
+                    self.client = reconnect(self.cfg)
 
 
 class ClickHouseSink(FixedPartitionedSink[Item, list]):

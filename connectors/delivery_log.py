@@ -45,13 +45,17 @@ class DeliveryLog:
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # `advanced` orders the marks by their last advance: the in-memory bound forgets the
+        # least recently advanced first, also after a restart.
         self._db.execute("CREATE TABLE IF NOT EXISTS marks (exporter TEXT NOT NULL, part INTEGER NOT NULL, "
-                         "offset INTEGER NOT NULL, received INTEGER NOT NULL, PRIMARY KEY (exporter, part))")
+                         "offset INTEGER NOT NULL, received INTEGER NOT NULL, advanced INTEGER NOT NULL, "
+                         "PRIMARY KEY (exporter, part))")
+        self._advanced = self._db.execute("SELECT coalesce(max(advanced), 0) FROM marks").fetchone()[0]
         self._next = 1 + max((int(p.stem) for p in self.blocks.glob("*.arrow") if p.stem.isdigit()), default=0)
 
     def marks(self) -> dict[Key, Mark]:
         with self._lock:
-            rows = self._db.execute("SELECT exporter, part, offset, received FROM marks ORDER BY rowid").fetchall()
+            rows = self._db.execute("SELECT exporter, part, offset, received FROM marks ORDER BY advanced").fetchall()
         return {(exporter, part): Mark(offset, received) for exporter, part, offset, received in rows}
 
     def write(self, table: pa.Table, reaches: dict[Key, Mark]) -> tuple[Path, str]:
@@ -64,7 +68,7 @@ class DeliveryLog:
         partial = path.with_suffix(".tmp")
         with pa.OSFile(str(partial), "wb") as sink, \
                 pa.ipc.new_file(sink, table.schema.with_metadata(meta)) as writer:
-            writer.write_table(table)
+            writer.write_table(table.combine_chunks())  # one record batch, not one per item
         os.replace(partial, path)
         return path, token
 
@@ -82,11 +86,14 @@ class DeliveryLog:
     def acknowledged(self, path: Path, reaches: dict[Key, Mark]) -> None:
         """The block's insert succeeded: advance the marks, then forget the block."""
         with self._lock:
+            self._advanced += 1
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO marks VALUES (?, ?, ?, ?) ON CONFLICT (exporter, part) DO UPDATE SET "
-                "offset = max(offset, excluded.offset), received = max(received, excluded.received)",
-                [(exporter, part, mark.offset, mark.received) for (exporter, part), mark in reaches.items()])
+                "INSERT INTO marks VALUES (?, ?, ?, ?, ?) ON CONFLICT (exporter, part) DO UPDATE SET "
+                "offset = max(offset, excluded.offset), received = max(received, excluded.received), "
+                "advanced = excluded.advanced",
+                [(exporter, part, mark.offset, mark.received, self._advanced)
+                 for (exporter, part), mark in reaches.items()])
             self._db.execute("COMMIT")
         path.unlink(missing_ok=True)
 

@@ -22,9 +22,11 @@ AGGREGATE_TABLES = tuple(f"flows_{suffix}" for suffix, _, _ in RESOLUTIONS)
 TABLES = ("flows", *AGGREGATE_TABLES, "exporters")
 # Leading sorting columns: queries filter on time, then exporter and interfaces.
 KEY_PREFIX = ("TimeReceived", "ExporterAddress", "InIfName", "OutIfName")
-DEDUPLICATION_WINDOW = 1000
-"""Inserts whose deduplication token a table remembers: the sink inserts a block again after a
-crash with its token (connectors/clickhouse_sink.py), a few blocks after it was first sent."""
+DEDUPLICATION_WINDOW = 10_000
+"""Parts whose deduplication token a table remembers. The sink inserts a block again after a crash
+with its token (connectors/clickhouse_sink.py): with the embedded store before anything else;
+with a server, every writer's parts count, so a process must be back before the cluster has
+written this many parts per table (at 20 inserts/s, over 8 minutes)."""
 DEDUPLICATION_SETTING = f"non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
 
 

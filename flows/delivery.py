@@ -72,10 +72,22 @@ def without_origins(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch if index < 0 else batch.remove_column(index)
 
 
-def _columns(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    partitions, offsets = split_origins(batch.column(ORIGIN_COLUMN).to_numpy(zero_copy_only=False))
-    received = batch.column("TimeReceived").cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return partitions, offsets, received
+def _origins(batch: pa.RecordBatch) -> np.ndarray:
+    return batch.column(ORIGIN_COLUMN).to_numpy(zero_copy_only=False)
+
+
+def _received(batch: pa.RecordBatch) -> np.ndarray:
+    return batch.column("TimeReceived").cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _by_partition(origins: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+    """(partition, its rows) for each partition of a batch; rows None: all of them (the usual
+    case of one partition, found without np.unique)."""
+    partitions = origins >> OFFSET_BITS
+    first = int(partitions[0])
+    if partitions[-1] == first and (partitions == first).all():
+        return [(first, None)]
+    return [(int(p), partitions == p) for p in np.unique(partitions)]
 
 
 def coverage(items: Iterable[tuple[str, pa.RecordBatch]]) -> dict[Key, Mark]:
@@ -84,11 +96,12 @@ def coverage(items: Iterable[tuple[str, pa.RecordBatch]]) -> dict[Key, Mark]:
     for exporter, batch in items:
         if not batch.num_rows or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
             continue  # rows of no known origin (tools, tests) are not tracked
-        partitions, offsets, received = _columns(batch)
-        for partition in np.unique(partitions).tolist():
-            rows = partitions == partition
-            mark = Mark(int(offsets[rows].max()), int(received[rows].max()))
-            key = (exporter, int(partition))
+        origins = _origins(batch)
+        received = _received(batch)
+        for partition, rows in _by_partition(origins):
+            these, when = (origins, received) if rows is None else (origins[rows], received[rows])
+            mark = Mark(int(these.max()) & OFFSET_MASK, int(when.max()))
+            key = (exporter, partition)
             out[key] = out[key].joined(mark) if key in out else mark
     return out
 
@@ -129,16 +142,18 @@ class Marks:
         """The rows of one exporter's batch not already stored (all of them, but after a replay)."""
         if not batch.num_rows or not self._marks or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
             return batch
-        partitions, offsets, received = _columns(batch)
+        origins = _origins(batch)
         stored = None
-        for partition in np.unique(partitions).tolist():
-            mark = self._marks.get((exporter, int(partition)))
+        for partition, rows in _by_partition(origins):
+            mark = self._marks.get((exporter, partition))
             if mark is None:
                 continue
-            rows = partitions == partition
-            if offsets[rows].min() > mark.offset:
+            offsets = origins & OFFSET_MASK
+            if (offsets.min() if rows is None else offsets[rows].min()) > mark.offset:
                 continue  # the usual case: everything new
-            hit = rows & (offsets <= mark.offset) & (received <= mark.received)
+            hit = (offsets <= mark.offset) & (_received(batch) <= mark.received)
+            if rows is not None:
+                hit &= rows
             stored = hit if stored is None else stored | hit
         if stored is None or not stored.any():
             return batch

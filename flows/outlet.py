@@ -7,6 +7,7 @@ Reads the configuration like every waxflow command ($WAXFLOW_CONFIG or ./dataflo
 
 from __future__ import annotations
 
+import logging
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
@@ -46,6 +47,11 @@ def main_flow(enrich: bool = True) -> Dataflow:
     settings = dataflow_settings()
     exit_on_problems(settings, ("geoip", "kafka", "directories"))
     migrate_or_exit(settings)  # before anything is consumed, not lazily at the first batch
+    if settings.kafka.key_mode == "random":
+        logging.getLogger("flows.outlet").warning(
+            "kafka.key_mode is random: an exporter's datagrams spread over partitions, so after a crash "
+            "the replay may decode them in another order and store a few flows twice or not at all; "
+            "use by-exporter for exactly-once delivery")
     serve_outlet(settings)
     return build_flow(settings, enrich)
 

@@ -113,25 +113,19 @@ def walk_netflow(queue: NetflowQueue, chunk) -> None:
         metrics.error("unsupported", unsupported)
     position = 0
     buffer = sets.buffer
-    known: set[tuple] = set()  # template sets already found unchanged during this walk
     budgets: dict[int, TemplateBudget] = {}  # per datagram
     rows = np.nonzero(template_sets)[0]
     for index, dom, sid, start, end in zip(rows.tolist(), sets.dom[rows].tolist(), set_id[rows].tolist(),
                                            sets.offset[rows].tolist(), sets.following[rows].tolist()):
         body = buffer[start + 4:end]
-        seen = (dom, sid, body)
-        if seen in known:
-            continue
         state, ver, domain = sets.domain_of[dom]
-        if state.known_template_set((ver, domain, sid, body)):
-            known.add(seen)
+        if state.known_template_set((ver, domain, sid, body)):  # (also marks them recently used)
             continue
         _data_sets(chunk, sets, position + np.nonzero(data_sets[position:index])[0])
         datagram = int(sets.datagram[index])
         _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3),
                               budget=budgets.setdefault(datagram, TemplateBudget()),
                               origin=int(sets.origin[datagram]))
-        known.clear()
         position = index
     _data_sets(chunk, sets, position + np.nonzero(data_sets[position:])[0])
 

@@ -121,12 +121,18 @@ class ExporterState:
             self.seen_bytes += size
 
     def known_template_set(self, key: tuple) -> bool:
-        """True when this exact template set was parsed before and all its templates are current."""
+        """True when this exact template set was parsed before and all its templates are current;
+        they are then marked recently used, as parsing the refresh would (the eviction order must
+        not depend on this cache, which is not snapshotted: a recovery replay starts without it)."""
         learnt = self.seen_template_sets.get(key)
         if learnt is None:
             return False
         templates = self.templates
-        return all(templates.get(k) is t for k, t in learnt)
+        if not all(templates.get(k) is t for k, t in learnt):
+            return False
+        for k, _ in learnt:
+            templates.move_to_end(k)
+        return True
 
     # -- sampling and time -----------------------------------------------------------------
     def set_domain_rate(self, domain: DomainKey, rate: int) -> None:
