@@ -17,8 +17,9 @@ them at ≥ 90% of the target rate (time from the step's first datagram to its l
 million flows of each component (inlet, broker, outlet with chDB inside it, sender) are read
 from /proc. In the same run, pmacct's collectors (Debian's `nfacctd` for NetFlow/IPFIX and
 `sfacctd` for sFlow, print plugin to CSV every second) take the same steps as the C reference:
-lossless when the kernel dropped nothing on their sockets and the packets they printed add up.
-Everything shares this machine's cores.
+a step counts when the kernel dropped nothing on their sockets.
+Everything shares this machine's cores. pmacct's print plugin purges every second, across the
+steps' boundaries, so its printed totals are shown, not checked: for it only socket drops decide.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tests.conftest import free_port  # noqa: E402
 from tests.outlet_process import Outlet, write_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+LATENCY = 4.0  # s: a batch waits up to clickhouse.batch_wait (1 s here), then its insert
 FORMATS = ("NetFlow v9", "IPFIX", "IPFIX (pmacct)", "sFlow v5")
 
 
@@ -54,22 +56,25 @@ def cpu_seconds(pid: int) -> float:
 
 
 def exporters(count: int) -> list[dict]:
-    """Each exporter: its source address, format, datagrams, and what one round of them holds
-    once its templates are known (flows, bytes, packets as the decoder counts them)."""
+    """Each exporter: its source address and format, and per datagram of its format's sequence
+    what it holds (flows, bytes, packets as the decoder counts them) the first time through
+    (templates still to learn) and on later rounds."""
+    import numpy as np
+
     from bench.decode import exporter_datagrams
     from flows.decode import ExporterState, decode_many
 
     data = exporter_datagrams(20000)
-    out = []
-    for i in range(count):
-        label = FORMATS[i % len(FORMATS)]
+    per_format = {}
+    for label in FORMATS:
         payloads = [d[0] for d in data[label]]
         state = ExporterState("192.0.2.1")
-        first = decode_many(state, [(p, "", 0.0) for p in payloads])
-        again = decode_many(state, [(p, "", 0.0) for p in payloads])
-        out.append({"address": f"127.0.1.{10 + i}", "format": label, "payloads": payloads,
-                    "first": _totals(first), "round": _totals(again)})
-    return out
+        passes = [np.array([_totals(decode_many(state, [(p, "", 0.0)])) for p in payloads], np.int64)
+                  for _ in range(2)]
+        per_format[label] = passes
+    return [{"address": f"127.0.1.{10 + i}", "format": FORMATS[i % len(FORMATS)],
+             "first": per_format[FORMATS[i % len(FORMATS)]][0], "later": per_format[FORMATS[i % len(FORMATS)]][1],
+             "at": 0} for i in range(count)]
 
 
 def _totals(batch) -> tuple[int, int, int]:
@@ -81,19 +86,27 @@ def _totals(batch) -> tuple[int, int, int]:
             int(pc.sum(batch.column("Packets")).as_py()))
 
 
-def expected(sources: list[dict], rounds: int, first_step: bool) -> tuple[int, int, int]:
-    flows = bytes_ = packets = 0
+def flows_per_datagram(sources: list[dict]) -> float:
+    return sum(int(s["later"][:, 0].sum()) for s in sources) / sum(len(s["later"]) for s in sources)
+
+
+def expected(sources: list[dict], count: int) -> tuple[int, int, int]:
+    """What the next `count` datagrams of every exporter hold (from where each stands)."""
+    total = [0, 0, 0]
     for source in sources:
-        for r in range(rounds):
-            f, b, p = source["first"] if first_step and r == 0 else source["round"]
-            flows, bytes_, packets = flows + f, bytes_ + b, packets + p
-    return flows, bytes_, packets
+        n = len(source["later"])
+        for i in range(source["at"], source["at"] + count):
+            row = (source["first"] if i < n else source["later"])[i % n]
+            total = [t + int(v) for t, v in zip(total, row)]
+    return total[0], total[1], total[2]
 
 
-def send(sources: list[dict], ports: dict[str, int], rounds: int, datagrams_per_s: float) -> tuple[int, float, float]:
-    """In a child process: `rounds` of every exporter's sequence, interleaved, paced."""
-    spec = {"sources": [(s["address"], s["format"]) for s in sources], "ports": ports,
-            "rounds": rounds, "rate": datagrams_per_s}
+def send(sources: list[dict], ports: dict[str, int], count: int, datagrams_per_s: float) -> tuple[int, float, float]:
+    """In a child process: the next `count` datagrams of every exporter, interleaved, paced."""
+    spec = {"sources": [(s["address"], s["format"], s["at"]) for s in sources], "ports": ports,
+            "count": count, "rate": datagrams_per_s}
+    for source in sources:
+        source["at"] += count
     out = subprocess.run([sys.executable, __file__, "--send", json.dumps(spec)],
                          capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]), float(out[1]), float(out[2])
@@ -103,8 +116,8 @@ def _sender(spec: dict) -> None:
     from bench.decode import exporter_datagrams
 
     data = exporter_datagrams(20000)
-    sockets, sequences = [], []
-    for address, label in spec["sources"]:
+    sockets, sequences, starts = [], [], []
+    for address, label, at in spec["sources"]:
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         tx.bind((address, 0))
@@ -112,10 +125,10 @@ def _sender(spec: dict) -> None:
         tx.connect(("127.0.0.1", port))
         sockets.append(tx)
         sequences.append([d[0] for d in data[label]])
-    # one datagram of each exporter in turn, each sequence from its start
-    order = [(tx, payload) for _ in range(spec["rounds"])
-             for step in range(max(len(s) for s in sequences))
-             for tx, seq in zip(sockets, sequences) if step < len(seq) for payload in [seq[step]]]
+        starts.append(at)
+    # one datagram of each exporter in turn, each going on with its sequence (cyclically)
+    order = [(tx, seq[(at + step) % len(seq)]) for step in range(spec["count"])
+             for tx, seq, at in zip(sockets, sequences, starts)]
     rate = spec["rate"]
     cpu0, start = time.process_time(), time.perf_counter()
     sent = 0
@@ -175,22 +188,18 @@ def run_waxflow(sources: list[dict], rates: list[int], seconds: float, workers: 
     outlet.start()
     outlet.wait_for(lambda o: o.value("waxflow_clickhouse_rows_total") >= 0 and api_totals(api_port) is not None,
                     60, "the API answering")
-    per_round = sum(len(s["payloads"]) for s in sources)
-    round_flows = expected(sources, 1, False)[0]
+    per_datagram = flows_per_datagram(sources)
     best: dict = {}
-    first_step = True
     try:
         for rate in rates:
-            rounds = max(1, round(rate * seconds / round_flows))
-            want = expected(sources, rounds, first_step)
-            first_step = False
+            count = max(1, round(rate * seconds / per_datagram / len(sources)))
+            want = expected(sources, count)
             before = api_totals(api_port)
             drops0 = udp_drops(list(ports.values()))
             pids = {"inlet": inlet.process.pid, "broker": broker_pid, "outlet": outlet.procs[0].pid}
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            datagrams_per_s = rate * per_round / round_flows
             started = time.perf_counter()
-            sent, elapsed, sender_cpu = send(sources, ports, rounds, datagrams_per_s)
+            sent, elapsed, sender_cpu = send(sources, ports, count, count * len(sources) * rate / want[0])
             deadline = started + max(4 * seconds, 30)
             now = before
             while time.perf_counter() < deadline:
@@ -204,19 +213,19 @@ def run_waxflow(sources: list[dict], rates: list[int], seconds: float, workers: 
             cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
             got = tuple(n - b for n, b in zip(now, before))
             drops = udp_drops(list(ports.values())) - drops0
-            achieved = want[0] / stored_after
             exact = got == want
-            lossless = exact and drops == 0 and achieved >= 0.9 * rate
+            # kept up: everything stored within LATENCY of the last datagram sent
+            lossless = exact and drops == 0 and stored_after <= elapsed + LATENCY
             line = (f"  waxflow -w {workers} target {rate:>7,} flows/s: sent {want[0]:,} flows in {sent:,} datagrams "
                     f"({want[0] / elapsed:,.0f} flows/s); stored {got[0]:,} rows (bytes {'=' if got[1] == want[1] else '≠'} "
-                    f"sent) in {stored_after:.1f}s ({achieved:,.0f} flows/s); kernel drops {drops}; CPU s per "
+                    f"sent), the last {stored_after - elapsed:.1f}s after the last datagram; kernel drops {drops}; CPU s per "
                     f"million flows: inlet {per_million(cpu['inlet'], want[0]):.2f} broker "
                     f"{per_million(cpu['broker'], want[0]):.2f} outlet {per_million(cpu['outlet'], want[0]):.2f} sender "
                     f"{per_million(sender_cpu, want[0]):.2f}; {'lossless' if lossless else 'NOT lossless'}")
             print(line, flush=True)
             if not lossless:
                 break
-            best = {"rate": rate, "achieved": achieved, **{k: per_million(v, want[0]) for k, v in cpu.items()}}
+            best = {"rate": rate, "lag": stored_after - elapsed, **{k: per_million(v, want[0]) for k, v in cpu.items()}}
     finally:
         outlet.stop()
         inlet.stop(60)
@@ -228,12 +237,12 @@ PMACCT = """daemonize: false
 {kind}_ip: 127.0.0.1
 {kind}_port: {port}
 plugins: print
-aggregate: src_host, dst_host, src_port, dst_port, proto
+aggregate: src_host, dst_host, proto
 print_output: csv
 print_output_file: {out}/{kind}-%s.csv
 print_output_file_append: true
 print_refresh_time: 1
-print_cache_entries: 999991
+print_cache_entries: 65537
 {kind}_pipe_size: 67108864
 plugin_pipe_size: 67108864
 plugin_buffer_size: 1048576
@@ -252,33 +261,33 @@ def run_pmacct(sources: list[dict], rates: list[int], seconds: float, work: Path
         procs[kind] = subprocess.Popen([binary, "-f", str(conf)], stdout=open(work / f"{kind}.log", "wb"),
                                        stderr=subprocess.STDOUT)
     time.sleep(2)
-    per_round = sum(len(s["payloads"]) for s in sources)
-    round_flows = expected(sources, 1, False)[0]
+    for source in sources:
+        source["at"] = 0  # pmacct starts without templates too
+    per_datagram = flows_per_datagram(sources)
     best: dict = {}
-    first_step = True
     try:
         for rate in rates:
-            rounds = max(1, round(rate * seconds / round_flows))
-            want = expected(sources, rounds, first_step)
-            first_step = False
+            count = max(1, round(rate * seconds / per_datagram / len(sources)))
+            want = expected(sources, count)
             before = printed_packets(work)
             drops0 = udp_drops(list(ports.values()))
             cpu0 = sum(cpu_seconds(p.pid) + _children_cpu(p.pid) for p in procs.values())
-            sent, elapsed, _ = send(sources, ports, rounds, rate * per_round / round_flows)
+            sent, elapsed, _ = send(sources, ports, count, count * len(sources) * rate / want[0])
             time.sleep(3)  # two print intervals
             packets = printed_packets(work) - before
             cpu = sum(cpu_seconds(p.pid) + _children_cpu(p.pid) for p in procs.values()) - cpu0
             drops = udp_drops(list(ports.values())) - drops0
-            lossless = drops == 0 and packets == want[2] and want[0] / elapsed >= 0.9 * rate
-            print(f"  pmacct target {rate:>7,} flows/s: sent {want[0]:,} flows; printed packets {packets:,} of "
-                  f"{want[2]:,}; kernel drops {drops}; CPU s per million flows {per_million(cpu, want[0]):.2f}; "
-                  f"{'lossless' if lossless else 'NOT lossless'}", flush=True)
+            # Printed totals straddle the steps (a purge every second): shown, not checked.
+            lossless = drops == 0 and want[0] / elapsed >= 0.9 * rate
+            print(f"  pmacct target {rate:>7,} flows/s: sent {want[0]:,} flows; kernel drops {drops}; printed packets "
+                  f"{packets:,} of {want[2]:,}; CPU s per million flows {per_million(cpu, want[0]):.2f}; "
+                  f"{'no drop' if lossless else 'DROPS'}", flush=True)
             if not lossless:
                 break
             best = {"rate": rate, "cpu": per_million(cpu, want[0])}
     finally:
         for proc in procs.values():
-            proc.terminate()
+            proc.kill()
             proc.wait(10)
     return best
 
@@ -322,13 +331,15 @@ def main() -> None:
     mix = {}
     for s in sources:
         mix[s["format"]] = mix.get(s["format"], 0) + 1
-    per_datagram = expected(sources, 1, False)[0] / sum(len(s["payloads"]) for s in sources)
+    per_datagram = flows_per_datagram(sources)
     print(f"pipeline benchmark: {args.exporters} exporters ({', '.join(f'{n} {k}' for k, n in mix.items())}), "
           f"{per_datagram:.1f} flows per datagram, {args.seconds:g}s steps, {os.cpu_count()} cores shared by "
           f"everything; load average {os.getloadavg()[0]:.2f} before the run")
     results = {}
     with tempfile.TemporaryDirectory(prefix="waxflow-bench-pipeline-") as tmp:
         for layout in args.layouts.split(","):
+            for source in sources:
+                source["at"] = 0  # a new pipeline: templates to learn again
             results[f"waxflow -w {layout}"] = run_waxflow(sources, rates, args.seconds, int(layout),
                                                           Path(tmp) / f"w{layout}")
         if not args.no_pmacct:
@@ -342,7 +353,7 @@ def main() -> None:
                   f"{best['cpu']:.2f} CPU s per million flows")
         else:
             total = best["inlet"] + best["broker"] + best["outlet"]
-            print(f"  {name}: {best['rate']:,} flows/s (stored at {best['achieved']:,.0f}/s); CPU s per million "
+            print(f"  {name}: {best['rate']:,} flows/s (the last row stored {best['lag']:.1f}s after the last datagram); CPU s per million "
                   f"flows: inlet {best['inlet']:.2f}, broker {best['broker']:.2f}, outlet {best['outlet']:.2f} "
                   f"(total {total:.2f})")
 

@@ -201,7 +201,11 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
 
     def _deliver(self, items: list[tuple[str, pa.RecordBatch]], rows: int) -> dict:
         reached = coverage(items)
-        table = pa.Table.from_batches([without_origins(b) for _, b in items], schema=schema.ARROW_SCHEMA)
+        # One record batch: the block written and the one inserted must be cut into the same
+        # blocks, or the store does not recognise a replay of it by its token (it deduplicates
+        # block by block).
+        table = pa.Table.from_batches([without_origins(b) for _, b in items],
+                                      schema=schema.ARROW_SCHEMA).combine_chunks()
         path, token = self._retried("delivery_log", rows, lambda: self.log.write(table, reached))
         self._insert(table, token, rows)
         self._retried("delivery_log", rows, lambda: self.log.acknowledged(path, reached))

@@ -7,7 +7,8 @@ Per sink partition, in its own directory:
   start was perhaps stored, perhaps not, perhaps only in some tables: it is inserted again
   with the same token, which ClickHouse deduplicates in `flows` and, table by table, in the
   views' tables (deduplicate_blocks_in_dependent_materialized_views).
-- `marks.sqlite`: per (exporter, partition) the highest offset and TimeReceived stored
+- `marks.sqlite`: per (exporter, partition) the highest position (offset generation, offset)
+  and TimeReceived stored
   (flows/delivery.py), advanced in one transaction after each acknowledged insert, before the
   block file is removed.
 
@@ -48,15 +49,15 @@ class DeliveryLog:
         # `advanced` orders the marks by their last advance: the in-memory bound forgets the
         # least recently advanced first, also after a restart.
         self._db.execute("CREATE TABLE IF NOT EXISTS marks (exporter TEXT NOT NULL, part INTEGER NOT NULL, "
-                         "offset INTEGER NOT NULL, received INTEGER NOT NULL, advanced INTEGER NOT NULL, "
+                         "position INTEGER NOT NULL, received INTEGER NOT NULL, advanced INTEGER NOT NULL, "
                          "PRIMARY KEY (exporter, part))")
         self._advanced = self._db.execute("SELECT coalesce(max(advanced), 0) FROM marks").fetchone()[0]
         self._next = 1 + max((int(p.stem) for p in self.blocks.glob("*.arrow") if p.stem.isdigit()), default=0)
 
     def marks(self) -> dict[Key, Mark]:
         with self._lock:
-            rows = self._db.execute("SELECT exporter, part, offset, received FROM marks ORDER BY advanced").fetchall()
-        return {(exporter, part): Mark(offset, received) for exporter, part, offset, received in rows}
+            rows = self._db.execute("SELECT exporter, part, position, received FROM marks ORDER BY advanced").fetchall()
+        return {(exporter, part): Mark(position, received) for exporter, part, position, received in rows}
 
     def write(self, table: pa.Table, reaches: dict[Key, Mark]) -> tuple[Path, str]:
         """Write a block before inserting it; returns its file and its deduplication token."""
@@ -68,7 +69,7 @@ class DeliveryLog:
         partial = path.with_suffix(".tmp")
         with pa.OSFile(str(partial), "wb") as sink, \
                 pa.ipc.new_file(sink, table.schema.with_metadata(meta)) as writer:
-            writer.write_table(table.combine_chunks())  # one record batch, not one per item
+            writer.write_table(table)  # as it is inserted: the same record batches
         os.replace(partial, path)
         return path, token
 
@@ -90,9 +91,9 @@ class DeliveryLog:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO marks VALUES (?, ?, ?, ?, ?) ON CONFLICT (exporter, part) DO UPDATE SET "
-                "offset = max(offset, excluded.offset), received = max(received, excluded.received), "
+                "position = max(position, excluded.position), received = max(received, excluded.received), "
                 "advanced = excluded.advanced",
-                [(exporter, part, mark.offset, mark.received, self._advanced)
+                [(exporter, part, mark.position, mark.received, self._advanced)
                  for (exporter, part), mark in reaches.items()])
             self._db.execute("COMMIT")
         path.unlink(missing_ok=True)
@@ -108,7 +109,7 @@ class DeliveryLog:
 
 
 def _encode(reaches: dict[Key, Mark]) -> bytes:
-    return json.dumps([[e, p, m.offset, m.received] for (e, p), m in reaches.items()]).encode()
+    return json.dumps([[e, p, m.position, m.received] for (e, p), m in reaches.items()]).encode()
 
 
 def _decode(data: bytes) -> dict[Key, Mark]:

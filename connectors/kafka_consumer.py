@@ -9,13 +9,13 @@ import threading
 import time
 import weakref
 
-from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage, _KafkaSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from connectors.cluster import recovery_enabled
 from connectors.metrics import RateLimitedLog
-from flows import envelope
+from flows import delivery, envelope
 from flows.settings import Kafka
 
 CONSUMER_LAG = Gauge(
@@ -74,22 +74,44 @@ class _Partition(_KafkaSourcePartition):
     reached; it would wait there, reading nothing, until new messages passed that position, and
     then skip everything below it. Policy: such a partition is read again from its earliest
     offset, and the reset is counted and logged (what the broker lost cannot be read again).
+
+    Each reset starts a new *generation* of the partition's offsets, carried in the high bits of
+    the messages' partition number (flows/delivery.py: the origin of each row), so the sink
+    does not take the new offsets for a replay of the old ones. The generation is in the
+    snapshot, and committed with the offset (its metadata) for a start without a snapshot.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, step_id: str, config: dict, topic: str, part_idx: int, starting_offset: int,
+                 resume_state: tuple[int, int] | int | None, batch_size: int, raise_on_errors: bool) -> None:
+        offset, generation = resume_state if isinstance(resume_state, tuple) else (resume_state, None)
+        super().__init__(step_id, config, topic, part_idx, starting_offset, offset, batch_size, raise_on_errors)
+        self._generation = generation if generation is not None else self._committed_generation()
         self._lag = CONSUMER_LAG.labels(self._topic, str(self._part_idx))
         self._closed = False
         self._checked_at = time.monotonic()
         self._behind = False
         _LagReporter.watch(self)
 
+    def _committed_generation(self) -> int:
+        try:
+            (committed,) = self._consumer.committed([TopicPartition(self._topic, self._part_idx)], timeout=5)
+            return int(committed.metadata or 0)
+        except (KafkaException, RuntimeError, ValueError, TypeError):
+            return 0
+
     def next_batch(self) -> list:
         now = time.monotonic()
         if now - self._checked_at >= CHECK_INTERVAL:
             self._checked_at = now
             self._check_offsets()
-        return super().next_batch()
+        batch = super().next_batch()
+        if not self._generation:
+            return batch
+        # After a reset: the generation rides in the partition number (rare; a copy per message).
+        tagged = self._part_idx | (self._generation << delivery.GENERATION_SHIFT)
+        return [m if isinstance(m, KafkaError) else
+                KafkaSourceMessage(key=m.key, value=m.value, topic=m.topic, offset=m.offset, partition=tagged)
+                for m in batch]
 
     def _check_offsets(self) -> None:
         try:
@@ -106,23 +128,25 @@ class _Partition(_KafkaSourcePartition):
             return
         self._behind = False
         OFFSET_RESETS.labels("offsets_went_back").inc()
+        self._generation = min(self._generation + 1, delivery.MAX_GENERATION)
         log.warning("kafka: %s[%d] now ends at offset %d, below the position %d: the broker lost "
-                    "messages (restarted without its data?); reading it again from its earliest offset",
-                    self._topic, self._part_idx, high, position)
+                    "messages (restarted without its data?); reading it again from its earliest offset "
+                    "(offset generation %d)", self._topic, self._part_idx, high, position, self._generation)
         self._consumer.assign([TopicPartition(self._topic, self._part_idx, OFFSET_BEGINNING)])
         self._offset = OFFSET_BEGINNING
 
-    def snapshot(self) -> int:
+    def snapshot(self) -> tuple[int, int]:
         # Called at each epoch's end, only with recovery: the group's offset follows the
         # snapshots, for a start that finds none (see consumer_config).
         if self._offset >= 0:
             try:
-                self._consumer.commit(offsets=[TopicPartition(self._topic, self._part_idx, self._offset)],
+                self._consumer.commit(offsets=[TopicPartition(self._topic, self._part_idx, self._offset,
+                                                              metadata=str(self._generation))],
                                       asynchronous=True)
             except (KafkaException, RuntimeError) as err:
                 _ratelimited_commit(logging.WARNING, "commit", "kafka: committing offset %d of %s[%d] "
                                     "failed: %s", self._offset, self._topic, self._part_idx, err)
-        return self._offset
+        return self._offset, self._generation
 
     def _process_stats(self, json_stats: str) -> None:
         """Bytewax's own statistics handling is not used (statistics are off)."""
@@ -189,7 +213,7 @@ class _Source(KafkaSource):
         client = AdminClient({"bootstrap.servers": ",".join(self._brokers)})
         return list(_list_parts(client, self._topics))
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
+    def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | int | None) -> _Partition:
         # As KafkaSource.build_part, with our partition class.
         index, topic = for_part.split("-", 1)
         config = {

@@ -1,19 +1,21 @@
 """Exactly-once delivery from Kafka to the store: which rows were already stored.
 
 Every row the outlet decodes carries its *origin* — the Kafka partition and offset of the
-datagram whose decoding emitted it — in an extra column (ORIGIN_COLUMN) that the sink strips
-before inserting. For one exporter (the dataflow's key) and one partition, rows reach the sink
-in offset order: the inlet keys messages by exporter, Bytewax keeps the order of one key, the
-metadata step releases an exporter's batches in order, and the sink inserts whole batches in
-arrival order. So after each acknowledged insert the sink can keep, per (exporter, partition),
-one *mark*: the highest offset and the latest TimeReceived it stored. A row is already stored
-exactly when its offset and its TimeReceived are both within the mark.
+datagram whose decoding emitted it, and the partition's offset *generation* (0, then one more
+each time the Kafka source found the partition's offsets started again: a broker that lost its
+data, a recreated topic) — in an extra column (ORIGIN_COLUMN) that the sink strips before
+inserting. For one exporter (the dataflow's key) and one partition, rows reach the sink in
+order: the inlet keys messages by exporter, Bytewax keeps the order of one key, the metadata
+step releases an exporter's batches in order, and the sink inserts whole batches in arrival
+order. So after each acknowledged insert the sink can keep, per (exporter, partition), one
+*mark*: the highest position (generation, then offset) and the latest TimeReceived it stored.
+A row is already stored exactly when its position and its TimeReceived are both within the mark.
 
 After a crash, Bytewax replays from its last snapshot; the rows that replay produces again are
 decoded exactly as before (same decoder state, same datagrams in the same order) and carry the
 same origins, so the marks drop precisely those that were stored. The TimeReceived half of the
-test keeps a partition whose offsets started again from 0 (a broker that lost its data) from
-being mistaken for a replay: its new messages were received after everything stored.
+test is a second guard for offsets that started again unseen (the recovery store and the
+consumer group's offsets both gone): their new messages were received after everything stored.
 
 Pure logic; the durable copy of the marks and the insert log live in connectors/delivery_log.py.
 """
@@ -29,8 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 ORIGIN_COLUMN = "_origin"
-OFFSET_BITS = 40  # offsets up to 1.1e12 per partition; partitions up to 2^23
+OFFSET_BITS = 40  # offsets up to 1.1e12 per partition
+PARTITION_BITS = 15  # partitions up to 32,767
+GENERATION_SHIFT = PARTITION_BITS  # in the partition number the Kafka source hands on
+MAX_GENERATION = 255  # offset generations (resets of a partition), in the origin's top bits
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
+PARTITION_MASK = (1 << PARTITION_BITS) - 1
 MAX_MARKS = 200_000
 """(exporter, partition) marks kept; past it the least recently advanced is forgotten (its
 exporter silent for longer than any replay reaches back). ~150 bytes each: ≤ 30 MB."""
@@ -39,26 +45,28 @@ Key = tuple[str, int]  # (exporter key, Kafka partition)
 
 
 def origin(partition: int, offset: int) -> int:
-    """The origin number of a Kafka message."""
+    """The origin number of a Kafka message; `partition` may carry an offset generation in its
+    high bits (connectors/kafka_consumer.py: after the partition's offsets started again)."""
     return (partition << OFFSET_BITS) | offset
 
 
 def split_origins(origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Origins → (partitions, offsets)."""
+    """Origins → (partitions, positions): a position is the offset, after its generation."""
     origins = np.asarray(origins, np.int64)
-    return origins >> OFFSET_BITS, origins & OFFSET_MASK
+    generations = origins >> (OFFSET_BITS + PARTITION_BITS)
+    return (origins >> OFFSET_BITS) & PARTITION_MASK, (generations << OFFSET_BITS) | (origins & OFFSET_MASK)
 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """What is stored of one exporter's rows from one partition: offsets up to `offset` received
-    up to `received` (TimeReceived, unix seconds)."""
+    """What is stored of one exporter's rows from one partition: positions (generation, then
+    offset) up to `position`, received up to `received` (TimeReceived, unix seconds)."""
 
-    offset: int
+    position: int
     received: int
 
     def joined(self, other: "Mark") -> "Mark":
-        return Mark(max(self.offset, other.offset), max(self.received, other.received))
+        return Mark(max(self.position, other.position), max(self.received, other.received))
 
 
 def with_origins(batch: pa.RecordBatch, origins: np.ndarray) -> pa.RecordBatch:
@@ -80,10 +88,9 @@ def _received(batch: pa.RecordBatch) -> np.ndarray:
     return batch.column("TimeReceived").cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
-def _by_partition(origins: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+def _by_partition(partitions: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
     """(partition, its rows) for each partition of a batch; rows None: all of them (the usual
     case of one partition, found without np.unique)."""
-    partitions = origins >> OFFSET_BITS
     first = int(partitions[0])
     if partitions[-1] == first and (partitions == first).all():
         return [(first, None)]
@@ -96,11 +103,11 @@ def coverage(items: Iterable[tuple[str, pa.RecordBatch]]) -> dict[Key, Mark]:
     for exporter, batch in items:
         if not batch.num_rows or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
             continue  # rows of no known origin (tools, tests) are not tracked
-        origins = _origins(batch)
+        partitions, positions = split_origins(_origins(batch))
         received = _received(batch)
-        for partition, rows in _by_partition(origins):
-            these, when = (origins, received) if rows is None else (origins[rows], received[rows])
-            mark = Mark(int(these.max()) & OFFSET_MASK, int(when.max()))
+        for partition, rows in _by_partition(partitions):
+            these, when = (positions, received) if rows is None else (positions[rows], received[rows])
+            mark = Mark(int(these.max()), int(when.max()))
             key = (exporter, partition)
             out[key] = out[key].joined(mark) if key in out else mark
     return out
@@ -142,16 +149,15 @@ class Marks:
         """The rows of one exporter's batch not already stored (all of them, but after a replay)."""
         if not batch.num_rows or not self._marks or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
             return batch
-        origins = _origins(batch)
+        partitions, positions = split_origins(_origins(batch))
         stored = None
-        for partition, rows in _by_partition(origins):
+        for partition, rows in _by_partition(partitions):
             mark = self._marks.get((exporter, partition))
             if mark is None:
                 continue
-            offsets = origins & OFFSET_MASK
-            if (offsets.min() if rows is None else offsets[rows].min()) > mark.offset:
+            if (positions.min() if rows is None else positions[rows].min()) > mark.position:
                 continue  # the usual case: everything new
-            hit = (offsets <= mark.offset) & (_received(batch) <= mark.received)
+            hit = (positions <= mark.position) & (_received(batch) <= mark.received)
             if rows is not None:
                 hit &= rows
             stored = hit if stored is None else stored | hit

@@ -89,3 +89,19 @@ def test_marks_are_bounded() -> None:
     for i in range(5):
         marks.advance({(f"e{i}", 0): Mark(i, 0)})
     assert len(marks) == 3 and marks.take_forgotten() == [("e0", 0), ("e1", 0)] and marks.get(("e4", 0))
+
+
+def test_a_new_offset_generation_is_never_taken_for_a_replay() -> None:
+    """After the partition's offsets started again (generation 1 in the partition number's high
+    bits), small offsets are new rows even received in the same second as the last stored."""
+    from flows.delivery import GENERATION_SHIFT
+
+    batch, origins = _decode([(_ipfix(TEMPLATE + _data(1)), origin(3, 5)),
+                              (_ipfix(_data(2)), origin(3 | 1 << GENERATION_SHIFT, 5))])
+    tagged = with_origins(batch, origins)
+    received = int(batch.column("TimeReceived")[0].as_py())
+    marks = Marks({("e", 3): Mark(1000, received)})  # generation 0 stored up to offset 1000
+    assert marks.unstored("e", tagged).column("Bytes").to_pylist() == [2]
+    reached = coverage([("e", tagged)])
+    assert list(reached) == [("e", 3)] and reached[("e", 3)].position == (1 << 40) | 5
+    assert split_origins(origins)[0].tolist() == [3, 3]

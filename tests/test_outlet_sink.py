@@ -167,11 +167,13 @@ def test_a_block_left_in_the_log_is_inserted_once_even_if_the_store_had_it(
     sink_partition(cfg).close()
     client = clickhouse.connect(cfg)
     db = cfg.database
-    blocks = [[item(100, 1000 * k)] for k in range(3)]
+    # several record batches per block, as the sink's blocks have: the store deduplicates a
+    # replay block by block, so the replay must be cut the same way
+    blocks = [[item(50, 1000 * k), item(50, 1000 * k + 50)] for k in range(3)]
     log = DeliveryLog(delivery / "chdb")
     written = []
     for k, items in enumerate(blocks):
-        table = pa.Table.from_batches([without_origins(b) for _, b in items])
+        table = pa.Table.from_batches([without_origins(b) for _, b in items]).combine_chunks()
         path, token = log.write(table, coverage(items))
         written.append((path, token, table))
     settings = {**clickhouse_sink.INSERT_SETTINGS}
@@ -218,3 +220,27 @@ def test_the_marks_survive_a_restart_and_are_kept_per_exporter_and_partition(
                        ("192.0.2.10", flows_batch(30, 0, partition=1))])
     again.close()
     assert count(cfg) == 30 + 30 + 10 + 10
+
+
+def test_a_sink_killed_between_insert_and_acknowledgement_stores_its_block_once(
+        store: ClickHouse, sink_partition, monkeypatch) -> None:
+    """The sink's own blocks (many items each): the insert went through, the process died
+    before the marks moved; the restart inserts the block again and the store drops it."""
+    cfg = store.model_copy(update={"batch_rows": 1000, "batch_wait": timedelta(hours=1)})
+    part = sink_partition(cfg)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*_args) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(part.log, "acknowledged", die)
+    part.write_batch([item(100, 100 * k) for k in range(10)])  # 1,000 rows: due, 10 record batches
+    with pytest.raises(Killed):
+        part.wait_inserted()
+    assert count(cfg) == 1000
+    monkeypatch.undo()
+    resumed = sink_partition(cfg, part.in_flight + part.pending)  # what its last snapshot held
+    resumed.close()
+    assert stored_sums(cfg) == [1000, 100_000, 100_000, 100_000, 100_000]
