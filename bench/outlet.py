@@ -182,6 +182,9 @@ def stage_costs(sequences, rows: int, batch_rows: int = 50_000) -> dict[str, flo
               for i in range(0, table.num_rows - batch_rows + 1, batch_rows)]
     where = Path(tempfile.mkdtemp(prefix='waxflow-bench-insert-'))
     cfg = ClickHouse(dsn=f"chdb:{where / 'store'}", batch_rows=batch_rows)
+    from connectors.clickhouse import migrate
+
+    migrate(cfg)  # as the outlet does when it starts
     part = ClickHouseSink(cfg, where / "delivery").build_part("clickhouse", "chdb", None)
     part.write_batch([("bench", chunks[0])])  # warm up
     part.wait_inserted()

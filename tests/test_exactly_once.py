@@ -1,6 +1,7 @@
 """Exactly-once from Kafka message to row (issue 13): a stream of 200,000 flows with unique ids
-goes through the outlet as users start it (`waxflow run outlet`, recovery with 1 s snapshots)
-while the outlet is killed with SIGKILL at random points — before its first snapshot, soon after
+goes through the outlet as users start it (`waxflow run outlet`, recovery with 1 s snapshots;
+two workers, or two processes of which the second sends its rows to the first, the one owning
+the embedded store) while the outlet is killed with SIGKILL at random points — before its first snapshot, soon after
 a restart, during inserts — and restarted each time. Every flow is stored once in `flows`, and
 the 1m/5m/1h tables hold exactly the stream's sums."""
 
@@ -61,13 +62,15 @@ def stream(bootstrap: str, topic: str, done: threading.Event) -> None:
     done.set()
 
 
-def test_random_kills_lose_nothing_and_double_nothing(broker: LocalBroker, topic_name: str,
-                                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers,processes", [(2, 1), (1, 2)], ids=["2-workers", "2-processes"])
+def test_random_kills_lose_nothing_and_double_nothing(broker: LocalBroker, topic_name: str, tmp_path: Path,
+                                                      workers: int, processes: int) -> None:
     topic, api_port = envelope.topic_name(topic_name), free_port()
     create_topic(broker.bootstrap, topic, PARTITIONS)
     config = write_config(tmp_path, bootstrap=broker.bootstrap, topic=topic_name, api_port=api_port,
                           start_offset="committed", batch_rows=5_000, batch_wait="1s")
-    outlet = Outlet(config, api_port, workers=2, snapshot_seconds=1)
+    outlet = Outlet(config, api_port, workers=workers, processes=processes, snapshot_seconds=1,
+                    cluster_ports=[free_port() for _ in range(processes)])
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
