@@ -101,6 +101,12 @@ def expected(sources: list[dict], count: int) -> tuple[int, int, int]:
     return total[0], total[1], total[2]
 
 
+def next_step(sources: list[dict], rate: int, seconds: float, per_datagram: float) -> tuple[int, tuple]:
+    """Datagrams per exporter for a step of `seconds` at `rate` flows/s, and what they hold."""
+    count = max(1, round(rate * seconds / per_datagram / len(sources)))
+    return count, expected(sources, count)
+
+
 def send(sources: list[dict], ports: dict[str, int], count: int, datagrams_per_s: float) -> tuple[int, float, float]:
     """In a child process: the next `count` datagrams of every exporter, interleaved, paced."""
     spec = {"sources": [(s["address"], s["format"], s["at"]) for s in sources], "ports": ports,
@@ -192,8 +198,7 @@ def run_waxflow(sources: list[dict], rates: list[int], seconds: float, workers: 
     best: dict = {}
     try:
         for rate in rates:
-            count = max(1, round(rate * seconds / per_datagram / len(sources)))
-            want = expected(sources, count)
+            count, want = next_step(sources, rate, seconds, per_datagram)
             before = api_totals(api_port)
             drops0 = udp_drops(list(ports.values()))
             pids = {"inlet": inlet.process.pid, "broker": broker_pid, "outlet": outlet.procs[0].pid}
@@ -267,8 +272,7 @@ def run_pmacct(sources: list[dict], rates: list[int], seconds: float, work: Path
     best: dict = {}
     try:
         for rate in rates:
-            count = max(1, round(rate * seconds / per_datagram / len(sources)))
-            want = expected(sources, count)
+            count, want = next_step(sources, rate, seconds, per_datagram)
             before = printed_packets(work)
             drops0 = udp_drops(list(ports.values()))
             cpu0 = sum(cpu_seconds(p.pid) + _children_cpu(p.pid) for p in procs.values())
