@@ -90,3 +90,12 @@ def test_a_large_v5_count_is_believed_only_when_the_length_agrees() -> None:
     assert FlowDecoder().decode(_v5(40, records[:10]), "198.51.100.42", EXPORT).num_rows == 0
     # a count within Cisco's 30 on a cut datagram keeps its whole records, as before
     assert FlowDecoder().decode(_v5(30, records[:10]), "198.51.100.42", EXPORT).num_rows == 10
+
+
+@pytest.mark.parametrize("probability, rate", [(0.001, 1000), (1 / 512, 512), (1.0, 1)])
+def test_a_sampling_probability_reduced_to_a_float32_is_read_as_one(probability, rate) -> None:
+    """RFC 7011 section 6.2: a float64 element may be exported in 4 bytes as a float32."""
+    options = _set(3, struct.pack("!HHH", 602, 2, 1) + struct.pack("!HHHH", 149, 4, 311, 4))
+    record = _set(602, struct.pack("!I", 1) + struct.pack("!f", probability))
+    flows = FlowDecoder().decode(_ipfix(options + FLOWS + record + _flows(3)), "198.51.100.34", EXPORT).to_pylist()
+    assert [f["SamplingRate"] for f in flows] == [rate] * 3

@@ -372,7 +372,7 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
         metrics.OPTIONS_RECORDS.inc()
         # Values kept as state must fit the columns' integers, or every later batch of this
         # exporter would fail: a rate is capped, an impossible boot time is ignored.
-        rate = min(sampling_rate_of(row), MAX_RATE)
+        rate = min(sampling_rate_of(row, _probability_width(template)), MAX_RATE)
         if rate:
             sampler = row.get((0, 48), row.get((0, 302)))
             if sampler is not None and sampler >> 64:  # an id no sampler has: it would bloat the state
@@ -386,9 +386,15 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
             state.set_system_init((version, domain), row[(0, 160)])
 
 
-def sampling_rate_of(row: dict[tuple[int, int], int]) -> int:
+def _probability_width(template: Template) -> int:
+    """Bytes of the template's samplingProbability (IE 311): a float64, or reduced to a float32
+    (RFC 7011 section 6.2)."""
+    return next((length for ie, pen, length in template.fields if ie == 311 and pen == 0), 8)
+
+
+def sampling_rate_of(row: dict[tuple[int, int], int], probability_width: int = 8) -> int:
     """1-in-N rate from sampling elements: interval (34/50), packet interval/space (305/306),
-    size/population (309/310) or probability (311); 0 when none says."""
+    size/population (309/310) or probability (311, `probability_width` bytes); 0 when none says."""
     for key in ((0, 34), (0, 50)):
         if row.get(key):
             return row[key]
@@ -400,7 +406,12 @@ def sampling_rate_of(row: dict[tuple[int, int], int]) -> int:
         return max(1, population // size)
     probability = row.get((0, 311))
     if probability:
-        p = struct.unpack("!d", probability.to_bytes(8, "big"))[0]
+        if probability_width == 4:
+            p = struct.unpack("!f", probability.to_bytes(4, "big"))[0]
+        elif probability_width == 8:
+            p = struct.unpack("!d", probability.to_bytes(8, "big"))[0]
+        else:
+            return 0  # no float has another width
         # Below 1/MAX_RATE (a denormal among them, whose inverse is inf) no rate fits the column.
         if 1 / MAX_RATE <= p <= 1:
             return max(1, round(1 / p))
