@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -76,13 +77,20 @@ def _listeners(settings: Settings) -> list[str]:
 
 
 def _writable(path: Path) -> str | None:
+    """Why `path` could not be used as a writable directory (None: it can). Nothing is created:
+    a missing directory is judged by its nearest existing parent, where it would be made."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{path} is not a writable directory ({existing} is not a directory)"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".waxflow-write-test"
+        probe = existing / f".waxflow-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        return f"{path} is not a writable directory ({err.strerror})"
+        where = "" if existing == path else f": cannot create it in {existing}"
+        return f"{path} is not a writable directory ({err.strerror}{where})"
     return None
 
 

@@ -112,3 +112,14 @@ def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
 def test_more_values_that_are_refused(tmp_path: Path, text: str, key: str) -> None:
     done = _check(tmp_path, text)
     assert done.returncode == 2 and key in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_checking_directories_creates_none(tmp_path) -> None:
+    """`config check` says whether data_dir and the store could be made, without making them."""
+    from connectors.config_checks import environment_problems
+    from flows.settings import load_settings
+
+    config = tmp_path / "dataflows.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'a' / 'b'}\nclickhouse: {{dsn: 'chdb:{tmp_path / 'c' / 'store'}'}}\n")
+    assert environment_problems(load_settings(config), ("directories",)) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataflows.yaml"]
