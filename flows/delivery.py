@@ -98,19 +98,27 @@ def _by_partition(partitions: np.ndarray) -> list[tuple[int, np.ndarray | None]]
 
 
 def coverage(items: Iterable[tuple[str, pa.RecordBatch]]) -> dict[Key, Mark]:
-    """The marks a block of (exporter, batch) items reaches, per (exporter, partition)."""
-    out: dict[Key, Mark] = {}
-    for exporter, batch in items:
-        if not batch.num_rows or batch.schema.get_field_index(ORIGIN_COLUMN) < 0:
-            continue  # rows of no known origin (tools, tests) are not tracked
-        partitions, positions = split_origins(_origins(batch))
-        received = _received(batch)
-        for partition, rows in _by_partition(partitions):
-            these, when = (positions, received) if rows is None else (positions[rows], received[rows])
-            mark = Mark(int(these.max()), int(when.max()))
-            key = (exporter, partition)
-            out[key] = out[key].joined(mark) if key in out else mark
-    return out
+    """The marks a block of (exporter, batch) items reaches, per (exporter, partition): one
+    grouping over the whole block, not a pass per item (a block holds hundreds of them)."""
+    tracked = [(exporter, batch) for exporter, batch in items
+               if batch.num_rows and batch.schema.get_field_index(ORIGIN_COLUMN) >= 0]
+    if not tracked:
+        return {}  # rows of no known origin (tools, tests) are not tracked
+    names = sorted({exporter for exporter, _ in tracked})
+    index = {name: i for i, name in enumerate(names)}
+    owner = np.repeat(np.array([index[e] for e, _ in tracked], np.int64), [b.num_rows for _, b in tracked])
+    origins = pa.chunked_array([b.column(ORIGIN_COLUMN) for _, b in tracked]).to_numpy()
+    partitions, positions = split_origins(origins)
+    received = pa.chunked_array([b.column("TimeReceived") for _, b in tracked]).cast(pa.int64()).to_numpy()
+    key = owner * (PARTITION_MASK + 1) + partitions
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    keys = key[starts]
+    highest = np.maximum.reduceat(positions[order], starts)
+    latest = np.maximum.reduceat(received[order], starts)
+    return {(names[int(k) >> PARTITION_BITS], int(k) & PARTITION_MASK): Mark(int(h), int(r))
+            for k, h, r in zip(keys.tolist(), highest.tolist(), latest.tolist())}
 
 
 class Marks:
