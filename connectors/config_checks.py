@@ -80,10 +80,14 @@ def _writable(path: Path) -> str | None:
     """Why `path` could not be used as a writable directory (None: it can). Nothing is created:
     a missing directory is judged by its nearest existing parent, where it would be made."""
     existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{path} is not a writable directory ({existing} is not a directory)"
+    try:
+        # lexists: a dangling or looping symlink is there, and is no directory
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{path} is not a writable directory ({existing} is not a directory)"
+    except OSError as err:
+        return f"{path} is not a writable directory ({err.strerror})"
     try:
         probe = existing / f".waxflow-write-test-{os.getpid()}"
         probe.write_text("")

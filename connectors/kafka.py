@@ -153,6 +153,7 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
         self.producer = Producer(producer_config(kafka, on_delivery=self._delivered,
                                                  error_cb=self._error))
         self._closing = threading.Event()
+        self._chunk_kept = False
         self.spool = (Spool(spool_dir, int(kafka.spool_max_bytes))
                       if kafka.queue_full == "spool" and spool_dir is not None else None)
         self._queue_bound = int(PRODUCER_DEFAULTS["queue.buffering.max.messages"]
@@ -186,6 +187,8 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
         with self._lock:
             self.failed += 1
         self.metrics.kafka_failed.labels(self.worker, err.name()).inc()
+        if self._chunk_kept:
+            return  # a message of the replay chunk still at the spool's head
         if self.spool is not None and msg is not None and msg.value() is not None:
             self._to_spool([msg.value()], "delivery_failed")
             _ratelimited(logging.WARNING, "delivery", "kafka: delivery failed (%s); spooled for a retry",
@@ -260,21 +263,25 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
             if not values:
                 self._closing.wait(0.1)
                 continue
+            failed_before = self.failed
             for value in values:
                 key = value[EXPORTER] if self.by_exporter else None
                 while not self._closing.is_set():
                     try:
                         self.producer.produce(self.topic, value, key)
+                        with self._lock:
+                            self.produced += 1
                         break
                     except BufferError:
                         self.producer.poll(0.05)
-            with self._lock:
-                self.produced += len(values)
-            failed_before = self.failed
             while len(self.producer) and not self._closing.is_set():
                 self.producer.flush(0.5)
-            if self._closing.is_set() and len(self.producer):
-                return  # close() purges them back into the spool; this chunk stays at its head
+            if self._closing.is_set():
+                # Stopping mid-chunk: it stays at the spool's head for the next start, so what
+                # close() purges from the producer (all of it from this chunk: nothing goes
+                # direct while the spool holds anything) is not spooled a second time.
+                self._chunk_kept = True
+                return
             spool.advance(position, len(values), size)
             self.metrics.kafka_replayed.labels(self.worker).inc(len(values) - min(self.failed - failed_before, len(values)))
             self.metrics.spool_bytes.labels(self.worker).set(spool.bytes)

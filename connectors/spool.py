@@ -25,7 +25,7 @@ class Spool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         segments = sorted(int(p.stem) for p in self.directory.glob("*.seg") if p.stem.isdigit())
-        self._head_segment, self._head_offset = self._read_head(segments)
+        self._head_segment, self._head_offset = self._valid_head(self._read_head(segments), segments)
         for number in segments:
             if number < self._head_segment:
                 self._path(number).unlink()  # fully delivered before the last stop
@@ -38,21 +38,31 @@ class Spool:
     # --- appending (the worker and the delivery callbacks) ---
 
     def append(self, values: list[bytes]) -> int:
-        """Add records at the tail; returns how many fitted within max_bytes (the rest are not kept)."""
+        """Add records at the tail; returns how many were kept: those that fitted within
+        max_bytes and that the disk took (a write error — a full disk — never raises: the
+        record being written is cut off again and the rest are not kept)."""
         kept = 0
         with self._lock:
-            for value in values:
-                size = _LENGTH.size + len(value)
-                if self.bytes + size > self.max_bytes:
-                    break
-                if self._tail.tell() + size > SEGMENT_BYTES and self._tail.tell():
-                    self._roll()
-                self._tail.write(_LENGTH.pack(len(value)))
-                self._tail.write(value)
-                self.bytes += size
-                self.messages += 1
-                kept += 1
-            self._tail.flush()  # in the kernel's hands: survives the process being killed
+            try:
+                for value in values:
+                    size = _LENGTH.size + len(value)
+                    if self.bytes + size > self.max_bytes:
+                        break
+                    if self._tail.tell() + size > SEGMENT_BYTES and self._tail.tell():
+                        self._roll()
+                    start = self._tail.tell()
+                    try:
+                        self._tail.write(_LENGTH.pack(len(value)) + bytes(value))
+                        self._tail.flush()  # in the kernel's hands: survives the process being killed
+                    except OSError:
+                        self._tail.seek(start)
+                        self._tail.truncate(start)
+                        raise
+                    self.bytes += size
+                    self.messages += 1
+                    kept += 1
+            except OSError:
+                pass  # the caller counts what was not kept
         return kept
 
     def _roll(self) -> None:
@@ -74,6 +84,9 @@ class Spool:
                 if segment == self._segments[-1]:
                     self._tail.flush()
                 data = self._read(segment, offset, max(most_bytes - taken, 1 << 17))
+                if len(data) >= _LENGTH.size and not _records(data, 1)[0]:
+                    # one record longer than what was read: read it whole
+                    data = self._read(segment, offset, _LENGTH.size + _LENGTH.unpack_from(data)[0])
                 records, used = _records(data, most - len(out))
                 out += records
                 taken += used
@@ -86,30 +99,36 @@ class Spool:
             return out, (segment, offset), taken
 
     def advance(self, position: tuple[int, int], count: int, size: int) -> None:
-        """The records up to `position` were delivered: forget them (durably)."""
+        """The records up to `position` were delivered: forget them (durably). The head moves
+        first, files go after: a kill in between leaves files a restart deletes, never a head
+        pointing into a file that is gone."""
         with self._lock:
             segment, offset = position
+            self._write_head(segment, offset)
+            self._head_segment, self._head_offset = segment, offset
             for number in [n for n in self._segments if n < segment]:
                 self._path(number).unlink(missing_ok=True)
             self._segments = [n for n in self._segments if n >= segment]
-            self._head_segment, self._head_offset = segment, offset
             self.bytes -= size
             self.messages -= count
-            head = self.directory / "head"
-            partial = head.with_suffix(".tmp")
-            partial.write_text(f"{segment} {offset}\n")
-            os.replace(partial, head)
             if not self.messages and self._segments == [segment] and offset:
                 self._reset(segment)
 
     def _reset(self, segment: int) -> None:
         """Everything delivered: start a new empty segment so the spool's files shrink to nothing."""
         self._tail.close()
-        self._path(segment).unlink(missing_ok=True)
+        self._tail = open(self._path(segment + 1), "ab")
+        self._write_head(segment + 1, 0)
         self._segments = [segment + 1]
         self._head_segment, self._head_offset = segment + 1, 0
-        self._tail = open(self._path(segment + 1), "ab")
-        (self.directory / "head").write_text(f"{segment + 1} 0\n")
+        self.bytes = 0
+        self._path(segment).unlink(missing_ok=True)
+
+    def _write_head(self, segment: int, offset: int) -> None:
+        head = self.directory / "head"
+        partial = head.with_suffix(".tmp")
+        partial.write_text(f"{segment} {offset}\n")
+        os.replace(partial, head)
 
     def close(self) -> None:
         with self._lock:
@@ -135,6 +154,16 @@ class Spool:
         if whole < len(data):
             with open(path, "r+b") as handle:
                 handle.truncate(whole)
+
+    def _valid_head(self, head: tuple[int, int], segments: list[int]) -> tuple[int, int]:
+        """The head as written, unless a kill left it pointing at a file that is gone or past
+        a file's end: then the oldest data there is."""
+        segment, offset = head
+        if segments and segment < segments[0]:
+            return segments[0], 0
+        path = self._path(segment)
+        size = path.stat().st_size if path.exists() else 0
+        return segment, min(offset, size)
 
     def _read_head(self, segments: list[int]) -> tuple[int, int]:
         try:

@@ -213,7 +213,8 @@ class Kafka(Section):
         default_factory=lambda: ["127.0.0.1:9092"], description="bootstrap servers")
     topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = Field(
         "flows", description="topic base name; the envelope version is appended (flows-v1)")
-    partitions: Annotated[int, Field(ge=1)] = Field(4, description="partitions when creating the topic")
+    partitions: Annotated[int, Field(ge=1, le=32767)] = Field(
+        4, description="partitions when creating the topic (up to 32,767: a row's origin keeps 15 bits of it)")
     replication_factor: Annotated[int, Field(ge=1)] = Field(1, description="replication factor")
     config_entries: dict[str, str] = Field(
         default_factory=lambda: {"retention.ms": str(6 * 3600 * 1000)},

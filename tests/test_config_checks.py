@@ -123,3 +123,14 @@ def test_checking_directories_creates_none(tmp_path) -> None:
     config.write_text(f"data_dir: {tmp_path / 'a' / 'b'}\nclickhouse: {{dsn: 'chdb:{tmp_path / 'c' / 'store'}'}}\n")
     assert environment_problems(load_settings(config), ("directories",)) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dataflows.yaml"]
+
+
+@pytest.mark.parametrize("make", ["dangling", "loop"])
+def test_a_symlink_that_leads_nowhere_is_no_directory(tmp_path, make: str) -> None:
+    import os
+
+    from connectors.config_checks import _writable
+
+    link = tmp_path / "data"
+    os.symlink(tmp_path / ("nowhere" if make == "dangling" else "data"), link)
+    assert "not a directory" in _writable(link / "sub")

@@ -176,3 +176,20 @@ def test_ratelimited_log_suppresses_repeats(caplog) -> None:
             limited(logging.WARNING, "k", "same %s", "thing")
     assert [r.getMessage() for r in caplog.records] == ["same thing"]
     assert limited.suppressed["k"] == 4
+
+
+def test_a_stop_during_a_replay_keeps_its_chunk_once(tmp_path) -> None:
+    """Stopping while spooled messages are being replayed to a Kafka that is away: the chunk
+    stays at the spool's head, and what the producer still held is not spooled a second time."""
+    from connectors.spool import Spool
+
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.append(envelopes(30))
+    spool.close()
+    part = kafka_mod.ProducerPartition(_unreachable(queue_full="spool", flush_timeout=0.5), "t-v1", "0",
+                                       InletMetrics(CollectorRegistry()), threading.Event(), tmp_path / "spool")
+    deadline = time.monotonic() + 10
+    while len(part.producer) < 10 and time.monotonic() < deadline:  # the replay filled the queue
+        time.sleep(0.05)
+    part.close()
+    assert Spool(tmp_path / "spool", 1 << 20).peek(100)[0] == envelopes(30)

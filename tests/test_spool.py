@@ -55,3 +55,46 @@ def test_the_spool_is_bounded_in_bytes(tmp_path, limit: int) -> None:
     spool = Spool(tmp_path, limit)
     kept = spool.append([b"x" * 20] * 20)
     assert kept == limit // 24 and spool.bytes <= limit
+
+
+def test_a_head_a_kill_left_pointing_at_a_deleted_file_or_past_its_end_is_repaired(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(spool_mod, "SEGMENT_BYTES", 100)
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append([bytes([i]) * 40 for i in range(6)])  # 3 segments of 2 records
+    spool.close()
+    first = min(tmp_path.glob("*.seg"))
+    first.unlink()  # the files went before the head moved (a kill in between)
+    (tmp_path / "head").write_text(f"{int(first.stem)} 44\n")
+    again = Spool(tmp_path, 1 << 20)
+    assert again.peek(10)[0] == [bytes([i]) * 40 for i in range(2, 6)] and again.bytes == 4 * 44
+    again.close()
+    (tmp_path / "head").write_text(f"{int(first.stem) + 1} 9999\n")  # past the file's end
+    assert Spool(tmp_path, 1 << 20).peek(10)[0] == [bytes([i]) * 40 for i in range(4, 6)]
+
+
+def test_a_full_disk_keeps_nothing_half_written_and_never_raises(tmp_path, monkeypatch) -> None:
+    import errno
+
+    spool = Spool(tmp_path, 1 << 20)
+    real_write, calls = spool._tail.write, []
+
+    def write(data):
+        calls.append(len(data))
+        if len(calls) == 3:
+            real_write(data[:3])  # part of it reached the file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(data)
+
+    monkeypatch.setattr(spool._tail, "write", write, raising=False)
+    assert spool.append([b"a", b"b", b"c", b"d"]) == 2
+    monkeypatch.undo()
+    assert spool.append([b"e"]) == 1
+    records, _, _ = spool.peek(10)
+    assert records == [b"a", b"b", b"e"] and spool.messages == 3
+
+
+def test_a_record_larger_than_one_read_comes_back_whole(tmp_path) -> None:
+    spool = Spool(tmp_path, 1 << 22)
+    big = bytes(range(256)) * 1024  # 256 KiB
+    spool.append([big, b"after"])
+    assert spool.peek(10, most_bytes=1024)[0][0] == big
