@@ -8,6 +8,7 @@ Reads the configuration like every waxflow command ($WAXFLOW_CONFIG or ./dataflo
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
@@ -18,6 +19,7 @@ from connectors.config_checks import exit_on_problems
 from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
 from connectors.snmp import cache_file, snmp_poller
+from flows.decode.frames import DECAPSULATIONS
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
 from flows.outlet_steps import decode_builder, enrich_step, sink_item, unwrap_messages
@@ -28,7 +30,9 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
     """The outlet's steps; `enrich=False` leaves out metadata and enrichment (benchmarks)."""
     flow = Dataflow("outlet")
     messages = op.input("kafka", flow, kafka_source(settings.kafka))
-    by_exporter = op.flat_map_batch("unwrap", messages, unwrap_messages)
+    # A listener's decapsulation mode, by its position in inlet.listeners (the envelope's id).
+    modes = tuple(DECAPSULATIONS.index(listener.decapsulation) for listener in settings.inlet.listeners)
+    by_exporter = op.flat_map_batch("unwrap", messages, partial(unwrap_messages, decapsulation=modes))
     flows = op.stateful_batch("decode", by_exporter, decode_builder(settings.clickhouse.batch_wait / 2))
     if enrich:
         snmp = settings.enrichment.snmp

@@ -34,19 +34,21 @@ EVICTED = Counter("waxflow_outlet_exporter_evictions_total",
                   "exporters whose decoder state was dropped to keep the process within its bounds "
                   "(flows/decode/limits.py)")
 
-Datagram = tuple[bytes, str, float, int]
-"""(payload, exporter, receive time, origin)."""
+Datagram = tuple[bytes, str, float, int, int]
+"""(payload, exporter, receive time, origin, decapsulation mode of its listener)."""
 IDLE_EXPORTER = timedelta(hours=1)
 """Decoder state of an exporter silent this long is dropped: state stays bounded as exporters
 come and go, and a returning exporter resends its templates."""
 
 
-def unwrap_messages(messages: list[Any]) -> Iterable[tuple[str, list[Datagram]]]:
-    """One Kafka poll → one item per exporter with its datagrams in order.
+def unwrap_messages(messages: list[Any], decapsulation: tuple[int, ...] = ()) -> Iterable[tuple[str, list[Datagram]]]:
+    """One Kafka poll → one item per exporter with its datagrams in order; `decapsulation` is
+    each listener's mode (flows/decode/frames.DECAPSULATIONS), by listener id.
 
     Grouping per poll amortizes the per-item cost of the stateful step across datagrams.
     """
-    grouped: dict[bytes, list[tuple[bytes, float, int]]] = defaultdict(list)
+    grouped: dict[bytes, list[tuple[bytes, float, int, int]]] = defaultdict(list)
+    modes = len(decapsulation)
     for message in messages:
         if isinstance(message, KafkaError):
             DROPPED.labels("kafka_error").inc()
@@ -58,12 +60,14 @@ def unwrap_messages(messages: list[Any]) -> Iterable[tuple[str, list[Datagram]]]
         except envelope.EnvelopeError:
             DROPPED.labels("bad_envelope").inc()
             continue
-        grouped[env.exporter].append((env.payload, env.received_ns / 1e9, origin(message.partition, message.offset)))
+        mode = decapsulation[env.listener_id] if env.listener_id < modes else 0
+        grouped[env.exporter].append((env.payload, env.received_ns / 1e9, origin(message.partition, message.offset),
+                                      mode))
     # The exporter's text form is made once per exporter and poll, not once per datagram.
     out = []
     for packed, items in grouped.items():
         exporter = envelope.address_text(packed)
-        out.append((exporter, [(payload, exporter, received, tag) for payload, received, tag in items]))
+        out.append((exporter, [(payload, exporter, received, tag, mode) for payload, received, tag, mode in items]))
     return out
 
 

@@ -40,6 +40,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from flows.decode.frames import DECAPSULATIONS
+
 CONFIG_ENV = "WAXFLOW_CONFIG"
 DEFAULT_CONFIG = Path("dataflows.yaml")
 ENV_PREFIX = "WAXFLOW__"
@@ -161,6 +163,9 @@ class Listener(Section):
                                  description="SO_RCVBUF per socket (e.g. 32MiB)")
     timestamp_source: Literal["kernel", "userspace"] = Field(
         "kernel", description="kernel (SO_TIMESTAMPNS) or userspace (time of recvmsg)")
+    decapsulation: Literal[DECAPSULATIONS] = Field(
+        "none", description="take the inner packet of this tunnel as the flow (sFlow headers, IPFIX "
+                            "IE 315 frames); flows of packets in no such tunnel are dropped, counted")
 
     @field_validator("address")
     @classmethod

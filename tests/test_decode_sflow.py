@@ -70,7 +70,7 @@ def test_flow_samples_with_raw_headers_and_extended_records():
     assert four["Bytes"] == len(frame4) - 14 and four["SamplingRate"] == 100
     assert (four["SrcVlan"], four["DstVlan"], four["SrcNetMask"], four["DstNetMask"]) == (7, 8, 24, 16)
     assert ipaddress.IPv6Address(four["NextHop"]).ipv4_mapped == ipaddress.IPv4Address("10.0.0.254")
-    assert (four["OutIfIndex"], four["ForwardingStatus"]) == (0, 128)  # discarded
+    assert (four["OutIfIndex"], four["ForwardingStatus"]) == (0, 129)  # discarded by an ACL (reason 258): RFC 7270 ACL deny
 
 
 def test_sampled_ipv4_record_without_header():

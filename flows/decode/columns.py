@@ -149,6 +149,20 @@ def _concat(column: schema.Column, kind: str, dtype: np.dtype | None, pieces: li
     return pa.Array.from_buffers(column.arrow_type, len(values), [None, pa.py_buffer(values)])
 
 
+def take_rows(cols: Mapping[str, object], keep: np.ndarray) -> dict:
+    """The columns of a part for the rows `keep` only."""
+    out = {}
+    for name, values in cols.items():
+        if isinstance(values, ListColumn):
+            lengths = np.diff(values.offsets)
+            offsets = np.zeros(int(np.count_nonzero(keep)) + 1, np.int64)
+            np.cumsum(lengths[keep], out=offsets[1:])
+            out[name] = ListColumn(offsets, values.values[np.repeat(keep, lengths)])
+        else:
+            out[name] = np.asarray(values)[keep]
+    return out
+
+
 ORIGIN = "_origin"
 """The parts' column of each row's datagram origin (Chunk.add); not a flow column: assemble()
 leaves it out and Chunk.finish_with_origins() returns it beside the batch."""

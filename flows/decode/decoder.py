@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from flows.decode import limits, metrics
 from flows.decode.columns import ORIGIN, assemble
+from flows.decode.frames import NONE
 from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
 from flows.decode.records import flow_columns
 from flows.decode.sflow import SflowQueue
@@ -51,16 +52,22 @@ class Chunk:
 
     def __init__(self) -> None:
         self.groups: dict[object, _TemplateGroup] = {}
+        # The decapsulation mode of each exporter's listener (frames.DECAPSULATIONS), where not none.
+        self.decapsulation: dict[ExporterState, int] = {}
         self.netflow = NetflowQueue()
         self.v5: list = []
         self.sflow = SflowQueue()
         # Datagram counts go to the metrics once per call: a Prometheus inc() takes a lock.
         self.datagrams = {"netflow_v5": 0, "sflow_v5": 0}
 
-    def add(self, state: ExporterState, payload: bytes, received: float, origin: int = 0) -> None:
+    def add(self, state: ExporterState, payload: bytes, received: float, origin: int = 0,
+            decapsulation: int = NONE) -> None:
         """Queue one datagram (any version); never raises. `origin` is an opaque number carried to
         every row this datagram's decoding emits (the outlet's delivery tag, see flows/delivery.py):
-        its own records, and held records its templates release."""
+        its own records, and held records its templates release. `decapsulation`: the tunnel
+        whose inner packets are the flows (frames.DECAPSULATIONS; the listener's setting)."""
+        if decapsulation:
+            self.decapsulation[state] = decapsulation
         try:
             if len(payload) < 4:
                 metrics.error("truncated")
@@ -77,7 +84,7 @@ class Chunk:
                 walk_v5(self, state, payload, received, origin)
             elif version == 0 and payload[2:4] == b"\x00\x05":
                 self.datagrams["sflow_v5"] += 1
-                self.sflow.add(payload, received, origin)
+                self.sflow.add(payload, received, origin, decapsulation)
             else:
                 metrics.error("unknown_version")
         except Exception:  # a decoder bug must not stop the dataflow: count it, keep going
@@ -124,7 +131,7 @@ class Chunk:
             _guarded(walk_netflow, self.netflow, self)
         parts = []
         for template, group in self.groups.items():
-            parts.extend(_guarded(_template_parts, template, group))
+            parts.extend(_guarded(_template_parts, template, group, self.decapsulation.get(group.state, NONE)))
         if self.v5:
             parts.extend(_guarded(lambda: [v5_columns(self.v5)]))
             metrics.FLOWS_BY_KIND["netflow_v5"].inc(sum(s[1] for s in self.v5))
@@ -153,7 +160,7 @@ def _guarded(function, *args) -> list:
         return []
 
 
-def _template_parts(template, group: _TemplateGroup) -> list:
+def _template_parts(template, group: _TemplateGroup, decapsulation: int = NONE) -> list:
     state, version, domain = group.state, group.version, group.domain
     pieces = group.pieces
     if len(pieces) == 1:
@@ -170,6 +177,7 @@ def _template_parts(template, group: _TemplateGroup) -> list:
         "domain_rate": state.domain_rates.get((version, domain), 0),
         "sampler_rates": {k[2]: r for k, r in state.sampler_rates.items() if k[:2] == (version, domain)},
         "system_init_ms": state.system_init_ms.get((version, domain)),
+        "decapsulation": decapsulation,
     }
     parts = flow_columns(template, view, ctx)
     metrics.FLOWS_BY_KIND[_KIND[version]].inc(sum(n for n, _ in parts))
@@ -188,13 +196,12 @@ def decode_many(state: ExporterState, datagrams: Iterable[Datagram]) -> pa.Recor
     return chunk.finish()
 
 
-def decode_with_origins(state: ExporterState,
-                        datagrams: Iterable[tuple[bytes, str, float, int]]) -> tuple[pa.RecordBatch, np.ndarray]:
-    """As decode_many for datagrams given as (payload, exporter, received, origin): the flow
-    batch, and per row the origin of the datagram whose decoding emitted it."""
+def decode_with_origins(state: ExporterState, datagrams: Iterable[tuple]) -> tuple[pa.RecordBatch, np.ndarray]:
+    """As decode_many for datagrams given as (payload, exporter, received, origin[, decapsulation
+    mode]): the flow batch, and per row the origin of the datagram whose decoding emitted it."""
     chunk = Chunk()
-    for payload, _, received, origin in datagrams:
-        chunk.add(state, payload, received, origin)
+    for datagram in datagrams:
+        chunk.add(state, datagram[0], datagram[2], datagram[3], datagram[4] if len(datagram) > 4 else NONE)
     return chunk.finish_with_origins()
 
 
@@ -226,14 +233,15 @@ class FlowDecoder:
             states.move_to_end(exporter)
         return state
 
-    def decode_many(self, datagrams: Iterable[Datagram]) -> pa.RecordBatch:
-        """Decode a sequence of (payload, exporter, received) into one flow batch."""
+    def decode_many(self, datagrams: Iterable[Datagram], decapsulation: int = NONE) -> pa.RecordBatch:
+        """Decode a sequence of (payload, exporter, received) into one flow batch (the inner
+        packets of `decapsulation` tunnels as the flows, frames.DECAPSULATIONS)."""
         chunk = Chunk()
         last_exporter, state = None, None
         for payload, exporter, received in datagrams:
             if exporter != last_exporter:
                 state, last_exporter = self.state(exporter), exporter
-            chunk.add(state, payload, received)
+            chunk.add(state, payload, received, 0, decapsulation)
         return chunk.finish()
 
     def decode(self, payload: bytes, exporter: str, received: float | None = None) -> pa.RecordBatch:

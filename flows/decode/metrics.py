@@ -19,6 +19,7 @@ REASONS = (
     "bad_template",  # a template that cannot describe records (zero length, too long)
     "unsupported",  # well-formed input we do not decode (e.g. sFlow enterprise samples)
     "implausible",  # parses, but no exporter sends that (a v5 count or times no router could give)
+    "not_encapsulated",  # a listener decapsulates tunnels, and this packet was in none
     "limit",  # a per-datagram limit was reached (flows/decode/limits.py); the rest is not read
     "malformed",  # anything else that made a datagram or set undecodable
 )

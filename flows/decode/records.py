@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from flows.decode.columns import ORIGIN, ListColumn, be_uint, mapped_v4, v6
-from flows.decode.templates import REVERSE_PEN, Template
+from flows.decode import frames, metrics
+from flows.decode.columns import ORIGIN, ListColumn, be_uint, mapped_v4, take_rows, v6
+from flows.decode.forwarding import juniper_exception_status
+from flows.decode.templates import NSEL_EVENT, REVERSE_PEN, VARIABLE, Template
 
 NTP_UNIX_OFFSET = 2208988800
 INGRESS, EGRESS = 1, 2  # schema.DIRECTIONS codes
@@ -36,6 +38,17 @@ class Records:
         if values is None:
             return None
         return be_uint(values) if values.ndim == 2 else values.astype(np.uint64)
+
+    def section(self, ie: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A packet section element as (n, L) bytes and each record's section length."""
+        entry = self.keys.get((0, ie))
+        if entry is None:
+            return None
+        name, length = entry
+        data = self.view[name]
+        if length == VARIABLE:
+            return data, self.view[f"{name}_len"].astype(np.int64)
+        return data, np.full(self.n, length, np.int64)
 
     def first(self, *ies: int, pen: int = 0) -> np.ndarray | None:
         for ie in ies:
@@ -67,6 +80,8 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     """Parts (row count, columns) for one template's records: the flows, and for RFC 5103
     biflows a second part with the reverse counters as flows in the reverse direction."""
     r = Records(template, view)
+    if ctx.get("decapsulation"):
+        r, ctx = _tunneled_only(r, template, ctx)
     n = r.n
     cols: dict[str, object] = {
         "TimeReceived": ctx["received"],
@@ -80,14 +95,21 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     _put(cols, "DstAddr", r.address(12, 28))
     next_hop = r.address(15, 62)
     _put(cols, "NextHop", next_hop if next_hop is not None else r.address(18, 63))
+    _put(cols, "SrcAddrNAT", r.address(225, 281))
+    _put(cols, "DstAddrNAT", r.address(226, 282))
     status = r.uint(89)
     _put(cols, "ForwardingStatus", None if status is None else status & np.uint64(0xFF))
+    if status is None and template.cpid:
+        _juniper_status(r, template, cols)
     direction = r.uint(61)
     if direction is not None:
         cols["FlowDirection"] = np.select([direction == 0, direction == 1], [INGRESS, EGRESS], 0)
     cols["EType"] = _etype(r)
     _put(cols, "MPLSLabels", _mpls(r))
     _icmp(r, cols)
+    _sections(r, cols, ctx.get("decapsulation", frames.NONE))
+    if "IPv6FlowLabel" in cols:
+        cols["SciTagsExperiment"], cols["SciTagsActivity"] = frames.scitags(np.asarray(cols["IPv6FlowLabel"]))
     cols["TimeFlowStart"], cols["TimeFlowEnd"] = _times(r, ctx, pen=0)
     parts = [(n, cols)]
     reverse = _reverse(r, cols, ctx)
@@ -99,13 +121,87 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
 # Columns taken as exported: name → information elements, the first present wins
 # (ingressPhysicalInterface 252 / egressPhysicalInterface 253 stand in for ingressInterface 10 /
 # egressInterface 14 when a template carries only them, as IOS-XR's do).
+# Cisco ASA NSEL and RFC 8158 firewall flows count the initiator's bytes and packets
+# (initiatorOctets 231, initiatorPackets 298); the responder's (232, 299) become the reverse flow.
 _AS_EXPORTED = (
-    ("Bytes", (1, 23, 85)), ("Packets", (2, 24, 86)), ("Proto", (4,)), ("IPTos", (5,)),
+    ("Bytes", (1, 23, 85, 231)), ("Packets", (2, 24, 86, 298)), ("Proto", (4,)), ("IPTos", (5,)),
     ("TCPFlags", (6,)), ("SrcPort", (7,)), ("DstPort", (11,)), ("SrcNetMask", (9, 29)),
     ("DstNetMask", (13, 30)), ("InIfIndex", (10, 252)), ("OutIfIndex", (14, 253)), ("SrcAS", (16,)),
     ("DstAS", (17,)), ("SrcVlan", (58, 243)), ("DstVlan", (59, 254)), ("SrcMAC", (56,)),
-    ("DstMAC", (80, 57)), ("IPTTL", (192, 52, 53)),
+    ("DstMAC", (80, 57)), ("IPTTL", (192, 52, 53)), ("IPv6FlowLabel", (31,)), ("IPFragmentID", (54,)),
+    ("IPFragmentOffset", (88,)), ("IngressVRFID", (234,)), ("EgressVRFID", (235,)),
+    ("SrcPortNAT", (227,)), ("DstPortNAT", (228,)), ("FirewallEvent", (233, NSEL_EVENT)),
 )
+
+# Packet sections, by preference: the frame (IE 315, 104) or the IP packet (IE 313).
+_SECTIONS = ((315, frames.ETHERNET), (104, frames.ETHERNET), (313, None))
+
+
+def _packet_section(r: Records) -> tuple[frames.Headers, np.ndarray] | None:
+    for ie, protocol in _SECTIONS:
+        section = r.section(ie)
+        if section is not None:
+            data, length = section
+            headers = frames.Headers.from_sections(data, length)
+            if protocol is None:  # an IP packet: its version says which
+                version = headers.u8(np.zeros(r.n, np.int64)) >> 4
+                kind = np.select([version == 4, version == 6], [frames.IPV4, frames.IPV6], 0)
+            else:
+                kind = np.full(r.n, protocol, np.int64)
+            return headers, kind
+    return None
+
+
+def _sections(r: Records, cols: dict, decapsulation: int) -> None:
+    """The columns a sampled packet's section gives that the record's own elements did not
+    (as the reference does: Bytes is the packet's IP length and Packets 1, beside the
+    sampling rate)."""
+    found = _packet_section(r)
+    if found is None:
+        return
+    headers, kind = found
+    parsed, _ = frames.parse(headers, kind, decapsulation=None if not decapsulation
+                             else np.full(r.n, decapsulation, np.int64))
+    length = parsed.pop("Bytes")
+    if "Bytes" not in cols:
+        cols["Bytes"] = length
+        cols["Packets"] = (length > 0).astype(np.uint64)
+    etype = parsed.pop("EType")
+    cols["EType"] = np.where(np.asarray(cols["EType"]) != 0, cols["EType"], etype)
+    if "MPLSLabels" in cols:
+        del parsed["MPLSLabels"]
+    for name, values in parsed.items():
+        if name not in cols:
+            cols[name] = values
+
+
+def _tunneled_only(r: Records, template: Template, ctx: dict) -> tuple[Records, dict]:
+    """With a decapsulation mode, only the records whose packet section is in such a tunnel
+    (the others counted as not_encapsulated), and their context."""
+    found = _packet_section(r)
+    if found is None:
+        keep = np.zeros(r.n, bool)
+    else:
+        headers, kind = found
+        _, keep = frames.parse(headers, kind, decapsulation=np.full(r.n, ctx["decapsulation"], np.int64))
+    if keep.all():
+        return r, ctx
+    metrics.error("not_encapsulated", int(np.count_nonzero(~keep)))
+    per_record = {k: v for k, v in ctx.items() if isinstance(v, np.ndarray) and v.shape[:1] == (r.n,)}
+    return Records(template, r.view[keep]), {**ctx, **take_rows(per_record, keep)}
+
+
+def _juniper_status(r: Records, template: Template, cols: dict) -> None:
+    """ForwardingStatus from a Juniper commonPropertiesId forwarding exception (the first
+    2-byte occurrence of that type in each record)."""
+    status = np.zeros(r.n, np.int64)
+    found = np.zeros(r.n, bool)
+    for name in template.cpid:
+        exception, value = juniper_exception_status(r.view[name])
+        status = np.where(exception & ~found, value, status)
+        found |= exception
+    if found.any():
+        cols["ForwardingStatus"] = status
 
 
 def _put(cols: dict, name: str, values: object) -> None:
@@ -246,6 +342,8 @@ def _reverse(r: Records, forward: dict, ctx: dict) -> tuple[int, dict] | None:
     destination swapped; rows without reverse traffic give no reverse flow."""
     packets = r.first(2, 24, 86, pen=REVERSE_PEN)
     octets = r.first(1, 23, 85, pen=REVERSE_PEN)
+    if packets is None and octets is None:
+        packets, octets = r.first(299), r.first(232)  # a firewall flow's responder side
     if packets is None and octets is None:
         return None
     packets = np.zeros(r.n, np.uint64) if packets is None else packets

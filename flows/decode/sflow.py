@@ -22,7 +22,9 @@ import struct
 import numpy as np
 
 from flows.decode import limits, metrics
-from flows.decode.columns import ORIGIN, V4_MAPPED_PREFIX, ListColumn, strided_view
+from flows.decode.columns import ORIGIN, V4_MAPPED_PREFIX, ListColumn, strided_view, take_rows
+from flows.decode.forwarding import sflow_discard_status
+from flows.decode.frames import HEADER_BYTES, NONE, ROW, Headers, parse
 from flows.decode.walk import count, joined, lock_step
 
 U32 = struct.Struct("!I")
@@ -30,11 +32,7 @@ U32x2 = struct.Struct("!II")
 U32x4 = struct.Struct("!IIII")
 IPV4_RECORD = struct.Struct("!II4s4sIIII")
 IPV6_RECORD = struct.Struct("!II16s16sIIII")
-HEADER_BYTES = 160  # enough for Ethernet + 2 tags + 4 labels + IPv6 + 2 ext headers + TCP
-_ROW = HEADER_BYTES + 16  # zero padding: a 16-byte read at the last header byte stays in the row
-_PAD = _ROW + 64  # zero bytes after the joined datagrams: fixed-size reads never leave the buffer
-DISCARDED = 128  # RFC 7270 forwarding status "dropped, unknown reason"
-ETHERNET, IPV4, IPV6 = 1, 11, 12
+_PAD = ROW + 64  # zero bytes after the joined datagrams: fixed-size reads never leave the buffer
 FLOW_SAMPLE, COUNTER_SAMPLE, EXPANDED_FLOW_SAMPLE, EXPANDED_COUNTER_SAMPLE = 1, 2, 3, 4
 RAW_HEADER, SAMPLED_IPV4, SAMPLED_IPV6 = 1, 3, 4
 EXTENDED_SWITCH, EXTENDED_ROUTER, EXTENDED_GATEWAY = 1001, 1002, 1003
@@ -47,18 +45,22 @@ class SflowQueue:
         self.payloads: list[bytes] = []
         self.received: list[float] = []
         self.origins: list[int] = []
+        self.decapsulation: list[int] = []
 
-    def add(self, payload: bytes, received: float, origin: int = 0) -> None:
+    def add(self, payload: bytes, received: float, origin: int = 0, decapsulation: int = NONE) -> None:
         self.payloads.append(payload)
         self.received.append(received)
         self.origins.append(origin)
+        self.decapsulation.append(decapsulation)
 
     def parts(self) -> list[tuple[int, dict]]:
         """The flow samples of all queued datagrams as one part (none when there are none)."""
-        samples = _walk(self.payloads, self.received, self.origins)
+        samples = _walk(self.payloads, self.received, self.origins, self.decapsulation)
         if samples is None:
             return []
         n, cols = sample_columns(samples)
+        if not n:
+            return []
         metrics.FLOWS_BY_KIND["sflow_v5"].inc(n)
         return [(n, cols)]
 
@@ -69,7 +71,8 @@ class _Samples:
     def __init__(self, n: int) -> None:
         self.n = n
         self.cols: dict[str, np.ndarray] = {}
-        self.headers: _Headers | None = None
+        self.headers: Headers | None = None
+        self.decapsulation: np.ndarray | None = None  # per sample, where some listener asked for it
         self.header_rows = np.zeros(0, np.int64)
         self.header_info = np.zeros((0, 3), np.int64)  # protocol, frame length, stripped
         self.next_hops: dict[int, bytes] = {}  # sample index → 16-byte next hop
@@ -77,7 +80,8 @@ class _Samples:
         self.sampled_ip: dict[int, tuple] = {}  # sample index → IPv4/IPv6 record values
 
 
-def _walk(payloads: list[bytes], received: list[float], origins: list[int]) -> _Samples | None:
+def _walk(payloads: list[bytes], received: list[float], origins: list[int],
+          decapsulation: list[int]) -> _Samples | None:
     n = len(payloads)
     buffer, starts, lengths = joined(payloads, _PAD)
     be32 = strided_view(buffer, ">u4")
@@ -115,6 +119,8 @@ def _walk(payloads: list[bytes], received: list[float], origins: list[int]) -> _
     cols = samples.cols
     cols["TimeReceived"] = np.array(received, np.float64).astype(np.int64)[sample_dg]
     cols[ORIGIN] = np.array(origins, np.int64)[sample_dg]
+    if any(decapsulation):
+        samples.decapsulation = np.array(decapsulation, np.int64)[sample_dg]
     cols["ExporterAddress"] = agents[sample_dg]
     records = np.where(expanded, be32[body + 40], be32[body + 28]).astype(np.int64)
     first = body + np.where(expanded, 44, 32)
@@ -140,7 +146,7 @@ def _sample_fields(samples: _Samples, be32: np.ndarray, body: np.ndarray, expand
     cols["SamplingRate"] = np.where(expanded, be32[body + 12], be32[body + 8])
     cols["InIfIndex"] = _single_interface(in_format, in_value)
     cols["OutIfIndex"] = _single_interface(out_format, out_value)
-    cols["ForwardingStatus"] = np.where(out_format == 1, DISCARDED, 0)
+    cols["ForwardingStatus"] = np.where(out_format == 1, sflow_discard_status(out_value), 0)
     n = samples.n
     for name in ("SrcVlan", "DstVlan", "SrcNetMask", "DstNetMask", "SrcAS", "DstAS"):
         cols[name] = np.zeros(n, np.int64)
@@ -179,7 +185,7 @@ def _records(samples: _Samples, buffer: bytes, be32: np.ndarray, owner: np.ndarr
         size = np.minimum(np.minimum(be32[at + 12].astype(np.int64), length[header][chosen] - 16), HEADER_BYTES)
         samples.header_rows = rows
         samples.header_info = np.stack([be32[at], be32[at + 4], be32[at + 8]], axis=1).astype(np.int64)
-        samples.headers = _Headers(strided_view(buffer, f"V{_ROW}")[at + 16], size)
+        samples.headers = Headers.from_rows(strided_view(buffer, f"V{ROW}")[at + 16], size)
     python = np.isin(fmt, (EXTENDED_ROUTER, EXTENDED_GATEWAY, SAMPLED_IPV4, SAMPLED_IPV6))
     for index, start, record_fmt, record_end in zip(owner[python].tolist(), body[python].tolist(),
                                                     fmt[python].tolist(), end[python].tolist()):
@@ -243,135 +249,6 @@ def _gateway(data: bytes, offset: int, end: int):
     return hop, router_as, src_as, tuple(path)
 
 
-# -- vectorised header parsing -------------------------------------------------------------------
-
-class _Headers:
-    """The sampled headers, one row of _ROW bytes each (zeros past the header), read at per-row
-    cursors through stride-1 views (one gather per field, no 2-D fancy indexing)."""
-
-    def __init__(self, rows: np.ndarray, length: np.ndarray) -> None:
-        n = len(rows)
-        matrix = rows.view(np.uint8).reshape(n, _ROW).copy()
-        matrix[np.arange(_ROW) >= length[:, None]] = 0
-        self.length = length
-        self.buffer = matrix.tobytes()
-        self.flat = np.frombuffer(self.buffer, np.uint8)
-        self.be16 = strided_view(self.buffer, ">u2")
-        self.base = np.arange(n) * _ROW
-        self.rows = np.arange(n)
-
-    def u8(self, at: np.ndarray) -> np.ndarray:
-        return self.flat[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
-
-    def u16(self, at: np.ndarray) -> np.ndarray:
-        return self.be16[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
-
-    def take(self, at: np.ndarray, width: int) -> np.ndarray:
-        """(n, width) bytes at the cursors (zeros past the header)."""
-        starts = self.base + np.minimum(at, _ROW - width)
-        return strided_view(self.buffer, f"V{width}")[starts].view(np.uint8).reshape(-1, width)
-
-    def has(self, at: np.ndarray, width: int) -> np.ndarray:
-        return at + width <= self.length
-
-
-def parse_headers(h: _Headers, protocol: np.ndarray, frame: np.ndarray, stripped: np.ndarray) -> dict:
-    """Columns of the sampled packets whose header record was parsed."""
-    n = len(h.rows)
-    eth = protocol == ETHERNET
-    offset = np.where(eth, 14, 0)
-    etype = np.where(eth, h.u16(np.full(n, 12)), np.where(protocol == IPV4, 0x800,
-                                                          np.where(protocol == IPV6, 0x86DD, 0)))
-    etype = np.where(eth & ~h.has(np.zeros(n, np.int64), 14), 0, etype)
-    out: dict = {"SrcMAC": np.where(eth, _mac(h, 6), 0), "DstMAC": np.where(eth, _mac(h, 0), 0)}
-    vlan = np.zeros(n, np.int64)
-    for _ in range(2):  # 802.1Q / 802.1ad tags: with QinQ the inner (customer) tag is the VLAN
-        tagged = ((etype == 0x8100) | (etype == 0x88A8)) & h.has(offset, 4)
-        vlan = np.where(tagged, h.u16(offset) & 0xFFF, vlan)
-        etype = np.where(tagged, h.u16(offset + 2), etype)
-        offset = np.where(tagged, offset + 4, offset)
-    out["SrcVlan"] = vlan
-    out["MPLSLabels"], etype, offset = _mpls(h, etype, offset)
-    ip4 = (etype == 0x800) & h.has(offset, 20)
-    ip6 = (etype == 0x86DD) & h.has(offset, 40)
-    l2_length = offset
-    out["EType"] = etype
-    out["Proto"] = np.where(ip4, h.u8(offset + 9), 0)
-    out["IPTos"] = np.where(ip4, h.u8(offset + 1), np.where(ip6, ((h.u8(offset) & 0xF) << 4) | (h.u8(offset + 1) >> 4), 0))
-    out["IPTTL"] = np.where(ip4, h.u8(offset + 8), np.where(ip6, h.u8(offset + 7), 0))
-    ip_length = np.where(ip4, h.u16(offset + 2), np.where(ip6, h.u16(offset + 4) + 40, -1))
-    fallback = frame.astype(np.int64) - stripped.astype(np.int64) - l2_length
-    out["Bytes"] = np.where(ip_length >= 0, ip_length, np.maximum(fallback, 0))
-    out["SrcAddr"] = _addresses(h, ip4, ip6, offset, 12, 8)
-    out["DstAddr"] = _addresses(h, ip4, ip6, offset, 16, 24)
-    # Transport header: after IPv4 options, or after IPv6's hop-by-hop/routing/dest/fragment.
-    proto = np.where(ip6, h.u8(offset + 6), out["Proto"])
-    l4 = np.where(ip4, offset + (h.u8(offset) & 0xF) * 4, offset + 40)
-    first_fragment = ~ip4 | ((h.u16(offset + 6) & 0x1FFF) == 0)
-    for _ in range(2):
-        ext = ip6 & np.isin(proto, (0, 43, 60)) & h.has(l4, 2)
-        frag = ip6 & (proto == 44) & h.has(l4, 8)
-        first_fragment &= ~frag | ((h.u16(l4 + 2) & 0xFFF8) == 0)
-        next_proto = h.u8(l4)
-        l4 = np.where(ext, l4 + (h.u8(l4 + 1) + 1) * 8, np.where(frag, l4 + 8, l4))
-        proto = np.where(ext | frag, next_proto, proto)
-    out["Proto"] = np.where(ip4 | ip6, proto, 0)
-    _transport(h, out, proto, l4, (ip4 | ip6) & first_fragment, ip6)
-    return out
-
-
-def _mac(h: _Headers, at: int) -> np.ndarray:
-    raw = h.take(np.full(len(h.rows), at), 6).astype(np.uint64)
-    value = np.zeros(len(h.rows), np.uint64)
-    for i in range(6):
-        value = (value << np.uint64(8)) | raw[:, i]
-    return value
-
-
-def _mpls(h: _Headers, etype: np.ndarray, offset: np.ndarray):
-    """Walk up to 8 MPLS label entries; the payload's IP version follows the bottom label."""
-    n = len(etype)
-    active = ((etype == 0x8847) | (etype == 0x8848))
-    labels = np.zeros((n, 8), np.uint32)
-    present = np.zeros((n, 8), bool)
-    for i in range(8):
-        active = active & h.has(offset, 4)
-        entry = (h.u8(offset) << 16) | (h.u8(offset + 1) << 8) | h.u8(offset + 2)
-        labels[:, i] = entry >> 4
-        present[:, i] = active
-        offset = np.where(active, offset + 4, offset)
-        active = active & ((entry & 1) == 0)
-    stacked = present.any(axis=1)
-    version = h.u8(offset) >> 4
-    etype = np.where(stacked, np.where(version == 4, 0x800, np.where(version == 6, 0x86DD, 0)), etype)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(present.sum(axis=1), out=offsets[1:])
-    return ListColumn(offsets, labels[present]), etype, offset
-
-
-def _addresses(h: _Headers, ip4: np.ndarray, ip6: np.ndarray, offset: np.ndarray, at4: int,
-               at6: int) -> np.ndarray:
-    out = np.zeros((len(ip4), 16), np.uint8)
-    out[ip4, 10:12] = 0xFF
-    out[ip4, 12:] = h.take(offset + at4, 4)[ip4]
-    out[ip6] = h.take(offset + at6, 16)[ip6]
-    return out
-
-
-def _transport(h: _Headers, out: dict, proto: np.ndarray, l4: np.ndarray, ok: np.ndarray,
-               ip6: np.ndarray) -> None:
-    ports = ok & ((proto == 6) | (proto == 17) | (proto == 132)) & h.has(l4, 4)
-    out["SrcPort"] = np.where(ports, h.u16(l4), 0)
-    out["DstPort"] = np.where(ports, h.u16(l4 + 2), 0)
-    tcp = ok & (proto == 6) & h.has(l4, 14)
-    out["TCPFlags"] = np.where(tcp, h.u8(l4 + 13), 0)
-    icmp = ok & h.has(l4, 2)
-    icmp4, icmp6 = icmp & (proto == 1) & ~ip6, icmp & (proto == 58) & ip6
-    icmp_type, icmp_code = h.u8(l4), h.u8(l4 + 1)
-    out["ICMPv4Type"], out["ICMPv4Code"] = np.where(icmp4, icmp_type, 0), np.where(icmp4, icmp_code, 0)
-    out["ICMPv6Type"], out["ICMPv6Code"] = np.where(icmp6, icmp_type, 0), np.where(icmp6, icmp_code, 0)
-
-
 # -- columns ----------------------------------------------------------------------------------------
 
 def sample_columns(samples: _Samples) -> tuple[int, dict]:
@@ -380,14 +257,26 @@ def sample_columns(samples: _Samples) -> tuple[int, dict]:
     cols: dict = dict(samples.cols)
     cols["Packets"] = np.ones(n, np.uint64)
     cols["TimeFlowStart"] = cols["TimeFlowEnd"] = cols["TimeReceived"] * 1000
+    keep = None
+    decapsulation = samples.decapsulation
+    if decapsulation is not None:
+        keep = decapsulation == NONE  # a sample without a packet header is in no tunnel
     if samples.headers is not None:
         info = samples.header_info
-        parsed = parse_headers(samples.headers, info[:, 0], info[:, 1], info[:, 2])
-        _scatter(cols, parsed, samples.header_rows, n)
+        rows = samples.header_rows
+        parsed, tunneled = parse(samples.headers, info[:, 0], info[:, 1], info[:, 2],
+                                 None if decapsulation is None else decapsulation[rows])
+        _scatter(cols, parsed, rows, n)
+        if keep is not None:
+            keep[rows] |= tunneled
     if samples.sampled_ip:
         _sampled_ip(cols, samples.sampled_ip, n)
     _extended(cols, samples, n)
+    if keep is not None and not keep.all():
+        metrics.error("not_encapsulated", int(np.count_nonzero(~keep)))
+        return int(np.count_nonzero(keep)), take_rows(cols, keep)
     return n, cols
+
 
 
 def _scatter(cols: dict, parsed: dict, which: np.ndarray, n: int) -> None:

@@ -6,8 +6,10 @@ sets of one template in a decode call are joined and viewed with this dtype at o
 cost per flow is a few numpy column extractions, not Python.
 
 Variable-length fields (length 65535 in the template) cannot be part of a fixed layout: such
-records are first *normalised* by a Python walk that keeps the fixed-length fields and drops
-the variable ones (which no flow column uses), then go through the same fixed layout.
+records are first *normalised* by a Python walk that keeps the fixed-length fields, turns a
+packet section (IE 315, 104, 313: the only variable-length elements a flow column uses) into
+a fixed slot of its length and first HEADER_BYTES bytes, and drops the other variable ones;
+then they go through the same fixed layout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from flows.decode import limits, metrics
+from flows.decode.forwarding import JUNIPER_CPID, JUNIPER_PEN
+from flows.decode.frames import HEADER_BYTES
 
 VARIABLE = 65535
 REVERSE_PEN = 29305  # RFC 5103 biflow: reverse information elements use this enterprise number
@@ -22,15 +26,22 @@ SCOPE_PEN = -1  # NetFlow v9 scope fields: their type numbers are not informatio
 
 # Information elements a flow column or the sampling/time logic reads. Enterprise-specific
 # elements other than the RFC 5103 reverse ones are never mapped, so they are skipped safely.
+# Packet sections: the packet's bytes from its link layer (dataLinkFrameSection 315,
+# layer2packetSectionData 104) or from its IP header (ipHeaderPacketSection 313).
+SECTION_IES = frozenset({104, 313, 315})
+NSEL_EVENT = 40005  # Cisco ASA NSEL NF_F_FW_EVENT (a NetFlow v9 field type)
 MAPPED_IES = frozenset({
     1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 27, 28, 29, 30,
-    32, 34, 35, 48, 49, 50, 52, 53, 56, 57, 58, 59, 60, 61, 62, 63, 70, 71, 72, 73, 74, 75, 76,
-    77, 78, 79, 80, 81, 85, 86, 89, 139, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160,
-    176, 177, 178, 179, 192, 243, 252, 253, 254, 256, 302, 304, 305, 306, 309, 310, 311,
+    31, 32, 34, 35, 48, 49, 50, 52, 53, 54, 56, 57, 58, 59, 60, 61, 62, 63, 70, 71, 72, 73, 74,
+    75, 76, 77, 78, 79, 80, 81, 85, 86, 88, 89, 139, 150, 151, 152, 153, 154, 155, 156, 157, 158,
+    159, 160, 176, 177, 178, 179, 192, 225, 226, 227, 228, 231, 232, 233, 234, 235, 243, 252, 253,
+    254, 256, 281, 282, 298, 299, 302, 304, 305, 306, 309, 310, 311, 312, *SECTION_IES, NSEL_EVENT,
 })
 REVERSE_IES = frozenset({1, 2, 6, 21, 22, 23, 24, 85, 86, 150, 151, 152, 153})
-# Read as raw bytes, whatever their length: addresses, MACs and MPLS label stack entries.
-BYTEWISE_IES = frozenset({8, 12, 15, 18, 27, 28, 56, 57, 62, 63, 80, 81, *range(70, 80)})
+# Read as raw bytes, whatever their length: addresses, MACs, MPLS label stack entries, sections.
+BYTEWISE_IES = frozenset({8, 12, 15, 18, 27, 28, 56, 57, 62, 63, 80, 81, 225, 226, 281, 282,
+                          *range(70, 80), *SECTION_IES})
+SLOT = 2 + HEADER_BYTES  # a normalised variable-length section: its length, then its bytes
 
 Field = tuple[int, int, int]  # (information element, enterprise number or 0, length)
 
@@ -39,41 +50,74 @@ def _mapped(pen: int, ie: int) -> bool:
     return (pen == 0 and ie in MAPPED_IES) or (pen == REVERSE_PEN and ie in REVERSE_IES)
 
 
+def _slot(pen: int, ie: int, length: int) -> bool:
+    """Whether a field is a variable-length packet section kept in a normalised slot."""
+    return length == VARIABLE and pen == 0 and ie in SECTION_IES
+
+
 class Template:
     """A compiled data or options template.
 
     `keys` maps (enterprise, element) to (dtype field name, length) for the first occurrence
-    of each mapped element. `record_len` is the record size for fixed-length templates
-    (None when the template has variable-length fields); `fixed_len` the size of a
-    normalised record.
+    of each mapped element (a section slot's length is VARIABLE, its length field `<name>_len`);
+    `cpid` names the 2-byte Juniper commonPropertiesId fields (every occurrence: each carries
+    its own type). `record_len` is the record size for fixed-length templates (None when the
+    template has variable-length fields); `fixed_len` the size of a normalised record;
+    `min_len` the least bytes of a record on the wire.
     """
 
     __slots__ = ("version", "fields", "options", "varlen", "fixed_len", "record_len", "min_len",
-                 "dtype", "keys")
+                 "dtype", "keys", "cpid", "slots")
 
     def __init__(self, version: int, fields: tuple[Field, ...], options: bool = False) -> None:
         self.version = version
         self.fields = fields
         self.options = options
         self.varlen = any(length == VARIABLE for _, _, length in fields)
-        names, formats, offsets, keys, offset = [], [], [], {}, 0
+        self.slots = tuple(_slot(pen, ie, length) for ie, pen, length in fields)
+        names, formats, offsets, keys, cpid, offset, wire = [], [], [], {}, [], 0, 0
         for index, (ie, pen, length) in enumerate(fields):
+            name = f"f{index}"
+            if self.slots[index]:
+                if (pen, ie) not in keys:
+                    names += [f"{name}_len", name]
+                    formats += [">u2", ("u1", (HEADER_BYTES,))]
+                    offsets += [offset, offset + 2]
+                    keys[(pen, ie)] = (name, VARIABLE)
+                offset += SLOT
+                continue
             if length == VARIABLE:
                 continue
-            if _mapped(pen, ie) and (pen, ie) not in keys and length > 0:
-                name = f"f{index}"
+            if pen == JUNIPER_PEN and ie == JUNIPER_CPID and length == 2:
+                names.append(name)
+                formats.append(">u2")
+                offsets.append(offset)
+                cpid.append(name)
+            elif _mapped(pen, ie) and (pen, ie) not in keys and length > 0:
                 names.append(name)
                 offsets.append(offset)
                 integer = length in (1, 2, 4, 8) and ie not in BYTEWISE_IES
                 formats.append(f">u{length}" if integer else ("u1", (length,)))
                 keys[(pen, ie)] = (name, length)
             offset += length
+            wire += length
         self.fixed_len = offset
         self.record_len = None if self.varlen else offset
-        self.min_len = offset + sum(1 for *_, length in fields if length == VARIABLE)
+        self.min_len = wire + sum(1 for *_, length in fields if length == VARIABLE)
         self.keys = keys
+        self.cpid = tuple(cpid)
         self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
                                "itemsize": max(offset, 1)})
+
+    def __reduce__(self):
+        # Pickled (in the exporter's snapshot) as what it is compiled from: smaller, and a
+        # snapshot taken before a change of the layout code is compiled anew on recovery.
+        return Template, (self.version, self.fields, self.options)
+
+    def __setstate__(self, state) -> None:
+        # A snapshot from before __reduce__: slot values pickled as they were; compile anew.
+        slots = state[1] if isinstance(state, tuple) else state
+        self.__init__(slots["version"], slots["fields"], slots["options"])
 
     @property
     def valid(self) -> bool:
@@ -81,7 +125,8 @@ class Template:
         records), records under 64 KiB, at most MAX_TEMPLATE_FIELDS fields."""
         least = 1 if self.options else limits.MIN_RECORD_LENGTH
         variable = sum(1 for *_, length in self.fields if length == VARIABLE)
-        return (least <= self.fixed_len and self.min_len < 65536 and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS
+        # (a record of a packet section alone is one: Juniper and Cisco export sampled packets so)
+        return ((least <= self.min_len - variable or any(self.slots)) and self.min_len < 65536 and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS
                 and variable <= limits.MAX_VARIABLE_FIELDS)
 
     def records(self, body: bytes, most: int = limits.MAX_ROWS_PER_DATAGRAM) -> tuple[bytes, int]:
@@ -100,12 +145,13 @@ class Template:
         """Walk variable-length records, keeping only their fixed-length fields."""
         out, count, offset, end = bytearray(), 0, 0, len(body)
         fields = self.fields
+        slots = self.slots
         while end - offset >= self.min_len:
             if count >= most:
                 metrics.error("limit")
                 break
             start = len(out)
-            for _, _, length in fields:
+            for index, (_, _, length) in enumerate(fields):
                 if length == VARIABLE:
                     if offset >= end:
                         break
@@ -117,6 +163,11 @@ class Template:
                             break
                         length = int.from_bytes(body[offset:offset + 2], "big")
                         offset += 2
+                    if slots[index] and offset + length <= end:
+                        kept = min(length, HEADER_BYTES)
+                        out += kept.to_bytes(2, "big") + body[offset:offset + kept] + bytes(HEADER_BYTES - kept)
+                    elif slots[index]:
+                        out += bytes(SLOT)  # (cut by the end of the set: dropped below)
                     offset += length
                 else:
                     out += body[offset:offset + length]
