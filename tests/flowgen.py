@@ -358,7 +358,7 @@ def write_capture(path: str | os.PathLike, exports: dict[str, list[tuple[bytes, 
     frames = []
     for source, datagrams in exports.items():
         for payload, _, received in datagrams:
-            frame = Ether() / IP(src=source, dst="192.0.2.100") / UDP(sport=9995, dport=2055) / payload
+            frame = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=source, dst="192.0.2.100") / UDP(sport=9995, dport=2055) / payload
             frame.time = received
             frames.append(frame)
     wrpcap(str(path), frames)

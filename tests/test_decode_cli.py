@@ -43,3 +43,39 @@ def test_csv_and_table(export_capture, fmt):
     assert "SrcAddr" in result.stdout and "192.0.2.1" in result.stdout
     if fmt == "csv":
         assert len(result.stdout.strip().splitlines()) == 1 + 2 * len(totals)
+
+
+def test_fields_choose_and_order_the_columns(export_capture):
+    path, totals = export_capture
+    result = CliRunner().invoke(decode, [str(path), "--format", "csv", "--fields", "DstPort,SrcAddr,Bytes"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "DstPort,SrcAddr,Bytes" and len(lines) == 1 + 2 * len(totals)
+
+
+def test_an_unknown_field_is_refused_naming_it(export_capture):
+    path, _ = export_capture
+    result = CliRunner().invoke(decode, [str(path), "--fields", "SrcAddr,SrcPrt"])
+    assert result.exit_code == 2 and "SrcPrt" in result.output
+
+
+def test_summary_line_counts_datagrams_flows_and_errors(tmp_path):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    from scapy.layers.inet import UDP
+
+    from tests.test_decode_sflow import _datagram, _flow_sample, _raw_header
+
+    inner = IP(src="198.51.100.1", dst="198.51.100.2") / TCP(sport=443, dport=1000)
+    mac = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    tunneled = Ether(**mac) / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(dport=4789) / VXLAN(vni=5) / Ether(**mac) / inner
+    plain = Ether(**mac) / inner
+    sflow = [_datagram([_flow_sample([_raw_header(bytes(frame))])]) for frame in (tunneled, plain)]
+    path = tmp_path / "sflow.pcap"
+    flowgen.write_capture(path, {"192.0.2.9": [(d, "", 1_700_000_000.0) for d in sflow + [b"\x00\x07junk"]]})
+    result = CliRunner().invoke(decode, [str(path), "--format", "jsonl", "--decapsulation", "vxlan"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["SrcAddr"], r["DstPort"]) for r in rows] == [("198.51.100.1", 1000)]
+    assert result.stderr.strip().endswith("3 datagrams, 1 flows; undecodable: not_encapsulated 1, unknown_version 1")

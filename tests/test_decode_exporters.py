@@ -78,7 +78,7 @@ def test_softflowd_biflow_reverse_becomes_its_own_flow(tmp_path):
         forward = i % 3 != 2
         ip = IP(src="10.0.0.1", dst="10.0.0.2") if forward else IP(src="10.0.0.2", dst="10.0.0.1")
         tcp = TCP(sport=1234, dport=80, flags="A") if forward else TCP(sport=80, dport=1234, flags="A")
-        p = Ether() / ip / tcp / (b"y" * (10 * i))
+        p = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / tcp / (b"y" * (10 * i))
         p.time = flowgen.BASE_TIME + i * 0.01
         packets.append(p)
     wrpcap(str(tmp_path / "bi.pcap"), packets)

@@ -251,3 +251,13 @@ def test_flow_label_element_and_scitags() -> None:
     values = bytes(15) + b"\x01" + bytes(15) + b"\x02" + struct.pack("!I", 196664)
     (flow,) = _ipfix_flows(fields, values)
     assert (flow["SciTagsExperiment"], flow["SciTagsActivity"]) == (3, 14)  # 196664: CMS's example
+
+
+def test_a_mistyped_column_name_raises_instead_of_losing_its_data() -> None:
+    import numpy as np
+
+    from flows.decode.columns import UnknownColumn, assemble
+
+    assert assemble([(1, {"SrcPort": np.array([7])})]).column("SrcPort").to_pylist() == [7]
+    with pytest.raises(UnknownColumn, match="SrcPrt"):
+        assemble([(1, {"SrcPrt": np.array([7])})])

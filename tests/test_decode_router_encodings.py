@@ -16,7 +16,7 @@ from tests.test_decode_scapy import EXPORT, _ipfix, _ipfix_template, _set
 from tests.test_decode_sflow import _datagram, _flow_sample, _raw_header, _record
 
 INTERNAL = 0x3FFFFFFF  # sFlow v5: "the packet originated or terminated in the device itself"
-FRAME = bytes(Ether() / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=53, dport=5353) / (b"d" * 40))
+FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=53, dport=5353) / (b"d" * 40))
 
 
 def _one(samples: list[bytes]) -> dict:
@@ -99,7 +99,7 @@ def test_logical_interfaces_win_over_physical_ones() -> None:
 
 
 @pytest.mark.parametrize("frame, expected", [
-    (bytes(Ether() / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=1, dport=2)), (42, 42)),
+    (bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=1, dport=2)), (42, 42)),
     # QinQ (802.1ad outer 100, customer 200): the inner tag, as the reference keeps it
     (bytes(Ether(type=0x88A8) / Dot1Q(vlan=100) / Dot1Q(vlan=200) / IP(src="10.1.0.1", dst="10.2.0.2")
            / UDP(sport=1, dport=2)), (200, 200)),
@@ -111,7 +111,7 @@ def test_header_vlans_fill_both_directions_without_a_switch_record(frame, expect
 
 
 def test_a_switch_record_wins_over_the_header_vlan() -> None:
-    frame = bytes(Ether() / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=1, dport=2))
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.2.0.2") / UDP(sport=1, dport=2))
     switch = _record(1001, struct.pack("!IIII", 7, 0, 8, 0))
     flow = _one([_flow_sample([_raw_header(frame), switch])])
     assert (flow["SrcVlan"], flow["DstVlan"]) == (7, 8)

@@ -43,7 +43,7 @@ def test_flow_samples_with_raw_headers_and_extended_records():
     ip6 = IPv6(src="2001:db8::1", dst="2001:db8::2", tc=0x28, hlim=60) / TCP(sport=40000, dport=443, flags="SA") / Raw(b"z" * 100)
     frame6 = bytes(Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:0b") / Dot1Q(vlan=42) / MPLS(label=16, s=0)
                    / MPLS(label=17, s=1) / ip6)
-    frame4 = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", ttl=9) / ICMP(type=3, code=1) / Raw(b"q" * 30))
+    frame4 = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.0.0.1", dst="10.0.0.2", ttl=9) / ICMP(type=3, code=1) / Raw(b"q" * 30))
     switch = _record(1001, struct.pack("!IIII", 7, 0, 8, 0))
     router = _record(1002, struct.pack("!I4sII", 1, bytes([10, 0, 0, 254]), 24, 16))
     gateway = _record(1003, struct.pack("!I4sIIII", 1, bytes([10, 0, 0, 253]), 64500, 64501, 64502, 1)

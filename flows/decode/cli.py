@@ -18,7 +18,9 @@ from typing import Iterator
 import click
 import pyarrow as pa
 
+from flows import schema
 from flows.decode import FlowDecoder, metrics
+from flows.decode.frames import DECAPSULATIONS
 
 CHUNK = 256
 # Columns the decoders fill (enrichment columns stay empty here), in display order.
@@ -27,11 +29,14 @@ DECODED = (
     "InIfIndex", "OutIfIndex", "FlowDirection", "SrcAddr", "DstAddr", "SrcNetMask", "DstNetMask",
     "NextHop", "SrcAS", "DstAS", "DstASPath", "EType", "Proto", "SrcPort", "DstPort",
     "Bytes", "Packets", "TCPFlags", "ICMPv4Type", "ICMPv4Code", "ICMPv6Type", "ICMPv6Code",
-    "IPTos", "IPTTL", "ForwardingStatus", "SrcVlan", "DstVlan", "MPLSLabels", "SrcMAC", "DstMAC",
+    "IPTos", "IPTTL", "IPv6FlowLabel", "IPFragmentID", "IPFragmentOffset", "ForwardingStatus",
+    "SrcVlan", "DstVlan", "MPLSLabels", "SrcMAC", "DstMAC", "IngressVRFID", "EgressVRFID",
+    "SrcAddrNAT", "DstAddrNAT", "SrcPortNAT", "DstPortNAT", "FirewallEvent", "SciTagsExperiment",
+    "SciTagsActivity",
 )
 TABLE = ("TimeFlowStart", "ExporterAddress", "SrcAddr", "SrcPort", "DstAddr", "DstPort", "Proto",
          "InIfIndex", "OutIfIndex", "Packets", "Bytes", "SamplingRate")
-ADDRESSES = {"ExporterAddress", "SrcAddr", "DstAddr", "NextHop"}
+ADDRESSES = {"ExporterAddress", "SrcAddr", "DstAddr", "NextHop", "SrcAddrNAT", "DstAddrNAT"}
 
 
 def pcap_datagrams(path: str) -> Iterator[tuple[bytes, str, float]]:
@@ -50,16 +55,19 @@ def pcap_datagrams(path: str) -> Iterator[tuple[bytes, str, float]]:
             yield bytes(packet[UDP].payload), network.src, float(packet.time)
 
 
-def decode_pcap(path: str) -> Iterator[pa.RecordBatch]:
-    """Flow batches of a capture, decoded CHUNK datagrams at a time."""
-    decoder, chunk = FlowDecoder(), []
+def decode_pcap(path: str, decapsulation: str = "none", counted: list[int] | None = None) -> Iterator[pa.RecordBatch]:
+    """Flow batches of a capture, decoded CHUNK datagrams at a time (`counted`: a one-item list
+    that receives the number of datagrams read)."""
+    decoder, chunk, mode = FlowDecoder(), [], DECAPSULATIONS.index(decapsulation)
+    counted = counted if counted is not None else [0]
     for datagram in pcap_datagrams(path):
         chunk.append(datagram)
+        counted[0] += 1
         if len(chunk) == CHUNK:
-            yield decoder.decode_many(chunk)
+            yield decoder.decode_many(chunk, mode)
             chunk = []
     if chunk:
-        yield decoder.decode_many(chunk)
+        yield decoder.decode_many(chunk, mode)
 
 
 def _address(raw: bytes) -> str:
@@ -84,46 +92,63 @@ def flow_rows(batch: pa.RecordBatch, columns: tuple[str, ...] = DECODED) -> Iter
         yield {name: _value(name, data[name][i]) for name in columns}
 
 
-def _print_table(rows: list[dict]) -> None:
+def _print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for name in TABLE:
+    for name in columns:
         table.add_column(name, no_wrap=True)
     for row in rows:
-        table.add_row(*(str(row[c]) for c in TABLE))
+        table.add_row(*(str(row[c]) for c in columns))
     # Piped output is not cut to the 80 columns rich assumes without a terminal.
     Console(width=None if sys.stdout.isatty() else 240).print(table)
+
+
+def _fields(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return DECODED
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in schema.BY_NAME or not schema.BY_NAME[name].stored]
+    if unknown:
+        raise click.BadParameter(f"not flow columns: {', '.join(unknown)} (columns: {', '.join(DECODED)})")
+    return names
 
 
 @click.command("decode")
 @click.argument("pcap", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "table"]), default="table",
               show_default=True, help="jsonl and csv print every decoded column; table a summary")
-def decode(pcap: str, fmt: str) -> None:
-    """Decode the NetFlow/IPFIX/sFlow datagrams of a capture and print the flow records."""
+@click.option("--fields", help="comma-separated columns to print, in this order (default: all decoded "
+                               "columns; for table: a summary)")
+@click.option("--decapsulation", type=click.Choice(DECAPSULATIONS), default="none", show_default=True,
+              help="take the inner packet of this tunnel as the flow, as a listener with this setting")
+def decode(pcap: str, fmt: str, fields: str | None, decapsulation: str) -> None:
+    """Decode the NetFlow/IPFIX/sFlow datagrams of a capture and print the flow records; a
+    summary line (datagrams, flows, undecodable input by reason) goes to stderr."""
+    columns = _fields(fields)
+    shown = columns if fields or fmt != "table" else TABLE
     errors_before = _errors()
-    flows = 0
+    flows, datagrams = 0, [0]
     table_rows: list[dict] = []
     writer = None
-    for batch in decode_pcap(pcap):
-        for row in flow_rows(batch):
+    for batch in decode_pcap(pcap, decapsulation, datagrams):
+        for row in flow_rows(batch, shown):
             flows += 1
             if fmt == "jsonl":
                 click.echo(json.dumps(row))
             elif fmt == "csv":
                 if writer is None:
-                    writer = csv.DictWriter(sys.stdout, fieldnames=list(DECODED))
+                    writer = csv.DictWriter(sys.stdout, fieldnames=list(shown))
                     writer.writeheader()
                 writer.writerow(row)
             else:
                 table_rows.append(row)
     if fmt == "table":
-        _print_table(table_rows)
-    problems = {r: n - errors_before[r] for r, n in _errors().items() if n > errors_before[r]}
-    summary = f"{flows} flows" + (f"; undecodable input: {problems}" if problems else "")
-    click.echo(summary, err=True)
+        _print_table(table_rows, shown)
+    problems = {r: int(n - errors_before[r]) for r, n in _errors().items() if n > errors_before[r]}
+    detail = ", ".join(f"{reason} {count}" for reason, count in sorted(problems.items()))
+    click.echo(f"{datagrams[0]} datagrams, {flows} flows; undecodable: {detail or 'none'}", err=True)
 
 
 def _errors() -> dict[str, float]:

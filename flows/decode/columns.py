@@ -168,9 +168,20 @@ ORIGIN = "_origin"
 leaves it out and Chunk.finish_with_origins() returns it beside the batch."""
 
 
+_KNOWN = frozenset(c.name for c in schema.STORED) | {ORIGIN}
+
+
+class UnknownColumn(KeyError):
+    """A decoder produced a column the schema does not have (a typo would lose its data)."""
+
+
 def assemble(parts: Sequence[Part]) -> pa.RecordBatch:
-    """One RecordBatch in the flow schema from the parts (columns absent everywhere get defaults)."""
+    """One RecordBatch in the flow schema from the parts (columns absent everywhere get defaults).
+    A column name the schema does not know raises UnknownColumn."""
     parts = [(n, cols) for n, cols in parts if n]
+    for _, cols in parts:
+        if not _KNOWN.issuperset(cols):
+            raise UnknownColumn(f"not flow columns: {sorted(set(cols) - _KNOWN)}")
     total = sum(n for n, _ in parts)
     sizes = [n for n, _ in parts]
     arrays = []

@@ -16,6 +16,7 @@ import numpy as np
 
 from flows.decode import limits, metrics
 from flows.decode.columns import strided_view
+from flows.decode.elements import IE
 from flows.decode.walk import count, joined, lock_step
 from flows.decode.state import ExporterState
 from flows.decode.templates import REVERSE_PEN, SCOPE_PEN, Template, options_values
@@ -374,7 +375,7 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
         # exporter would fail: a rate is capped, an impossible boot time is ignored.
         rate = min(sampling_rate_of(row, _probability_width(template)), MAX_RATE)
         if rate:
-            sampler = row.get((0, 48), row.get((0, 302)))
+            sampler = row.get((0, IE.samplerId), row.get((0, IE.selectorId)))
             if sampler is not None and sampler >> 64:  # an id no sampler has: it would bloat the state
                 metrics.error("implausible")
                 continue
@@ -382,29 +383,30 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
                 state.set_domain_rate((version, domain), rate)
             else:
                 state.set_sampler_rate((version, domain, sampler), rate)
-        if row.get((0, 160), MAX_TIME_MS) < MAX_TIME_MS:
-            state.set_system_init((version, domain), row[(0, 160)])
+        boot = row.get((0, IE.systemInitTimeMilliseconds), MAX_TIME_MS)
+        if boot < MAX_TIME_MS:
+            state.set_system_init((version, domain), boot)
 
 
 def _probability_width(template: Template) -> int:
     """Bytes of the template's samplingProbability (IE 311): a float64, or reduced to a float32
     (RFC 7011 section 6.2)."""
-    return next((length for ie, pen, length in template.fields if ie == 311 and pen == 0), 8)
+    return next((length for ie, pen, length in template.fields if ie == IE.samplingProbability and pen == 0), 8)
 
 
 def sampling_rate_of(row: dict[tuple[int, int], int], probability_width: int = 8) -> int:
     """1-in-N rate from sampling elements: interval (34/50), packet interval/space (305/306),
     size/population (309/310) or probability (311, `probability_width` bytes); 0 when none says."""
-    for key in ((0, 34), (0, 50)):
+    for key in ((0, IE.samplingInterval), (0, IE.samplerRandomInterval)):
         if row.get(key):
             return row[key]
-    interval = row.get((0, 305))
+    interval = row.get((0, IE.samplingPacketInterval))
     if interval:
-        return (interval + row.get((0, 306), 0)) // interval
-    size, population = row.get((0, 309)), row.get((0, 310))
+        return (interval + row.get((0, IE.samplingPacketSpace), 0)) // interval
+    size, population = row.get((0, IE.samplingSize)), row.get((0, IE.samplingPopulation))
     if size and population:
         return max(1, population // size)
-    probability = row.get((0, 311))
+    probability = row.get((0, IE.samplingProbability))
     if probability:
         if probability_width == 4:
             p = struct.unpack("!f", probability.to_bytes(4, "big"))[0]

@@ -12,7 +12,8 @@ import numpy as np
 from flows.decode import frames, metrics
 from flows.decode.columns import ORIGIN, ListColumn, be_uint, mapped_v4, take_rows, v6
 from flows.decode.forwarding import juniper_exception_status
-from flows.decode.templates import NSEL_EVENT, REVERSE_PEN, VARIABLE, Template
+from flows.decode.elements import IE, MPLS_LABELS
+from flows.decode.templates import REVERSE_PEN, VARIABLE, Template
 
 NTP_UNIX_OFFSET = 2208988800
 INGRESS, EGRESS = 1, 2  # schema.DIRECTIONS codes
@@ -91,17 +92,18 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     }
     for name, ies in _AS_EXPORTED:
         _put(cols, name, r.column(*ies))
-    _put(cols, "SrcAddr", r.address(8, 27))
-    _put(cols, "DstAddr", r.address(12, 28))
-    next_hop = r.address(15, 62)
-    _put(cols, "NextHop", next_hop if next_hop is not None else r.address(18, 63))
-    _put(cols, "SrcAddrNAT", r.address(225, 281))
-    _put(cols, "DstAddrNAT", r.address(226, 282))
-    status = r.uint(89)
+    _put(cols, "SrcAddr", r.address(IE.sourceIPv4Address, IE.sourceIPv6Address))
+    _put(cols, "DstAddr", r.address(IE.destinationIPv4Address, IE.destinationIPv6Address))
+    next_hop = r.address(IE.ipNextHopIPv4Address, IE.ipNextHopIPv6Address)
+    _put(cols, "NextHop", next_hop if next_hop is not None
+         else r.address(IE.bgpNextHopIPv4Address, IE.bgpNextHopIPv6Address))
+    _put(cols, "SrcAddrNAT", r.address(IE.postNATSourceIPv4Address, IE.postNATSourceIPv6Address))
+    _put(cols, "DstAddrNAT", r.address(IE.postNATDestinationIPv4Address, IE.postNATDestinationIPv6Address))
+    status = r.uint(IE.forwardingStatus)
     _put(cols, "ForwardingStatus", None if status is None else status & np.uint64(0xFF))
     if status is None and template.cpid:
         _juniper_status(r, template, cols)
-    direction = r.uint(61)
+    direction = r.uint(IE.flowDirection)
     if direction is not None:
         cols["FlowDirection"] = np.select([direction == 0, direction == 1], [INGRESS, EGRESS], 0)
     cols["EType"] = _etype(r)
@@ -123,18 +125,29 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
 # egressInterface 14 when a template carries only them, as IOS-XR's do).
 # Cisco ASA NSEL and RFC 8158 firewall flows count the initiator's bytes and packets
 # (initiatorOctets 231, initiatorPackets 298); the responder's (232, 299) become the reverse flow.
+_OCTETS = (IE.octetDeltaCount, IE.postOctetDeltaCount, IE.octetTotalCount)
+_PACKETS = (IE.packetDeltaCount, IE.postPacketDeltaCount, IE.packetTotalCount)
 _AS_EXPORTED = (
-    ("Bytes", (1, 23, 85, 231)), ("Packets", (2, 24, 86, 298)), ("Proto", (4,)), ("IPTos", (5,)),
-    ("TCPFlags", (6,)), ("SrcPort", (7,)), ("DstPort", (11,)), ("SrcNetMask", (9, 29)),
-    ("DstNetMask", (13, 30)), ("InIfIndex", (10, 252)), ("OutIfIndex", (14, 253)), ("SrcAS", (16,)),
-    ("DstAS", (17,)), ("SrcVlan", (58, 243)), ("DstVlan", (59, 254)), ("SrcMAC", (56,)),
-    ("DstMAC", (80, 57)), ("IPTTL", (192, 52, 53)), ("IPv6FlowLabel", (31,)), ("IPFragmentID", (54,)),
-    ("IPFragmentOffset", (88,)), ("IngressVRFID", (234,)), ("EgressVRFID", (235,)),
-    ("SrcPortNAT", (227,)), ("DstPortNAT", (228,)), ("FirewallEvent", (233, NSEL_EVENT)),
+    ("Bytes", (*_OCTETS, IE.initiatorOctets)), ("Packets", (*_PACKETS, IE.initiatorPackets)),
+    ("Proto", (IE.protocolIdentifier,)), ("IPTos", (IE.ipClassOfService,)), ("TCPFlags", (IE.tcpControlBits,)),
+    ("SrcPort", (IE.sourceTransportPort,)), ("DstPort", (IE.destinationTransportPort,)),
+    ("SrcNetMask", (IE.sourceIPv4PrefixLength, IE.sourceIPv6PrefixLength)),
+    ("DstNetMask", (IE.destinationIPv4PrefixLength, IE.destinationIPv6PrefixLength)),
+    ("InIfIndex", (IE.ingressInterface, IE.ingressPhysicalInterface)),
+    ("OutIfIndex", (IE.egressInterface, IE.egressPhysicalInterface)),
+    ("SrcAS", (IE.bgpSourceAsNumber,)), ("DstAS", (IE.bgpDestinationAsNumber,)),
+    ("SrcVlan", (IE.vlanId, IE.dot1qVlanId)), ("DstVlan", (IE.postVlanId, IE.postDot1qVlanId)),
+    ("SrcMAC", (IE.sourceMacAddress,)), ("DstMAC", (IE.destinationMacAddress, IE.postDestinationMacAddress)),
+    ("IPTTL", (IE.ipTTL, IE.minimumTTL, IE.maximumTTL)), ("IPv6FlowLabel", (IE.flowLabelIPv6,)),
+    ("IPFragmentID", (IE.fragmentIdentification,)), ("IPFragmentOffset", (IE.fragmentOffset,)),
+    ("IngressVRFID", (IE.ingressVRFID,)), ("EgressVRFID", (IE.egressVRFID,)),
+    ("SrcPortNAT", (IE.postNAPTSourceTransportPort,)), ("DstPortNAT", (IE.postNAPTDestinationTransportPort,)),
+    ("FirewallEvent", (IE.firewallEvent, IE.ciscoFirewallEvent)),
 )
 
 # Packet sections, by preference: the frame (IE 315, 104) or the IP packet (IE 313).
-_SECTIONS = ((315, frames.ETHERNET), (104, frames.ETHERNET), (313, None))
+_SECTIONS = ((IE.dataLinkFrameSection, frames.ETHERNET), (IE.layer2packetSectionData, frames.ETHERNET),
+             (IE.ipHeaderPacketSection, None))
 
 
 def _packet_section(r: Records) -> tuple[frames.Headers, np.ndarray] | None:
@@ -210,14 +223,15 @@ def _put(cols: dict, name: str, values: object) -> None:
 
 
 def _etype(r: Records) -> np.ndarray:
-    ether = r.uint(256)
-    version = r.uint(60)
+    ether = r.uint(IE.ethernetType)
+    version = r.uint(IE.ipVersion)
+    v4, v6 = IE.sourceIPv4Address, IE.sourceIPv6Address
     if version is not None:
         etype = np.where(version == 6, 0x86DD, np.where(version == 4, 0x800, 0)).astype(np.uint32)
-    elif r.has(8) and r.has(27):
-        etype = np.where((r.raw(8) != 0).any(axis=1), 0x800, 0x86DD).astype(np.uint32)
+    elif r.has(v4) and r.has(v6):
+        etype = np.where((r.raw(v4) != 0).any(axis=1), 0x800, 0x86DD).astype(np.uint32)
     else:
-        etype = np.full(r.n, 0x86DD if r.has(27) else 0x800 if r.has(8) else 0, np.uint32)
+        etype = np.full(r.n, 0x86DD if r.has(v6) else 0x800 if r.has(v4) else 0, np.uint32)
     if ether is not None:
         etype = np.where(ether != 0, ether, etype)
     return etype
@@ -226,10 +240,10 @@ def _etype(r: Records) -> np.ndarray:
 def _icmp(r: Records, cols: dict) -> None:
     """ICMP type/code from icmpTypeCode (32, 139), type/code elements (176–179), or else the
     destination port, where NetFlow v5 and several exporters encode type * 256 + code."""
-    proto = r.uint(4)
+    proto = r.uint(IE.protocolIdentifier)
     if proto is None:
         return
-    port = r.uint(11)
+    port = r.uint(IE.destinationTransportPort)
     port = np.zeros(r.n, np.uint64) if port is None else port
 
     def combined(pair_ie, type_ie, code_ie, fallback):
@@ -241,8 +255,9 @@ def _icmp(r: Records, cols: dict) -> None:
             return (t << np.uint64(8)) | (c if c is not None else np.uint64(0))
         return fallback
 
-    v4 = combined(32, 176, 177, port)
-    v6tc = combined(139, 178, 179, v4 if r.has(32) else port)
+    v4 = combined(IE.icmpTypeCodeIPv4, IE.icmpTypeIPv4, IE.icmpCodeIPv4, port)
+    v6tc = combined(IE.icmpTypeCodeIPv6, IE.icmpTypeIPv6, IE.icmpCodeIPv6,
+                    v4 if r.has(IE.icmpTypeCodeIPv4) else port)
     is4, is6 = proto == 1, proto == 58
     if is4.any():
         cols["ICMPv4Type"] = np.where(is4, v4 >> np.uint64(8), 0) & 0xFF
@@ -254,7 +269,7 @@ def _icmp(r: Records, cols: dict) -> None:
 
 def _mpls(r: Records) -> ListColumn | None:
     """Label stack entries 70–79 (3 bytes: label, TC, bottom-of-stack) → labels, top first."""
-    entries = [r.uint(ie) for ie in range(70, 80) if r.has(ie)]
+    entries = [r.uint(ie) for ie in MPLS_LABELS if r.has(ie)]
     if not entries:
         return None
     stack = np.stack(entries, axis=1)
@@ -279,8 +294,14 @@ def _times(r: Records, ctx: dict, pen: int) -> tuple[np.ndarray, np.ndarray]:
     are placed against the header (v9) or systemInitTimeMilliseconds (IPFIX). Times far from
     the export time are kept: an exporter's clock is the exporter's business, not ours."""
     export = ctx["export_ms"]
-    return _time(r, ctx, export, 152, 150, 154, 156, 158, 22, pen), \
-        _time(r, ctx, export, 153, 151, 155, 157, 159, 21, pen)
+    return _time(r, ctx, export, *_START, pen), _time(r, ctx, export, *_END, pen)
+
+
+# Flow start / end elements, in the order _time prefers them.
+_START = (IE.flowStartMilliseconds, IE.flowStartSeconds, IE.flowStartMicroseconds, IE.flowStartNanoseconds,
+          IE.flowStartDeltaMicroseconds, IE.flowStartSysUpTime)
+_END = (IE.flowEndMilliseconds, IE.flowEndSeconds, IE.flowEndMicroseconds, IE.flowEndNanoseconds,
+        IE.flowEndDeltaMicroseconds, IE.flowEndSysUpTime)
 
 
 def _time(r: Records, ctx: dict, export: np.ndarray, ms_ie: int, s_ie: int, us_ie: int, ns_ie: int,
@@ -305,7 +326,7 @@ def _time(r: Records, ctx: dict, export: np.ndarray, ms_ie: int, s_ie: int, us_i
         # Signed 32-bit difference: survives the sysUptime wrap after 49.7 days.
         ago = ((ctx["uptime_ms"] - value.astype(np.int64)) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
         return export - ago.astype(np.int64)
-    init = r.uint(160)
+    init = r.uint(IE.systemInitTimeMilliseconds)
     if init is not None:
         return init.astype(np.int64) + value.astype(np.int64)
     if ctx["system_init_ms"] is not None:
@@ -317,13 +338,13 @@ def _sampling(r: Records, ctx: dict) -> np.ndarray:
     """Per-record sampling rate: from the record's own sampling elements, else its sampler id
     looked up in options data, else the exporter's (observation domain's) rate; 0 = not said."""
     default = np.full(r.n, ctx["domain_rate"], np.uint64)
-    rate = r.first(34, 50)
-    if rate is None and r.has(305):
-        interval = r.uint(305)
-        space = r.uint(306) if r.has(306) else np.zeros(r.n, np.uint64)
+    rate = r.first(IE.samplingInterval, IE.samplerRandomInterval)
+    if rate is None and r.has(IE.samplingPacketInterval):
+        interval = r.uint(IE.samplingPacketInterval)
+        space = r.uint(IE.samplingPacketSpace) if r.has(IE.samplingPacketSpace) else np.zeros(r.n, np.uint64)
         rate = np.where(interval > 0, (interval + space) // np.maximum(interval, 1), 0)
     if rate is None:
-        sampler = r.first(48, 302)
+        sampler = r.first(IE.samplerId, IE.selectorId)
         if sampler is None or not ctx["sampler_rates"]:
             return default
         lookup = ctx["sampler_rates"]
@@ -340,10 +361,10 @@ _SWAPS = (("SrcAddr", "DstAddr"), ("SrcPort", "DstPort"), ("SrcNetMask", "DstNet
 def _reverse(r: Records, forward: dict, ctx: dict) -> tuple[int, dict] | None:
     """RFC 5103: the reverse counters of a biflow as a flow of their own, source and
     destination swapped; rows without reverse traffic give no reverse flow."""
-    packets = r.first(2, 24, 86, pen=REVERSE_PEN)
-    octets = r.first(1, 23, 85, pen=REVERSE_PEN)
-    if packets is None and octets is None:
-        packets, octets = r.first(299), r.first(232)  # a firewall flow's responder side
+    packets = r.first(*_PACKETS, pen=REVERSE_PEN)
+    octets = r.first(*_OCTETS, pen=REVERSE_PEN)
+    if packets is None and octets is None:  # a firewall flow's responder side
+        packets, octets = r.first(IE.responderPackets), r.first(IE.responderOctets)
     if packets is None and octets is None:
         return None
     packets = np.zeros(r.n, np.uint64) if packets is None else packets
@@ -362,11 +383,11 @@ def _reverse(r: Records, forward: dict, ctx: dict) -> tuple[int, dict] | None:
                 if cols[name] is None:
                     del cols[name]
     cols["Bytes"], cols["Packets"] = octets[rows], packets[rows]
-    flags = r.uint(6, REVERSE_PEN)
+    flags = r.uint(IE.tcpControlBits, REVERSE_PEN)
     cols["TCPFlags"] = flags[rows] if flags is not None else np.zeros(len(rows), np.uint64)
-    start, end = _time(r, ctx, ctx["export_ms"], 152, 150, 154, 156, 158, 22, REVERSE_PEN), \
-        _time(r, ctx, ctx["export_ms"], 153, 151, 155, 157, 159, 21, REVERSE_PEN)
-    if r.has(152, REVERSE_PEN) or r.has(150, REVERSE_PEN) or r.has(22, REVERSE_PEN):
+    start, end = _time(r, ctx, ctx["export_ms"], *_START, REVERSE_PEN), \
+        _time(r, ctx, ctx["export_ms"], *_END, REVERSE_PEN)
+    if any(r.has(ie, REVERSE_PEN) for ie in (IE.flowStartMilliseconds, IE.flowStartSeconds, IE.flowStartSysUpTime)):
         cols["TimeFlowStart"], cols["TimeFlowEnd"] = start[rows], end[rows]
     direction = cols.get("FlowDirection")
     if direction is not None:

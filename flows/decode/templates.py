@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from flows.decode import limits, metrics
+from flows.decode.elements import BYTEWISE, IE, REVERSED, SECTIONS
 from flows.decode.forwarding import JUNIPER_CPID, JUNIPER_PEN
 from flows.decode.frames import HEADER_BYTES
 
@@ -24,35 +25,22 @@ VARIABLE = 65535
 REVERSE_PEN = 29305  # RFC 5103 biflow: reverse information elements use this enterprise number
 SCOPE_PEN = -1  # NetFlow v9 scope fields: their type numbers are not information elements
 
-# Information elements a flow column or the sampling/time logic reads. Enterprise-specific
-# elements other than the RFC 5103 reverse ones are never mapped, so they are skipped safely.
-# Packet sections: the packet's bytes from its link layer (dataLinkFrameSection 315,
-# layer2packetSectionData 104) or from its IP header (ipHeaderPacketSection 313).
-SECTION_IES = frozenset({104, 313, 315})
-NSEL_EVENT = 40005  # Cisco ASA NSEL NF_F_FW_EVENT (a NetFlow v9 field type)
-MAPPED_IES = frozenset({
-    1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 27, 28, 29, 30,
-    31, 32, 34, 35, 48, 49, 50, 52, 53, 54, 56, 57, 58, 59, 60, 61, 62, 63, 70, 71, 72, 73, 74,
-    75, 76, 77, 78, 79, 80, 81, 85, 86, 88, 89, 139, 150, 151, 152, 153, 154, 155, 156, 157, 158,
-    159, 160, 176, 177, 178, 179, 192, 225, 226, 227, 228, 231, 232, 233, 234, 235, 243, 252, 253,
-    254, 256, 281, 282, 298, 299, 302, 304, 305, 306, 309, 310, 311, 312, *SECTION_IES, NSEL_EVENT,
-})
-REVERSE_IES = frozenset({1, 2, 6, 21, 22, 23, 24, 85, 86, 150, 151, 152, 153})
-# Read as raw bytes, whatever their length: addresses, MACs, MPLS label stack entries, sections.
-BYTEWISE_IES = frozenset({8, 12, 15, 18, 27, 28, 56, 57, 62, 63, 80, 81, 225, 226, 281, 282,
-                          *range(70, 80), *SECTION_IES})
+# Information elements a flow column or the sampling/time logic reads (elements.IE, the one
+# table). Enterprise-specific elements other than the RFC 5103 reverse ones and Juniper's
+# commonPropertiesId are never mapped, so they are skipped safely.
+MAPPED = frozenset(IE)
 SLOT = 2 + HEADER_BYTES  # a normalised variable-length section: its length, then its bytes
 
 Field = tuple[int, int, int]  # (information element, enterprise number or 0, length)
 
 
 def _mapped(pen: int, ie: int) -> bool:
-    return (pen == 0 and ie in MAPPED_IES) or (pen == REVERSE_PEN and ie in REVERSE_IES)
+    return (pen == 0 and ie in MAPPED) or (pen == REVERSE_PEN and ie in REVERSED)
 
 
 def _slot(pen: int, ie: int, length: int) -> bool:
     """Whether a field is a variable-length packet section kept in a normalised slot."""
-    return length == VARIABLE and pen == 0 and ie in SECTION_IES
+    return length == VARIABLE and pen == 0 and ie in SECTIONS
 
 
 class Template:
@@ -96,7 +84,7 @@ class Template:
             elif _mapped(pen, ie) and (pen, ie) not in keys and length > 0:
                 names.append(name)
                 offsets.append(offset)
-                integer = length in (1, 2, 4, 8) and ie not in BYTEWISE_IES
+                integer = length in (1, 2, 4, 8) and ie not in BYTEWISE
                 formats.append(f">u{length}" if integer else ("u1", (length,)))
                 keys[(pen, ie)] = (name, length)
             offset += length
