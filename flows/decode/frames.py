@@ -73,18 +73,19 @@ class Headers:
         matrix[:, :width] = sections[:, :width]
         return cls(matrix, np.minimum(length.astype(np.int64), width))
 
+    # (cursors only grow from 0: a minimum keeps them in the row, cheaper than np.clip)
     def u8(self, at: np.ndarray) -> np.ndarray:
-        return self.flat[self.base + np.clip(at, 0, HEADER_BYTES - 1)].astype(np.int64)
+        return self.flat[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def u16(self, at: np.ndarray) -> np.ndarray:
-        return self.be16[self.base + np.clip(at, 0, HEADER_BYTES - 1)].astype(np.int64)
+        return self.be16[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def u32(self, at: np.ndarray) -> np.ndarray:
-        return self.be32[self.base + np.clip(at, 0, HEADER_BYTES - 1)].astype(np.int64)
+        return self.be32[self.base + np.minimum(at, HEADER_BYTES - 1)].astype(np.int64)
 
     def take(self, at: np.ndarray, width: int) -> np.ndarray:
         """(n, width) bytes at the cursors (zeros past the packet)."""
-        starts = self.base + np.clip(at, 0, ROW - width)
+        starts = self.base + np.minimum(at, ROW - width)
         return strided_view(self.buffer, f"V{width}")[starts].view(np.uint8).reshape(-1, width)
 
     def has(self, at: np.ndarray, width: int) -> np.ndarray:
@@ -142,6 +143,14 @@ def parse(h: Headers, protocol: np.ndarray, frame: np.ndarray | None = None,
     return out, keep
 
 
+def _one_of(values: np.ndarray, options: tuple[int, ...]) -> np.ndarray:
+    """values ∈ options, for a handful of options (faster than np.isin at these sizes)."""
+    out = values == options[0]
+    for option in options[1:]:
+        out |= values == option
+    return out
+
+
 def _column(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
     return mask[:, None] if values.ndim == 2 else mask
 
@@ -161,7 +170,9 @@ def _ethernet(h: Headers, rows: np.ndarray, etype: np.ndarray, offset: np.ndarra
     offset = np.where(rows, offset + 14, offset)
     vlan = np.where(rows, 0, link.vlan)
     for _ in range(2):  # with QinQ the inner (customer) tag is the VLAN
-        tagged = rows & np.isin(etype, _VLAN_TAGS) & h.has(offset, 4)
+        tagged = rows & _one_of(etype, _VLAN_TAGS) & h.has(offset, 4)
+        if not tagged.any():
+            break
         vlan = np.where(tagged, h.u16(offset) & 0xFFF, vlan)
         etype = np.where(tagged, h.u16(offset + 2), etype)
         offset = np.where(tagged, offset + 4, offset)
@@ -183,6 +194,8 @@ def _mpls(h: Headers, etype: np.ndarray, offset: np.ndarray):
     control word (first nibble 0) or without one — recognised by a plausible ethertype."""
     n = len(etype)
     active = (etype == _ETHERTYPE_MPLS) | (etype == 0x8848)
+    if not active.any():
+        return ListColumn(np.zeros(n + 1, np.int64), np.zeros(0, np.uint32)), etype, offset, active
     labels = np.zeros((n, 8), np.uint32)
     present = np.zeros((n, 8), bool)
     last = np.full(n, -1, np.int64)
@@ -199,8 +212,8 @@ def _mpls(h: Headers, etype: np.ndarray, offset: np.ndarray):
     v4 = stacked & ((last == 0) | ((last != 2) & (nibble == 4)))
     v6 = stacked & ((last == 2) | ((last != 0) & (nibble == 6)))
     not_ip = stacked & ~v4 & ~v6
-    control_word = not_ip & (nibble == 0) & np.isin(h.u16(offset + 16), _INNER_ETHERTYPES) & h.has(offset + 4, 14)
-    bare = not_ip & ~control_word & np.isin(h.u16(offset + 12), _INNER_ETHERTYPES) & h.has(offset, 14)
+    control_word = not_ip & (nibble == 0) & _one_of(h.u16(offset + 16), _INNER_ETHERTYPES) & h.has(offset + 4, 14)
+    bare = not_ip & ~control_word & _one_of(h.u16(offset + 12), _INNER_ETHERTYPES) & h.has(offset, 14)
     etype = np.where(stacked, np.select([v4, v6], [_ETHERTYPE_IPV4, _ETHERTYPE_IPV6], 0), etype)
     offset = np.where(control_word, offset + 4, offset)
     offsets = np.zeros(n + 1, np.int64)
@@ -227,8 +240,10 @@ def _network(h: Headers, etype: np.ndarray, offset: np.ndarray) -> dict:
     proto = np.where(ip4, h.u8(offset + 9), np.where(ip6, h.u8(offset + 6), 0))
     l4 = np.where(ip4, offset + (h.u8(offset) & 0xF) * 4, offset + 40)
     for _ in range(3):
-        ext = ip6 & np.isin(proto, (0, 43, 60)) & h.has(l4, 2)
+        ext = ip6 & _one_of(proto, (0, 43, 60)) & h.has(l4, 2)
         frag = ip6 & (proto == 44) & h.has(l4, 8)
+        if not (ext.any() or frag.any()):
+            break
         fragment_id = np.where(frag, h.u32(l4 + 4), fragment_id)
         fragment_offset = np.where(frag, h.u16(l4 + 2) >> 3, fragment_offset)
         next_proto = h.u8(l4)
@@ -266,7 +281,7 @@ def _decapsulate(h: Headers, mode: np.ndarray, outer: dict, link: _Link) -> tupl
     gre = (mode == GRE) & ip & (proto == 47) & ((flags & 0x7) == 0)
     gre_length = 4 + 4 * (((flags & 0x8000) != 0).astype(np.int64) + ((flags & 0x2000) != 0)
                           + ((flags & 0x1000) != 0))
-    gre_ip = gre & np.isin(gre_type, (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6))
+    gre_ip = gre & _one_of(gre_type, (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6))
     gre_ethernet = gre & (gre_type == _TRANSPARENT_ETHERNET)
     inner_etype = np.where(gre_ip, gre_type, inner_etype)
     ethernet |= gre_ethernet
@@ -274,7 +289,7 @@ def _decapsulate(h: Headers, mode: np.ndarray, outer: dict, link: _Link) -> tupl
     # IP in IP (protocol 4 / 41), and SRv6: IPv6 (its segment routing header already stepped
     # over with the other extension headers) carrying IPv4 or IPv6.
     in_ip = ((mode == IPIP) & ip) | ((mode == SRV6) & outer["ip6"])
-    in_ip &= np.isin(proto, (4, 41))
+    in_ip &= _one_of(proto, (4, 41))
     inner_etype = np.where(in_ip, np.where(proto == 4, _ETHERTYPE_IPV4, _ETHERTYPE_IPV6), inner_etype)
     if ethernet.any():
         inner_etype, inner_offset = _ethernet(h, ethernet, inner_etype, inner_offset, link)
@@ -285,7 +300,7 @@ def _decapsulate(h: Headers, mode: np.ndarray, outer: dict, link: _Link) -> tupl
 
 def _transport(h: Headers, out: dict, proto: np.ndarray, l4: np.ndarray, ok: np.ndarray,
                ip6: np.ndarray) -> None:
-    ports = ok & np.isin(proto, (6, 17, 132)) & h.has(l4, 4)
+    ports = ok & _one_of(proto, (6, 17, 132)) & h.has(l4, 4)
     out["SrcPort"] = np.where(ports, h.u16(l4), 0)
     out["DstPort"] = np.where(ports, h.u16(l4 + 2), 0)
     tcp = ok & (proto == 6) & h.has(l4, 14)
