@@ -41,6 +41,7 @@ from pydantic_settings import (
 )
 
 from flows.decode.frames import DECAPSULATIONS
+from flows.regex import compile_regex
 
 CONFIG_ENV = "WAXFLOW_CONFIG"
 DEFAULT_CONFIG = Path("dataflows.yaml")
@@ -412,50 +413,13 @@ def _as_list(value: Any) -> Any:
 
 
 def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as err:
-        raise ValueError(f"not a valid regular expression: {err}") from None
-    if _nested_repeat(value):
-        raise ValueError("a repeated group holds a repetition of its own (like (a+)+): such a pattern can "
-                         "take exponential time on a text that almost matches; write it without the nesting")
+    compile_regex(value)
     return value
 
 
-def _nested_repeat(pattern: str) -> bool:
-    """Whether an unbounded repetition contains another unbounded one: Python's backtracking
-    engine may then try exponentially many ways to split a text that almost matches."""
-    import warnings
-
-    with warnings.catch_warnings():  # the modules are deprecated aliases; their API is stable
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import sre_constants
-        import sre_parse
-    repeats = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, getattr(sre_constants, "POSSESSIVE_REPEAT", None))
-
-    def walk(items: Any, inside: bool) -> bool:
-        for op, arg in items:
-            if op in repeats:
-                low, high, sub = arg
-                unbounded = high == sre_constants.MAXREPEAT or high > 1000
-                if unbounded and op != getattr(sre_constants, "POSSESSIVE_REPEAT", None):
-                    if inside or walk(sub, True):
-                        return True
-                elif walk(sub, inside):
-                    return True
-            elif op == sre_constants.SUBPATTERN and walk(arg[-1], inside):
-                return True
-            elif op == sre_constants.BRANCH and any(walk(branch, inside) for branch in arg[1]):
-                return True
-            elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT) and walk(arg[1], inside):
-                return True
-        return False
-
-    return walk(sre_parse.parse(pattern), False)
-
-
 Regex = Annotated[str, AfterValidator(_regex)]
-"""A regular expression searched in a text (anchor it with ^ and $ to match the whole text)."""
+"""A regular expression (RE2 syntax: flows/regex.py) searched in a text (anchor it with ^ and $ to
+match the whole text)."""
 
 MMDBFiles = Annotated[list[FilePath], BeforeValidator(_as_list)]
 ASNProvider = Literal["flow", "flow-except-private", "networks", "geoip"]
@@ -504,7 +468,7 @@ def _check_rule(rule: "ExporterRule | InterfaceRule") -> None:
     for field in type(rule.match).model_fields:
         value = getattr(rule.match, field)
         if isinstance(value, str) and field in REGEX_FIELDS:
-            groups |= set(re.compile(value).groupindex)
+            groups |= set(compile_regex(value).groupindex)
     assigned = rule.set.model_dump(exclude_none=True)
     if not assigned and not rule.reject:
         raise ValueError("a rule must set an attribute or reject")

@@ -37,8 +37,8 @@ CASES = [
      "not true/false"),
     ("inlet: {listeners: []}\n", "inlet.listeners", "at least 1 item"),
     ("kafka: {partitions: 2}\nkafka: {partitions: 3}\n", "kafka", "given twice"),
-    ("enrichment: {classifiers: {exporter: [{match: {name: '^(\\w+\\s?)*$'}, set: {site: x}}]}}\n",
-     "enrichment.classifiers.exporter[0].match.name", "exponential time"),
+    ("enrichment: {classifiers: {exporter: [{match: {name: '^(\\w+)\\1$'}, set: {site: x}}]}}\n",
+     "enrichment.classifiers.exporter[0].match.name", "no backreferences"),
 ]
 
 

@@ -168,7 +168,7 @@ enrichment:
 
 @pytest.mark.parametrize(("rule", "key", "reason"), [
     ("{match: {description: '^Transit: (?P<p>\\w+'}, set: {provider: $p}}",
-     "enrichment.classifiers.interface[2].match.description", "not a valid regular expression"),
+     "enrichment.classifiers.interface[2].match.description", "not a regular expression RE2 accepts"),
     ("{match: {description: '^Transit: (?P<p>\\w+)'}, set: {provider: $provider}}",
      "enrichment.classifiers.interface[2]", "set.provider: $provider is not a named group"),
     ("{match: {name: x}, set: {boundary: outside}}",
@@ -220,3 +220,22 @@ def test_dropped_rows_keep_every_other_column() -> None:
     assert out.column("SrcNetName").to_pylist() == [""] * 4
     sliced = drop_rows(batch.slice(2), pa.array(keep[2:]).to_numpy(zero_copy_only=False))
     assert sliced.column("InIfName").to_pylist() == ["if2", "if3", "if5"]
+
+
+def test_a_pattern_that_backtracks_exponentially_in_python_cannot_stall_classification(tmp_path: Path) -> None:
+    """`^(\\w+\\s?)*$` against a 40-character name that almost matches takes Python's `re`
+    about 2^40 steps; RE2 (flows/regex.py) matches in time linear in the name."""
+    import time
+
+    cfg = rules(r"""
+enrichment:
+  classifiers:
+    interface:
+      - match: {description: '^(\w+\s?)*$'}
+        set: {connectivity: words}
+""", tmp_path)
+    near_miss = "a" * 40 + "!"
+    started = time.monotonic()
+    out = Enricher(cfg)(flows([("et-0", near_miss, 1000), ("et-1", "two words", 1000)]))
+    assert time.monotonic() - started < 5  # (Python's re: hours)
+    assert out.column("InIfConnectivity").to_pylist() == ["", "words"]

@@ -14,7 +14,6 @@ A batch from the metadata step (columns.KEYED_BY_INDEX) finds its distinct inter
 from __future__ import annotations
 
 import logging
-import re
 import string
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ from connectors.metrics import RateLimitedLog
 from flows.enrich.columns import (KeyCache, Profiles, combine, drop_rows, encode, first_rows,
                                   keyed_by_index, replace)
 from flows.enrich.subnets import as_v6_network
+from flows.regex import Pattern, compile_regex
 from flows.schema import BOUNDARIES
 from flows.settings import Classifiers, ExporterRule, InterfaceRule
 
@@ -50,7 +50,7 @@ LOWER_CASED = ("connectivity", "provider")
 class Rule:
     """One compiled rule: regexes on named fields, optional subnet and speed range, templates."""
 
-    regexes: list[tuple[str, re.Pattern[str]]]
+    regexes: list[tuple[str, Pattern]]
     subnet: tuple[int, int] | None  # (network, mask) on the 16-byte address as an integer
     speed: tuple[int, int]
     templates: dict[str, string.Template] = field(default_factory=dict)
@@ -76,7 +76,7 @@ class Rule:
 def compile_rule(rule: ExporterRule | InterfaceRule, regex_fields: dict[str, str],
                  subnet_field: str) -> Rule:
     """regex_fields: match field → the key-field it is searched in."""
-    regexes = [(target, re.compile(getattr(rule.match, name)))
+    regexes = [(target, compile_regex(getattr(rule.match, name)))
                for name, target in regex_fields.items() if getattr(rule.match, name) is not None]
     subnet = None
     if getattr(rule.match, subnet_field) is not None:
