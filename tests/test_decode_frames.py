@@ -261,3 +261,74 @@ def test_a_mistyped_column_name_raises_instead_of_losing_its_data() -> None:
     assert assemble([(1, {"SrcPort": np.array([7])})]).column("SrcPort").to_pylist() == [7]
     with pytest.raises(UnknownColumn, match="SrcPrt"):
         assemble([(1, {"SrcPrt": np.array([7])})])
+
+
+# -- found by an adversarial read -------------------------------------------------------------
+
+def test_an_ipv4_header_length_below_five_words_is_not_ipv4() -> None:
+    frame = bytearray(bytes(_ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1111, dport=2222)))
+    frame[14] = 0x44  # IHL 4: RFC 791's minimum is 5
+    flow = _one(bytes(frame))
+    assert (flow["SrcPort"], flow["DstPort"], flow["SrcAddr"]) == (0, 0, bytes(16))
+
+
+def test_every_extension_header_of_rfc_8200_order_and_ah_are_stepped_over() -> None:
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting
+    from scapy.layers.ipsec import AH
+
+    six = _one(bytes(_ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+                     / IPv6ExtHdrRouting() / IPv6ExtHdrFragment(id=77, m=1) / TCP(sport=7, dport=8)))
+    assert (six["Proto"], six["SrcPort"], six["DstPort"], six["IPFragmentID"]) == (6, 7, 8, 77)
+    # RFC 4302: a 24-byte AH says (4 + 2) 32-bit words
+    ah = _one(bytes(_ether() / IP(src="10.0.0.1", dst="10.0.0.2", proto=51)
+                    / AH(nh=6, payloadlen=4, spi=1, icv=b"\x00" * 12) / TCP(sport=9, dport=10)))
+    assert (ah["Proto"], ah["SrcPort"], ah["DstPort"]) == (6, 9, 10)
+
+
+def test_a_label_stack_longer_than_eight_gives_no_ip_fields() -> None:
+    stack = _ether()
+    for label in range(100, 108):
+        stack = stack / MPLS(label=label, s=0)
+    frame = bytes(stack / MPLS(label=0x45000, s=1) / INNER)
+    flow = _one(frame)
+    assert flow["MPLSLabels"] == list(range(100, 108))
+    assert (flow["EType"], flow["SrcAddr"], flow["IPFragmentID"]) == (0, bytes(16), 0)
+    assert flow["Bytes"] == len(frame) - 14 - 8 * 4  # sFlow's fallback: the frame less what was read
+
+
+@pytest.mark.parametrize("mac", ["00:22:22:22:22:22", "64:87:88:00:00:01", "45:00:00:00:00:01"])
+def test_ethernet_over_mpls_without_control_word_whatever_the_mac_first_nibble(mac) -> None:
+    """RFC 4385 section 3: the first nibble of a pseudowire without control word is the MAC's;
+    the frame is recognised by its ethertype and the IP header after it."""
+    customer = Ether(src="00:11:11:11:11:11", dst=mac) / Dot1Q(vlan=10) / INNER
+    flow = _one(bytes(_ether() / MPLS(label=17, s=1) / customer))
+    assert (flow["SrcVlan"], flow["SrcMAC"], flow["DstMAC"]) == (10, 0x001111111111, int(mac.replace(":", ""), 16))
+    _is_inner(flow)
+
+
+def test_a_tunnel_whose_inner_header_was_not_sampled_still_counts() -> None:
+    """sFlow agents send 128 header bytes: an SRv6 packet with a 3-segment SRH leaves none of
+    the inner IPv6 header. The flow stays, its length the outer one less the tunnel headers."""
+    srh = IPv6ExtHdrSegmentRouting(addresses=["fc00::1", "fc00::2", "fc00::3"], segleft=2)
+    packet = _ether() / IPv6(src="2001:db8::a", dst="fc00::3") / srh / INNER6 / (b"p" * 200)
+    flows = _sflow(bytes(packet)[:128], "srv6")
+    assert len(flows) == 1 and flows[0]["SrcAddr"] == bytes(16)
+    assert flows[0]["Bytes"] == len(INNER6) + 200
+
+
+def test_one_exporter_on_two_listeners_decapsulates_only_the_tunnel_listeners_datagrams() -> None:
+    from flows.decode.decoder import decode_with_origins
+    from flows.decode.state import ExporterState
+
+    message = _ipfix(_ipfix_template(400, [(315, 65535)]) + _set(400, _varlen(bytes(_ether() / INNER))))
+    for modes in ((0, 1), (1, 0)):
+        batch, origins = decode_with_origins(ExporterState("198.51.100.40"),
+                                             [(message, "", EXPORT, tag, mode) for tag, mode in zip((1, 2), modes)])
+        assert origins.tolist() == [1 + modes.index(0)]  # the datagram of the plain listener only
+
+
+def test_a_decapsulated_section_wins_over_the_records_tunnel_elements() -> None:
+    fields = [(8, 4), (12, 4), (4, 1), (7, 2), (11, 2), (315, 65535)]
+    outer = bytes([192, 0, 2, 1, 192, 0, 2, 2]) + struct.pack("!BHH", 17, 49152, 4789)
+    (flow,) = _ipfix_flows(fields, outer + _varlen(bytes(TUNNELS["vxlan"])), decapsulation="vxlan")
+    _is_inner(flow)

@@ -37,7 +37,7 @@ _KIND = {5: "netflow_v5", 9: "netflow_v9", 10: "ipfix"}
 
 class _TemplateGroup:
     """The records of one template queued within a call, as pieces (records, export ms,
-    sysUptime ms, receive s): one piece per template and segment of the walk, or per set for
+    sysUptime ms, receive s, origin, decapsulation mode): one piece per template and segment of the walk, or per set for
     the rare sets decoded on their own (variable-length records, data held for its template)."""
 
     __slots__ = ("state", "version", "domain", "pieces")
@@ -52,8 +52,6 @@ class Chunk:
 
     def __init__(self) -> None:
         self.groups: dict[object, _TemplateGroup] = {}
-        # The decapsulation mode of each exporter's listener (frames.DECAPSULATIONS), where not none.
-        self.decapsulation: dict[ExporterState, int] = {}
         self.netflow = NetflowQueue()
         self.v5: list = []
         self.sflow = SflowQueue()
@@ -66,8 +64,6 @@ class Chunk:
         every row this datagram's decoding emits (the outlet's delivery tag, see flows/delivery.py):
         its own records, and held records its templates release. `decapsulation`: the tunnel
         whose inner packets are the flows (frames.DECAPSULATIONS; the listener's setting)."""
-        if decapsulation:
-            self.decapsulation[state] = decapsulation
         try:
             if len(payload) < 4:
                 metrics.error("truncated")
@@ -79,6 +75,7 @@ class Chunk:
                 netflow.states.append(state)
                 netflow.received.append(received)
                 netflow.origins.append(origin)
+                netflow.decapsulation.append(decapsulation)
             elif version == 5:
                 self.datagrams["netflow_v5"] += 1
                 walk_v5(self, state, payload, received, origin)
@@ -110,9 +107,10 @@ class Chunk:
         records, count = template.records(body, most)
         if not count:
             return 0
-        export_ms, uptime, received_s, origin = (np.full(count, value, np.int64) for value in meta)
+        meta = (*meta, NONE) if len(meta) == 4 else meta  # (held in a snapshot from before decapsulation)
+        export_ms, uptime, received_s, origin, decapsulation = (np.full(count, value, np.int64) for value in meta)
         self.group(state, template, key[0], key[1]).pieces.append(
-            (template.view(records), export_ms, uptime, received_s, origin))
+            (template.view(records), export_ms, uptime, received_s, origin, decapsulation))
         return count
 
     def group(self, state: ExporterState, template, version: int, domain: int) -> _TemplateGroup:
@@ -131,7 +129,7 @@ class Chunk:
             _guarded(walk_netflow, self.netflow, self)
         parts = []
         for template, group in self.groups.items():
-            parts.extend(_guarded(_template_parts, template, group, self.decapsulation.get(group.state, NONE)))
+            parts.extend(_guarded(_template_parts, template, group))
         if self.v5:
             parts.extend(_guarded(lambda: [v5_columns(self.v5)]))
             metrics.FLOWS_BY_KIND["netflow_v5"].inc(sum(s[1] for s in self.v5))
@@ -160,13 +158,13 @@ def _guarded(function, *args) -> list:
         return []
 
 
-def _template_parts(template, group: _TemplateGroup, decapsulation: int = NONE) -> list:
+def _template_parts(template, group: _TemplateGroup) -> list:
     state, version, domain = group.state, group.version, group.domain
     pieces = group.pieces
     if len(pieces) == 1:
-        view, export_ms, uptime_ms, received, origin = pieces[0]
+        view, export_ms, uptime_ms, received, origin, decapsulation = pieces[0]
     else:
-        view, export_ms, uptime_ms, received, origin = (np.concatenate(column) for column in zip(*pieces))
+        view, export_ms, uptime_ms, received, origin, decapsulation = (np.concatenate(column) for column in zip(*pieces))
     ctx = {
         "version": version,
         "exporter": state.address,
@@ -177,7 +175,7 @@ def _template_parts(template, group: _TemplateGroup, decapsulation: int = NONE) 
         "domain_rate": state.domain_rates.get((version, domain), 0),
         "sampler_rates": {k[2]: r for k, r in state.sampler_rates.items() if k[:2] == (version, domain)},
         "system_init_ms": state.system_init_ms.get((version, domain)),
-        "decapsulation": decapsulation,
+        "decapsulation": decapsulation if decapsulation.any() else None,
     }
     parts = flow_columns(template, view, ctx)
     metrics.FLOWS_BY_KIND[_KIND[version]].inc(sum(n for n, _ in parts))

@@ -28,7 +28,8 @@ import numpy as np
 
 from flows.decode.columns import ListColumn, strided_view
 
-HEADER_BYTES = 160  # enough for Ethernet + 2 tags + 8 labels + control word + inner Ethernet + IPv6 + TCP
+HEADER_BYTES = 192  # Ethernet + 2 tags + 8 labels + control word + inner Ethernet + IPv6 + TCP, or an SRv6
+# outer header with a 3-segment SRH + inner IPv6 + TCP
 ROW = HEADER_BYTES + 16  # zero padding: a 16-byte read at the last header byte stays in the row
 
 # Header protocols, numbered as sFlow v5's header_protocol (the IPFIX sections map onto them).
@@ -54,7 +55,7 @@ class Headers:
         matrix[np.arange(ROW) >= length[:, None]] = 0
         self.n = n
         self.length = length
-        self.buffer = matrix.tobytes()
+        self.buffer = matrix.tobytes() + bytes(16)  # (views stay valid with no row at all)
         self.flat = np.frombuffer(self.buffer, np.uint8)
         self.be16 = strided_view(self.buffer, ">u2")
         self.be32 = strided_view(self.buffer, ">u4")
@@ -114,17 +115,21 @@ def parse(h: Headers, protocol: np.ndarray, frame: np.ndarray | None = None,
     etype = np.select([protocol == IPV4, protocol == IPV6, protocol == MPLS],
                       [_ETHERTYPE_IPV4, _ETHERTYPE_IPV6, _ETHERTYPE_MPLS], 0)
     offset = np.zeros(n, np.int64)
-    etype, offset = _ethernet(h, protocol == ETHERNET, etype, offset, link)
+    ethernet = protocol == ETHERNET
+    etype, offset = _ethernet(h, ethernet, etype, offset, link)
     labels, etype, offset, carried = _mpls(h, etype, offset)
     if carried.any():  # Ethernet over MPLS: the customer's frame is the flow's
         etype, offset = _ethernet(h, carried, etype, offset, link)
-    l2_length = offset
+    l2_length = np.where(ethernet, np.maximum(offset, 14), offset)
     net = _network(h, etype, offset)
     keep = np.ones(n, bool)
     if decapsulation is not None and (decapsulation != NONE).any():
-        inner, tunneled = _decapsulate(h, decapsulation, net, link)
+        inner, tunneled, overhead = _decapsulate(h, decapsulation, net, link)
         asked = decapsulation != NONE
         keep = ~asked | tunneled
+        # An inner header cut off by the sampled length: the outer length less the tunnel's headers.
+        inner["ip_length"] = np.where(inner["ip_length"] >= 0, inner["ip_length"],
+                                      np.where(net["ip_length"] >= 0, np.maximum(net["ip_length"] - overhead, 0), -1))
         net = {name: np.where(_column(tunneled, values), inner[name], values) for name, values in net.items()}
     out = {"SrcMAC": link.src, "DstMAC": link.dst, "SrcVlan": link.vlan, "MPLSLabels": labels}
     ip = net["ip4"] | net["ip6"]
@@ -199,6 +204,7 @@ def _mpls(h: Headers, etype: np.ndarray, offset: np.ndarray):
     labels = np.zeros((n, 8), np.uint32)
     present = np.zeros((n, 8), bool)
     last = np.full(n, -1, np.int64)
+    bottom = np.zeros(n, bool)
     for i in range(8):
         active = active & h.has(offset, 4)
         entry = h.u32(offset) >> 8  # label (20 bits), traffic class (3), bottom of stack (1)
@@ -206,14 +212,25 @@ def _mpls(h: Headers, etype: np.ndarray, offset: np.ndarray):
         present[:, i] = active
         last = np.where(active, entry >> 4, last)
         offset = np.where(active, offset + 4, offset)
+        bottom |= active & ((entry & 1) == 1)
         active = active & ((entry & 1) == 0)
     stacked = present.any(axis=1)
+    ended = stacked & bottom  # (a stack longer than 8 labels: what follows is not read)
     nibble = h.u8(offset) >> 4
-    v4 = stacked & ((last == 0) | ((last != 2) & (nibble == 4)))
-    v6 = stacked & ((last == 2) | ((last != 0) & (nibble == 6)))
-    not_ip = stacked & ~v4 & ~v6
-    control_word = not_ip & (nibble == 0) & _one_of(h.u16(offset + 16), _INNER_ETHERTYPES) & h.has(offset + 4, 14)
-    bare = not_ip & ~control_word & _one_of(h.u16(offset + 12), _INNER_ETHERTYPES) & h.has(offset, 14)
+    # The payload's first nibble is ambiguous (RFC 4385 section 3): an IPv4 header is taken when
+    # it is a plausible one, an Ethernet frame (control word or not) when its ethertype and the
+    # header after it agree, IPv6 otherwise on nibble 6.
+    ipv4 = (nibble == 4) & ((h.u8(offset) & 0xF) >= 5) & (h.u16(offset + 2) >= 20)
+    frame_cw = (nibble == 0) & _plausible_frame(h, offset + 4)
+    frame_bare = _plausible_frame(h, offset)
+    v4 = ended & ((last == 0) | ((last != 2) & ipv4))
+    v6 = ended & ~v4 & ((last == 2) | ((nibble == 6) & ~frame_bare))
+    not_ip = ended & ~v4 & ~v6
+    # A VLAN-tagged frame without control word also reads as a plausible frame 4 bytes on (the
+    # tag shifts it by exactly that), while a control word's frame reads as one without only if
+    # its source MAC happens to hold an ethertype: where both read, there is no control word.
+    bare = not_ip & frame_bare
+    control_word = not_ip & ~bare & frame_cw
     etype = np.where(stacked, np.select([v4, v6], [_ETHERTYPE_IPV4, _ETHERTYPE_IPV6], 0), etype)
     offset = np.where(control_word, offset + 4, offset)
     offsets = np.zeros(n + 1, np.int64)
@@ -221,10 +238,25 @@ def _mpls(h: Headers, etype: np.ndarray, offset: np.ndarray):
     return ListColumn(offsets, labels[present]), etype, offset, control_word | bare
 
 
+def _plausible_frame(h: Headers, at: np.ndarray) -> np.ndarray:
+    """Whether an Ethernet frame starts at `at`: its ethertype (after up to two VLAN tags) is
+    ARP, or IPv4 / IPv6 with a header of that version after it."""
+    etype, payload = h.u16(at + 12), at + 14
+    for _ in range(2):
+        tagged = _one_of(etype, _VLAN_TAGS)
+        etype = np.where(tagged, h.u16(payload + 2), etype)
+        payload = np.where(tagged, payload + 4, payload)
+    first = h.u8(payload)
+    ip4 = (etype == _ETHERTYPE_IPV4) & ((first >> 4) == 4) & ((first & 0xF) >= 5)
+    ip6 = (etype == _ETHERTYPE_IPV6) & ((first >> 4) == 6)
+    return (ip4 | ip6 | (etype == 0x806)) & h.has(payload, 1)
+
+
 def _network(h: Headers, etype: np.ndarray, offset: np.ndarray) -> dict:
     """IPv4/IPv6 header fields at `offset` (where etype says IP), and where the transport
     header starts (after IPv4 options, or IPv6's hop-by-hop/routing/destination/fragment)."""
-    ip4 = (etype == _ETHERTYPE_IPV4) & h.has(offset, 20) & ((h.u8(offset) >> 4) == 4)
+    version_ihl = h.u8(offset)
+    ip4 = (etype == _ETHERTYPE_IPV4) & h.has(offset, 20) & ((version_ihl >> 4) == 4) & ((version_ihl & 0xF) >= 5)
     ip6 = (etype == _ETHERTYPE_IPV6) & h.has(offset, 40) & ((h.u8(offset) >> 4) == 6)
     first = h.u32(offset)
     net = {"ip4": ip4, "ip6": ip6, "etype": np.where(ip4 | ip6, 0, etype)}
@@ -239,19 +271,24 @@ def _network(h: Headers, etype: np.ndarray, offset: np.ndarray) -> dict:
     fragment_offset = np.where(ip4, fragment & 0x1FFF, 0)
     proto = np.where(ip4, h.u8(offset + 9), np.where(ip6, h.u8(offset + 6), 0))
     l4 = np.where(ip4, offset + (h.u8(offset) & 0xF) * 4, offset + 40)
-    for _ in range(3):
+    # RFC 8200 section 4.1 order: hop-by-hop, destination options, routing, fragment, AH (RFC
+    # 4302, also after IPv4), destination options: six headers at most before the transport.
+    for _ in range(6):
         ext = ip6 & _one_of(proto, (0, 43, 60)) & h.has(l4, 2)
         frag = ip6 & (proto == 44) & h.has(l4, 8)
-        if not (ext.any() or frag.any()):
+        auth = (ip4 | ip6) & (proto == 51) & h.has(l4, 2)
+        if not (ext.any() or frag.any() or auth.any()):
             break
         fragment_id = np.where(frag, h.u32(l4 + 4), fragment_id)
         fragment_offset = np.where(frag, h.u16(l4 + 2) >> 3, fragment_offset)
         next_proto = h.u8(l4)
-        l4 = np.where(ext, l4 + (h.u8(l4 + 1) + 1) * 8, np.where(frag, l4 + 8, l4))
-        proto = np.where(ext | frag, next_proto, proto)
+        length = np.select([ext, frag, auth], [(h.u8(l4 + 1) + 1) * 8, 8, (h.u8(l4 + 1) + 2) * 4], 0)
+        l4 = l4 + length
+        proto = np.where(ext | frag | auth, next_proto, proto)
     net["IPFragmentID"], net["IPFragmentOffset"] = fragment_id, fragment_offset
     net["Proto"] = net["proto"] = np.where(ip4 | ip6, proto, 0)
     net["l4"] = l4
+    net["l4_from_ip"] = l4 - offset
     net["first_fragment"] = fragment_offset == 0
     return net
 
@@ -294,8 +331,11 @@ def _decapsulate(h: Headers, mode: np.ndarray, outer: dict, link: _Link) -> tupl
     if ethernet.any():
         inner_etype, inner_offset = _ethernet(h, ethernet, inner_etype, inner_offset, link)
     inner = _network(h, inner_etype, inner_offset)
-    tunneled = (vxlan | gre_ip | gre_ethernet | in_ip) & (inner["ip4"] | inner["ip6"])
-    return inner, tunneled
+    # A tunnel recognised by its headers counts even when the sampled bytes end before the
+    # inner packet's header (its fields are then 0, its length from the outer one).
+    tunneled = vxlan | gre_ip | gre_ethernet | in_ip
+    outer_start = l4 - outer["l4_from_ip"]
+    return inner, tunneled, inner_offset - outer_start
 
 
 def _transport(h: Headers, out: dict, proto: np.ndarray, l4: np.ndarray, ok: np.ndarray,

@@ -34,13 +34,14 @@ class NetflowQueue:
     """NetFlow v9 and IPFIX datagrams queued during one decode call (walked together at its end).
     The chunk appends to the three lists directly: this runs once per datagram."""
 
-    __slots__ = ("payloads", "states", "received", "origins")
+    __slots__ = ("payloads", "states", "received", "origins", "decapsulation")
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
         self.states: list[ExporterState] = []
         self.received: list[float] = []
         self.origins: list[int] = []
+        self.decapsulation: list[int] = []  # per datagram, its listener's mode (frames.DECAPSULATIONS)
 
 
 class _Sets:
@@ -51,13 +52,15 @@ class _Sets:
 
     def __init__(self, buffer: bytes, datagram: np.ndarray, offset: np.ndarray, set_id: np.ndarray,
                  following: np.ndarray, dom: np.ndarray, domain_of: list, export_ms: np.ndarray,
-                 uptime: np.ndarray, received_at: list[float], origins: list[int]) -> None:
+                 uptime: np.ndarray, received_at: list[float], origins: list[int],
+                 decapsulation: list[int]) -> None:
         self.buffer, self.datagram, self.offset, self.set_id, self.following = \
             buffer, datagram, offset, set_id, following
         self.dom, self.domain_of = dom, domain_of
         self.export_ms, self.uptime, self.received_at = export_ms, uptime, received_at
         self.received = np.array(received_at, np.float64).astype(np.int64)
         self.origin = np.array(origins, np.int64)
+        self.decapsulation = np.array(decapsulation, np.int64)
         self.budget = RowBudget(len(received_at))
 
     def body(self, i: int) -> bytes:
@@ -65,7 +68,8 @@ class _Sets:
 
     def meta(self, i: int) -> tuple[int, int, int, int]:
         d = self.datagram[i]
-        return int(self.export_ms[d]), int(self.uptime[d]), int(self.received[d]), int(self.origin[d])
+        return (int(self.export_ms[d]), int(self.uptime[d]), int(self.received[d]), int(self.origin[d]),
+                int(self.decapsulation[d]))
 
 
 class RowBudget:
@@ -126,7 +130,7 @@ def walk_netflow(queue: NetflowQueue, chunk) -> None:
         datagram = int(sets.datagram[index])
         _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3),
                               budget=budgets.setdefault(datagram, TemplateBudget()),
-                              origin=int(sets.origin[datagram]))
+                              origin=int(sets.origin[datagram]), decapsulation=int(sets.decapsulation[datagram]))
         position = index
     _data_sets(chunk, sets, position + np.nonzero(data_sets[position:])[0])
 
@@ -171,7 +175,8 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
     if not offset.size:
         return None
     return _Sets(buffer, datagram, offset, be16[offset].astype(np.int64), following,
-                 domain_index[datagram], domain_of, export_ms, uptime, queue.received, queue.origins)
+                 domain_index[datagram], domain_of, export_ms, uptime, queue.received, queue.origins,
+                 queue.decapsulation)
 
 
 def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
@@ -214,7 +219,7 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
         records = strided_view(sets.buffer, f"V{record_len}")[starts].view(template.dtype)
         chunk.group(state, template, version, domain).pieces.append(
             (records, sets.export_ms[datagram], sets.uptime[datagram], sets.received[datagram],
-             sets.origin[datagram]))
+             sets.origin[datagram], sets.decapsulation[datagram]))
     # Rare: missing template (held, oldest dropped first), options data, variable-length
     # records: one set at a time, in datagram order.
     for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
@@ -244,15 +249,15 @@ class TemplateBudget:
 
 
 def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                          options: bool, budget: TemplateBudget, origin: int) -> None:
+                          options: bool, budget: TemplateBudget, origin: int, decapsulation: int) -> None:
     try:
-        _template_set(chunk, state, version, domain, set_id, body, options, budget, origin)
+        _template_set(chunk, state, version, domain, set_id, body, options, budget, origin, decapsulation)
     except Exception:  # a parser bug must not stop the dataflow: count it, keep going
         metrics.error("malformed")
 
 
 def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                  options: bool, budget: TemplateBudget, origin: int) -> None:
+                  options: bool, budget: TemplateBudget, origin: int, decapsulation: int) -> None:
     seen_key = (version, domain, set_id, body)
     if state.known_template_set(seen_key):
         return
@@ -300,7 +305,7 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
         metrics.TEMPLATES_BY_KIND["netflow_v9" if version == 9 else "ipfix"].inc()
         # Released rows count against this datagram, and are its rows (their origin is its own).
         for held_body, held_meta in state.take_held(key):
-            budget.released += chunk.data_set(state, key, held_body, (*held_meta[:3], origin), None,
+            budget.released += chunk.data_set(state, key, held_body, (*held_meta[:3], origin, decapsulation), None,
                                               limits.MAX_ROWS_PER_DATAGRAM - budget.released)
     state.remember_template_set(seen_key, tuple(learnt))
 

@@ -81,7 +81,7 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     """Parts (row count, columns) for one template's records: the flows, and for RFC 5103
     biflows a second part with the reverse counters as flows in the reverse direction."""
     r = Records(template, view)
-    if ctx.get("decapsulation"):
+    if ctx.get("decapsulation") is not None:
         r, ctx = _tunneled_only(r, template, ctx)
     n = r.n
     cols: dict[str, object] = {
@@ -109,7 +109,7 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     cols["EType"] = _etype(r)
     _put(cols, "MPLSLabels", _mpls(r))
     _icmp(r, cols)
-    _sections(r, cols, ctx.get("decapsulation", frames.NONE))
+    _sections(r, cols, ctx.get("decapsulation"))
     if "IPv6FlowLabel" in cols:
         cols["SciTagsExperiment"], cols["SciTagsActivity"] = frames.scitags(np.asarray(cols["IPv6FlowLabel"]))
     cols["TimeFlowStart"], cols["TimeFlowEnd"] = _times(r, ctx, pen=0)
@@ -165,38 +165,42 @@ def _packet_section(r: Records) -> tuple[frames.Headers, np.ndarray] | None:
     return None
 
 
-def _sections(r: Records, cols: dict, decapsulation: int) -> None:
+def _sections(r: Records, cols: dict, decapsulation: np.ndarray | None) -> None:
     """The columns a sampled packet's section gives that the record's own elements did not
     (as the reference does: Bytes is the packet's IP length and Packets 1, beside the
-    sampling rate)."""
+    sampling rate). A decapsulated packet's inner header wins over the record's own elements,
+    which describe the tunnel; exported counters stay."""
     found = _packet_section(r)
-    if found is None:
+    if found is None or not r.n:
         return
     headers, kind = found
-    parsed, _ = frames.parse(headers, kind, decapsulation=None if not decapsulation
-                             else np.full(r.n, decapsulation, np.int64))
+    parsed, _ = frames.parse(headers, kind, decapsulation=decapsulation)
     length = parsed.pop("Bytes")
     if "Bytes" not in cols:
         cols["Bytes"] = length
         cols["Packets"] = (length > 0).astype(np.uint64)
+    inner = np.zeros(r.n, bool) if decapsulation is None else decapsulation != frames.NONE
     etype = parsed.pop("EType")
-    cols["EType"] = np.where(np.asarray(cols["EType"]) != 0, cols["EType"], etype)
+    cols["EType"] = np.where((np.asarray(cols["EType"]) != 0) & ~inner, cols["EType"], etype)
     if "MPLSLabels" in cols:
         del parsed["MPLSLabels"]
     for name, values in parsed.items():
         if name not in cols:
             cols[name] = values
+        elif inner.any():
+            cols[name] = np.where(inner[:, None] if values.ndim == 2 else inner, values, np.asarray(cols[name]))
 
 
 def _tunneled_only(r: Records, template: Template, ctx: dict) -> tuple[Records, dict]:
     """With a decapsulation mode, only the records whose packet section is in such a tunnel
     (the others counted as not_encapsulated), and their context."""
     found = _packet_section(r)
-    if found is None:
-        keep = np.zeros(r.n, bool)
+    decapsulation = ctx["decapsulation"]
+    if found is None or not r.n:
+        keep = decapsulation == frames.NONE
     else:
         headers, kind = found
-        _, keep = frames.parse(headers, kind, decapsulation=np.full(r.n, ctx["decapsulation"], np.int64))
+        _, keep = frames.parse(headers, kind, decapsulation=decapsulation)
     if keep.all():
         return r, ctx
     metrics.error("not_encapsulated", int(np.count_nonzero(~keep)))

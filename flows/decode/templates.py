@@ -30,6 +30,8 @@ SCOPE_PEN = -1  # NetFlow v9 scope fields: their type numbers are not informatio
 # commonPropertiesId are never mapped, so they are skipped safely.
 MAPPED = frozenset(IE)
 SLOT = 2 + HEADER_BYTES  # a normalised variable-length section: its length, then its bytes
+_SKIP, _KEEP = -1, -2  # steps of a normalising plan: a variable-length field dropped / kept in a slot
+_ZEROS = bytes(HEADER_BYTES)
 
 Field = tuple[int, int, int]  # (information element, enterprise number or 0, length)
 
@@ -55,7 +57,7 @@ class Template:
     """
 
     __slots__ = ("version", "fields", "options", "varlen", "fixed_len", "record_len", "min_len",
-                 "dtype", "keys", "cpid", "slots")
+                 "dtype", "keys", "cpid", "slots", "plan")
 
     def __init__(self, version: int, fields: tuple[Field, ...], options: bool = False) -> None:
         self.version = version
@@ -94,6 +96,7 @@ class Template:
         self.min_len = wire + sum(1 for *_, length in fields if length == VARIABLE)
         self.keys = keys
         self.cpid = tuple(cpid)
+        self.plan = _plan(fields, self.slots)
         self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
                                "itemsize": max(offset, 1)})
 
@@ -130,46 +133,64 @@ class Template:
         return (body if size == len(body) else body[:size]), count
 
     def _normalise(self, body: bytes, most: int) -> tuple[bytes, int]:
-        """Walk variable-length records, keeping only their fixed-length fields."""
+        """Walk variable-length records, keeping their fixed-length fields and section slots.
+        Each record is a few steps of `plan` (runs of fixed fields are copied at once), and must
+        take MIN_RECORD_LENGTH bytes: a set of tiny records is cut there (counted), which
+        bounds the walk's cost per datagram."""
         out, count, offset, end = bytearray(), 0, 0, len(body)
-        fields = self.fields
-        slots = self.slots
-        while end - offset >= self.min_len:
+        plan, fixed_len, least = self.plan, self.fixed_len, max(self.min_len, limits.MIN_RECORD_LENGTH)
+        while end - offset >= least:
             if count >= most:
                 metrics.error("limit")
                 break
-            start = len(out)
-            for index, (_, _, length) in enumerate(fields):
-                if length == VARIABLE:
-                    if offset >= end:
-                        break
-                    length = body[offset]
-                    offset += 1
-                    if length == 255:  # RFC 7011 §7: 255 announces a 2-byte length
-                        if offset + 2 > end:
-                            offset = end + 1
-                            break
-                        length = int.from_bytes(body[offset:offset + 2], "big")
-                        offset += 2
-                    if slots[index] and offset + length <= end:
-                        kept = min(length, HEADER_BYTES)
-                        out += kept.to_bytes(2, "big") + body[offset:offset + kept] + bytes(HEADER_BYTES - kept)
-                    elif slots[index]:
-                        out += bytes(SLOT)  # (cut by the end of the set: dropped below)
-                    offset += length
-                else:
-                    out += body[offset:offset + length]
-                    offset += length
+            start, begin = len(out), offset
+            for step in plan:
+                if step > 0:
+                    out += body[offset:offset + step]
+                    offset += step
+                    continue
+                if offset >= end:
+                    offset = end + 1
+                    break
+                length = body[offset]
+                offset += 1
+                if length == 255:  # RFC 7011 section 7: 255 announces a 2-byte length
+                    length = int.from_bytes(body[offset:offset + 2], "big")
+                    offset += 2
+                if step == _KEEP:
+                    kept = min(length, HEADER_BYTES)
+                    out += kept.to_bytes(2, "big")
+                    out += body[offset:offset + kept]
+                    out += _ZEROS[:HEADER_BYTES - kept]
+                offset += length
                 if offset > end:
                     break
-            if offset > end or len(out) - start != self.fixed_len:
+            if offset > end or len(out) - start != fixed_len:
                 del out[start:]  # a record cut by the end of the set: not a record
+                break
+            if offset - begin < limits.MIN_RECORD_LENGTH:
+                del out[start:]
+                metrics.error("implausible")
                 break
             count += 1
         return bytes(out), count
 
     def view(self, records: bytes) -> np.ndarray:
         return np.frombuffer(records, dtype=self.dtype)
+
+
+def _plan(fields: tuple[Field, ...], slots: tuple[bool, ...]) -> tuple[int, ...]:
+    """How _normalise walks a record: byte counts of runs of fixed fields, _SKIP, _KEEP."""
+    plan: list[int] = []
+    for (_, _, length), slot in zip(fields, slots):
+        if length != VARIABLE:
+            if plan and plan[-1] > 0:
+                plan[-1] += length
+            else:
+                plan.append(length)
+        else:
+            plan.append(_KEEP if slot else _SKIP)
+    return tuple(step for step in plan if step != 0)
 
 
 def options_values(template: Template, records: bytes, count: int) -> list[dict[tuple[int, int], int]]:
