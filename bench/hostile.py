@@ -50,6 +50,10 @@ def floods() -> dict[str, list[bytes]]:
         "IPFIX: a 16,000-field template": [_ipfix(_template(403, [(1, 4)] * 16_000))],
         "IPFIX: 8,000 new templates": [_ipfix(_set(2, b"".join(struct.pack("!HHHH", 256 + i, 1, 1, 4)
                                                              for i in range(8_000))))],
+        # sampled-packet records (IE 315, variable length): empty ones, then 4-byte frames
+        "IPFIX: empty IE 315 records (64 KB)": [_ipfix(_template(404, [(315, 65535)]) + _set(404, bytes(60_000)))],
+        "IPFIX: 4-byte IE 315 records (64 KB)": [_ipfix(_template(405, [(315, 65535)])
+                                                       + _set(405, b"\x03\x45\x00\x00" * 15_000))],
         "v5 header on random bytes": [b"\x00\x05" + rng.randbytes(1400)],
         "sFlow: 8,000 empty samples": [struct.pack("!IIIIIII", 5, 1, 0x0A000001, 0, 1, 1000, 8_000)
                                        + struct.pack("!II", 1, 0) * 8_000],

@@ -46,15 +46,21 @@ def test_rows_per_datagram_are_capped() -> None:
     assert FlowDecoder().decode(_ipfix(template + data), "198.51.100.53", EXPORT).num_rows == 2000
 
 
-def test_variable_length_records_share_the_datagrams_row_budget() -> None:
-    """Sets decoded one at a time (variable-length fields) draw on the same 2,000 rows."""
+def test_variable_length_records_have_a_budget_of_their_own() -> None:
+    """Sets decoded one at a time (variable-length fields, walked in Python) draw on their own
+    500 records per datagram, beside the datagram's 2,000 rows."""
     template = _ipfix_template(404, [(1, 4), (82, 65535)])  # octetDeltaCount, interfaceName (varlen)
+    fixed = _ipfix_template(405, [(1, 4)])
     record = struct.pack("!I", 5) + b"\x00"  # an empty name
     data = _set(404, record * 1_500) * 8  # 12,000 records in 8 sets
     before = _errors("limit")
     batch = FlowDecoder().decode(_ipfix(template + data), "198.51.100.58", EXPORT)
-    assert batch.num_rows == limits.MAX_ROWS_PER_DATAGRAM
+    assert batch.num_rows == limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM
     assert _errors("limit") > before
+    # fixed-length records of the same datagram still have the rest of its rows
+    mixed = _ipfix(template + fixed + _set(404, record * 1_500) * 2 + _set(405, struct.pack("!I", 6) * 1_500))
+    batch = FlowDecoder().decode(mixed, "198.51.100.59", EXPORT)
+    assert batch.num_rows == limits.MAX_ROWS_PER_DATAGRAM
 
 
 def test_a_one_byte_record_template_is_refused() -> None:

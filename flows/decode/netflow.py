@@ -77,6 +77,8 @@ class RowBudget:
 
     def __init__(self, datagrams: int) -> None:
         self.left = np.full(datagrams, limits.MAX_ROWS_PER_DATAGRAM, np.int64)
+        # variable-length records cost a Python walk each: they have a budget of their own
+        self.variable_left = np.full(datagrams, limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM, np.int64)
 
     def take(self, datagram: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Records allowed of each set (in datagram order), its datagram's budget spent in order."""
@@ -224,9 +226,15 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
     # records: one set at a time, in datagram order.
     for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
         datagram = int(sets.datagram[row])
+        template = state.templates.get(template_key)
+        variable = template is not None and template.varlen and not template.options
+        most = int(min(budget.left[datagram], budget.variable_left[datagram]) if variable else budget.left[datagram])
         try:
-            budget.left[datagram] -= chunk.data_set(state, template_key, sets.body(row), sets.meta(row),
-                                                    sets.received_at[datagram], int(budget.left[datagram]))
+            taken = chunk.data_set(state, template_key, sets.body(row), sets.meta(row),
+                                   sets.received_at[datagram], most)
+            budget.left[datagram] -= taken
+            if variable:
+                budget.variable_left[datagram] -= taken
         except Exception:  # one bad set costs only itself, not the other sets of this call
             metrics.error("malformed")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from flows.decode import limits, metrics
+from flows.decode.columns import strided_view
 from flows.decode.elements import BYTEWISE, IE, REVERSED, SECTIONS
 from flows.decode.forwarding import JUNIPER_CPID, JUNIPER_PEN
 from flows.decode.frames import HEADER_BYTES
@@ -134,19 +135,24 @@ class Template:
 
     def _normalise(self, body: bytes, most: int) -> tuple[bytes, int]:
         """Walk variable-length records, keeping their fixed-length fields and section slots.
-        Each record is a few steps of `plan` (runs of fixed fields are copied at once), and must
-        take MIN_RECORD_LENGTH bytes: a set of tiny records is cut there (counted), which
-        bounds the walk's cost per datagram."""
-        out, count, offset, end = bytearray(), 0, 0, len(body)
-        plan, fixed_len, least = self.plan, self.fixed_len, max(self.min_len, limits.MIN_RECORD_LENGTH)
+
+        The walk (Python, one record after the other: each starts where the previous ended)
+        only finds where each step of `plan` lies; the bytes are then gathered with numpy.
+        Each record must take MIN_RECORD_LENGTH bytes: a set of tiny records is cut there
+        (counted), which bounds the walk's cost per datagram."""
+        plan, end = self.plan, len(body)
+        least = max(self.min_len, limits.MIN_RECORD_LENGTH)
+        where: list[list[int]] = [[] for _ in plan]  # per step: each record's offset of it
+        lengths: list[list[int]] = [[] for _ in plan]  # per variable step: each record's length
+        count = offset = 0
         while end - offset >= least:
             if count >= most:
                 metrics.error("limit")
                 break
-            start, begin = len(out), offset
-            for step in plan:
+            begin = offset
+            for index, step in enumerate(plan):
                 if step > 0:
-                    out += body[offset:offset + step]
+                    where[index].append(offset)
                     offset += step
                     continue
                 if offset >= end:
@@ -154,26 +160,44 @@ class Template:
                     break
                 length = body[offset]
                 offset += 1
-                if length == 255:  # RFC 7011 section 7: 255 announces a 2-byte length
-                    length = int.from_bytes(body[offset:offset + 2], "big")
+                if length == 255 and offset + 2 <= end:  # RFC 7011 section 7: a 2-byte length follows
+                    length = (body[offset] << 8) | body[offset + 1]
                     offset += 2
-                if step == _KEEP:
-                    kept = min(length, HEADER_BYTES)
-                    out += kept.to_bytes(2, "big")
-                    out += body[offset:offset + kept]
-                    out += _ZEROS[:HEADER_BYTES - kept]
+                where[index].append(offset)
+                lengths[index].append(length)
                 offset += length
-                if offset > end:
-                    break
-            if offset > end or len(out) - start != fixed_len:
-                del out[start:]  # a record cut by the end of the set: not a record
+            if offset > end:  # a record cut by the end of the set: not a record
                 break
             if offset - begin < limits.MIN_RECORD_LENGTH:
-                del out[start:]
                 metrics.error("implausible")
                 break
             count += 1
-        return bytes(out), count
+        return self._gather(body, plan, where, lengths, count), count
+
+    def _gather(self, body: bytes, plan: tuple[int, ...], where: list[list[int]],
+                lengths: list[list[int]], count: int) -> bytes:
+        """The normalised records: each plan step's bytes of the `count` records, side by side."""
+        if not count:
+            return b""
+        padded = body + _ZEROS  # a section's slot reads HEADER_BYTES whatever its length
+        out = np.zeros((count, self.fixed_len), np.uint8)
+        column = 0
+        for index, step in enumerate(plan):
+            if step == _SKIP:
+                continue
+            at = np.array(where[index][:count], np.int64)
+            width = step if step > 0 else HEADER_BYTES
+            data = strided_view(padded, f"V{width}")[at].view(np.uint8).reshape(count, width)
+            if step > 0:
+                out[:, column:column + step] = data
+                column += step
+                continue
+            kept = np.minimum(np.array(lengths[index][:count], np.int64), HEADER_BYTES)
+            out[:, column] = kept >> 8
+            out[:, column + 1] = kept & 0xFF
+            out[:, column + 2:column + SLOT] = np.where(np.arange(HEADER_BYTES) < kept[:, None], data, 0)
+            column += SLOT
+        return out.tobytes()
 
     def view(self, records: bytes) -> np.ndarray:
         return np.frombuffer(records, dtype=self.dtype)
