@@ -322,11 +322,13 @@ def parse_flows_query(params: Mapping[str, str], now: float | None = None) -> Fl
         raise QueryError("bad_range", "times must fall between 1970 and 2106")
     if end - start > MAX_RANGE_SECONDS:
         raise QueryError("bad_range", f"the range is longer than {MAX_RANGE_SECONDS // 86400} days")
+    if int(start) >= int(end):
+        raise QueryError("bad_range", "the range is shorter than a second")
     unit = params.get("unit") or "bps"
     if unit not in ("bps", "pps"):
         raise QueryError("bad_unit", "unit is bps or pps")
     return FlowsQuery(
-        start=int(start), end=int(math.ceil(end)),
+        start=int(start), end=int(end),  # whole seconds: TimeReceived is; a window ending now ends at its second
         dimensions=parse_dimensions(params.get("dimensions")),
         limit=_bounded_int(params, "limit", 10, 1, MAX_LIMIT),
         filter=parse_filter(params.get("filter", "")),
@@ -368,57 +370,86 @@ class BuiltQuery:
     start: int
     end: int
     covered_end: float  # min(end, now): no flow can be stored after it yet
+    origin: int = 0  # where the buckets start: on a row of the table, at or before `start`
 
 
 def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, int],
                     now: float | None = None) -> BuiltQuery:
     """One query: per time bucket and per top-N group (the rest summed as Other), the total.
 
-    A row of an aggregated table stands for [TimeReceived, + resolution), so the range widens
-    only to whole rows of the chosen table (never to whole steps, which would count time with
-    no data in it); buckets start at `start`, each `step` long."""
+    Rates are exact over the window asked. A row of an aggregated table stands for
+    [TimeReceived, + resolution): the window's middle, in whole rows, comes from the chosen
+    table, and its edges that cut a row in part from raw flows (while raw flows still hold
+    them; older edges widen to whole rows, and `from`/`to` say so). A row that ends after now
+    holds only what arrived until now, so a window ending now needs no raw tail. Buckets are
+    `step` long, aligned on the table's rows; the first and last count only their seconds
+    inside the window."""
     now = time.time() if now is None else now
     table, resolution = choose_table(query, ttl_seconds, now)
     step = step_seconds(query, resolution)
-    start = query.start - query.start % resolution
-    end = query.end + (-query.end) % resolution
-    source = f"`{database}`.`{table}`"
-    where = (f"TimeReceived >= toDateTime({{start:UInt32}}) AND TimeReceived < toDateTime({{end:UInt32}}) "
-             f"AND {query.filter.sql}")
+    start, end = query.start, query.end
+    middle_start, middle_end = start, end
+    if resolution > 1:
+        raw_holds = start >= now - ttl_seconds.get(RAW_TABLE[0], 0)
+        middle_start = -(-start // resolution) * resolution
+        middle_end = -(-end // resolution) * resolution if end >= now else end - end % resolution
+        if not raw_holds:  # the edges widen to whole rows
+            start = start - start % resolution
+            middle_start = start
+            if end < now:
+                end = -(-end // resolution) * resolution
+                middle_end = end
+    origin = middle_start - step * -(-(middle_start - start) // step)
     metric = _metric(query.unit)
+    dims = ", ".join(f"`{d}`" for d in query.dimensions)
+    columns = ", ".join(["TimeReceived", *(f"`{d}`" for d in query.dimensions), "Bytes", "Packets", "SamplingRate"])
+    window = "TimeReceived >= toDateTime({%s:UInt32}) AND TimeReceived < toDateTime({%s:UInt32})"
+    parts = []
+    if middle_start < middle_end:
+        parts.append(f"SELECT {columns} FROM `{database}`.`{table}` WHERE {window % ('mid_start', 'mid_end')} "
+                     f"AND {query.filter.sql}")
+        edges = [(name, low, high) for name, low, high in (("head", start, middle_start), ("tail", middle_end, end))
+                 if low < high]
+    else:  # the window lies inside one row of the table: raw flows only
+        edges = [("head", start, end)]
+    if edges:
+        ranges = " OR ".join(f"({window % (f'{name}_start', f'{name}_end')})" for name, _, _ in edges)
+        parts.append(f"SELECT {columns} FROM `{database}`.`{RAW_TABLE[0]}` WHERE ({ranges}) AND {query.filter.sql}")
+    source = "(" + " UNION ALL ".join(parts) + ")"
     if query.dimensions:
-        dims = ", ".join(f"`{d}`" for d in query.dimensions)
         shown = ", ".join(column_sql(d) for d in query.dimensions)
-        top = (f"SELECT {dims} FROM {source} WHERE {where} GROUP BY {dims} "
-               f"ORDER BY sum({metric}) DESC LIMIT {query.limit}")
+        top = f"SELECT {dims} FROM {source} GROUP BY {dims} ORDER BY sum({metric}) DESC LIMIT {query.limit}"
         group = f"if(({dims}) IN ({top}), [{shown}], ['{OTHER}'])"
     else:
         group = "CAST([], 'Array(String)')"
-    bucket = ("toUInt32({start:UInt32} + intDiv(toUInt32(TimeReceived) - {start:UInt32}, {step:UInt32}) "
+    bucket = ("toUInt32({origin:UInt32} + intDiv(toUInt32(TimeReceived) - {origin:UInt32}, {step:UInt32}) "
               "* {step:UInt32})")
-    sql = (f"SELECT {bucket} AS t, {group} AS d, sum({metric}) AS v FROM {source} WHERE {where} "
-           f"GROUP BY t, d ORDER BY t")
-    parameters = {"start": start, "end": end, "step": step, **query.filter.parameters}
-    return BuiltQuery(sql, parameters, table, step, start, end, covered_end=min(float(end), now))
+    sql = f"SELECT {bucket} AS t, {group} AS d, sum({metric}) AS v FROM {source} GROUP BY t, d ORDER BY t"
+    parameters = {"origin": origin, "step": step, "mid_start": middle_start, "mid_end": middle_end,
+                  **{f"{name}_start": low for name, low, _ in edges}, **{f"{name}_end": high for name, _, high in edges},
+                  **query.filter.parameters}
+    return BuiltQuery(sql, parameters, table, step, start, end, covered_end=min(float(end), now), origin=origin)
 
 
 def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list[str], int]]) -> dict[str, Any]:
     """Rows (bucket, group, total) → per group a rate per bucket (total / the seconds of the
-    bucket inside [start, min(end, now))), the average over those seconds, the top-N by total
-    (Other last). Buckets wholly after now are left out."""
-    times = list(range(built.start, math.ceil(built.covered_end), built.step))
-    seconds = [min(t + built.step, built.covered_end) - t for t in times]
+    bucket inside [from, min(to, now))), the average over those seconds, the top-N by total
+    (Other last). Buckets wholly after now are left out; `time` gives each bucket's first
+    second inside the window."""
+    origins = list(range(built.origin, math.ceil(built.covered_end), built.step))
+    times = [max(t, built.start) for t in origins]
+    seconds = [min(t + built.step, built.covered_end) - max(t, built.start) for t in origins]
     covered = built.covered_end - built.start
-    index = {t: i for i, t in enumerate(times)}
+    index = {t: i for i, t in enumerate(origins)}
     totals: dict[tuple[str, ...], list[float]] = {}
     for bucket, group, total in rows:
-        values = totals.setdefault(tuple(group), [0.0] * len(times))
+        values = totals.setdefault(tuple(group), [0.0] * len(origins))
         if bucket in index:
             values[index[bucket]] += total
     ordered = sorted(totals.items(), key=lambda item: (item[0] == (OTHER,), -sum(item[1])))
     series = []
     for group, values in ordered:
-        rates = [value / width for value, width in zip(values, seconds)]
+        rates = [value / width if width > 0 else 0.0 for value, width in zip(values, seconds)]
         series.append({"dimensions": list(group), "values": rates,
                        "average": sum(values) / covered if covered > 0 else 0.0,
                        "max": max(rates, default=0.0)})

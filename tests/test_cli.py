@@ -34,7 +34,7 @@ def test_config_check_dump_shows_resolved_values(tmp_path: Path) -> None:
     assert dumped["clickhouse"]["ttl"]["flows"] == "2d"
     assert dumped["inlet"]["listeners"][2] == {
         "name": "sflow", "address": "0.0.0.0", "port": 6343, "decoder": "sflow",
-        "receive_buffer": "32.0MiB", "timestamp_source": "kernel"}
+        "receive_buffer": "32.0MiB", "timestamp_source": "kernel", "decapsulation": "none"}
 
 
 def test_migrate_on_empty_chdb_directory_then_nothing(tmp_path: Path) -> None:
