@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import LarkError, VisitError
+from lark.exceptions import LarkError, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from flows import ddl, schema
 from flows.settings import parse_duration
@@ -40,9 +40,10 @@ OTHER = "Other"
 class QueryError(ValueError):
     """A request the API refuses; `reason` is a short fixed word, the message says what is wrong."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, position: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.position = position  # in a filter: the character offset of what is wrong
 
 
 # --- columns one may group or filter by --------------------------------------------------------
@@ -127,6 +128,7 @@ class _ToSQL(Transformer):
     def __init__(self) -> None:
         super().__init__()
         self.out = Filter()
+        self.position = 0  # where the token being checked starts (for error positions)
 
     def _param(self, kind: str, value: Any) -> str:
         name = f"f{len(self.out.parameters)}"
@@ -134,6 +136,7 @@ class _ToSQL(Transformer):
         return "{" + name + ":" + {"int": "UInt64", "ip": "String"}.get(kind, "String") + "}"
 
     def _column(self, token: Token) -> tuple[str, str]:
+        self.position = token.start_pos
         name = str(token)
         if name not in COLUMNS:
             raise QueryError("unknown_column", f"filter: unknown column {name!r}")
@@ -141,6 +144,7 @@ class _ToSQL(Transformer):
         return name, _kind(COLUMNS[name])
 
     def _value(self, name: str, kind: str, token: Token) -> Any:
+        self.position = token.start_pos
         text = str(token)
         quoted = token.type == "STRING"
         if quoted:
@@ -172,6 +176,7 @@ class _ToSQL(Transformer):
     @v_args(inline=True)
     def compare(self, column: Token, op: Token, value: Token) -> str:
         name, kind = self._column(column)
+        self.position = op.start_pos
         op = str(op).upper()
         if kind == "ip":
             return self._ip_condition(name, op, self._value(name, "string", value))
@@ -237,13 +242,27 @@ def parse_filter(text: str) -> Filter:
         sql = transformer.transform(tree)
     except VisitError as err:
         if isinstance(err.orig_exc, QueryError):
+            if err.orig_exc.position is None:
+                err.orig_exc.position = transformer.position
             raise err.orig_exc from None
         raise
+    except UnexpectedInput as err:
+        raise QueryError("bad_filter", *_parse_error(err, text)) from None
     except LarkError as err:
         first = str(err).strip().splitlines()[0]
         raise QueryError("bad_filter", f"filter: cannot parse: {first}") from None
     transformer.out.sql = sql
     return transformer.out
+
+
+def _parse_error(err: UnexpectedInput, text: str) -> tuple[str, int]:
+    """A parse error's message and character offset, worded for a person typing a filter."""
+    if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
+        return "filter: it ends too soon (a value, a column or a closing parenthesis is missing)", len(text)
+    if isinstance(err, UnexpectedToken):
+        return f"filter: {str(err.token)!r} is not expected here", err.token.start_pos
+    position = getattr(err, "pos_in_stream", None) or 0
+    return f"filter: {text[position:position + 1]!r} is not expected here", position
 
 
 # --- parameters --------------------------------------------------------------------------------

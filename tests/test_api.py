@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from connectors import clickhouse, http
-from flows import api, schema
+from flows import api, filter_assist, schema
 from flows.settings import API, Settings
 from tests.conftest import free_port
 
@@ -395,3 +395,57 @@ def test_api_top_and_sql_agree_on_the_last_five_minutes(recent, tmp_path) -> Non
     assert done.exit_code == 0, done.output
     top_rates = {row["ExporterName"]: row["bps"] for row in map(json.loads, done.stdout.splitlines())}
     assert top_rates == pytest.approx(sql_rates, rel=1e-3)
+
+
+# -- the filter editor's endpoints ----------------------------------------------------------------
+
+@pytest.mark.parametrize("text, valid, position, reason", [
+    ("SrcAS = 2906 AND InIfName = 'et-0/0/1'", True, None, None),
+    ("SrcAS = ", False, 8, "bad_filter"),          # ends too soon: at the end
+    ("SrcAS == 1", False, 7, "bad_filter"),         # the second '='
+    ("  Nope = 1", False, 2, "unknown_column"),     # (leading spaces count)
+    ("SrcAS = 'x'", False, 8, "bad_filter"),        # a number needed
+    ("InIfBoundary = 'sideways'", False, 15, "bad_filter"),
+])
+def test_filter_validate_gives_the_error_position(served, text, valid, position, reason) -> None:
+    status, body = get(served, "/api/v0/filter/validate", {"filter": text})
+    assert status == 200, body
+    assert body["valid"] is valid
+    if valid:
+        assert body["columns"] == ["InIfName", "SrcAS"]
+    else:
+        assert (body["position"], body["reason"], body["line"], body["column"]) == (position, reason, 1, position + 1)
+
+
+def test_filter_complete_columns_operators_and_values_from_the_store(served) -> None:
+    def complete(text, cursor=None):
+        params = {"filter": text} if cursor is None else {"filter": text, "cursor": cursor}
+        status, body = get(served, "/api/v0/filter/complete", params)
+        assert status == 200, body
+        return body
+
+    columns = complete("SrcA")
+    assert columns["context"] == "column" and "SrcAS" in [c["label"] for c in columns["completions"]]
+    assert all(c["label"].lower().startswith("srca") for c in columns["completions"])
+    operators = [c["label"] for c in complete("SrcAS ")["completions"]]
+    assert operators == list(filter_assist.INT_OPERATORS)
+    assert [c["label"] for c in complete("InIfName NOT ")["completions"]] == ["IN"]
+    interfaces = complete("InIfName = 'et-0/0/")
+    assert interfaces["context"] == "value" and interfaces["from"] == len("InIfName = ")
+    assert [c["label"] for c in interfaces["completions"]] == ["'et-0/0/1'", "'et-0/0/2'", "'et-0/0/3'", "'et-0/0/4'"]
+    exporters = complete("SrcAS = 1 AND ExporterName IN ('e")
+    assert [c["label"] for c in exporters["completions"]] == ["'edge1'"]
+    # the cursor may sit inside the text
+    assert complete("SrcAS = 1 AND Ex", cursor=len("SrcAS = 1 AND Ex"))["context"] == "column"
+    assert complete("SrcAS  AND", cursor=6)["context"] == "operator"
+
+
+@pytest.mark.parametrize("path, params, reason", [
+    ("/api/v0/filter/complete", {"filter": "x", "cursor": "9"}, "bad_request"),
+    ("/api/v0/filter/complete", {"filter": "x", "cursor": "-1"}, "bad_request"),
+    ("/api/v0/filter/validate", {"filter": "x" * 2001}, "bad_request"),
+    ("/api/v0/filter/validate", {"filter": "x", "sql": "DROP TABLE flows"}, "bad_request"),
+])
+def test_filter_endpoints_refuse_bad_input(served, path, params, reason) -> None:
+    status, body = get(served, path, params)
+    assert status == 400 and body["reason"] == reason, body

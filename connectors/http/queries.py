@@ -25,7 +25,7 @@ import clickhouse_connect
 
 from connectors.clickhouse import ttl_seconds
 from connectors.http.errors import APIError
-from flows import api, sqlguard
+from flows import api, filter_assist, sqlguard
 from flows.sqlguard import session_limits
 from flows.settings import Settings
 
@@ -228,3 +228,15 @@ def flows_result(session: ReadOnlySession, settings: Settings, query: api.FlowsQ
 
 def exporters_result(session: ReadOnlySession, settings: Settings) -> list[dict[str, Any]]:
     return api.shape_exporters(session.query(api.exporters_sql(settings.clickhouse.database)).result_rows)
+
+
+def filter_completions(session: ReadOnlySession, settings: Settings, text: str, cursor: int | None) -> dict[str, Any]:
+    """GET /api/v0/filter/complete: what may come at the cursor, values from the store."""
+    ctx = filter_assist.context(text, cursor)
+    values: list[tuple[str, str]] = []
+    if ctx.kind == "value" and ctx.column:
+        sql = filter_assist.values_sql(ctx.column, settings.clickhouse.database)
+        if sql is not None:
+            prefix = ctx.prefix.strip("'\"")
+            values = [(str(v), str(d)) for v, d in session.query(sql, parameters={"prefix": prefix}).result_rows]
+    return filter_assist.complete(ctx, values)

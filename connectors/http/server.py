@@ -10,6 +10,8 @@ that process is the only one allowed to open the data directory:
     /api/v0/flows                    time series + top-N (flows/api.py builds the SQL)
     /api/v0/exporters                exporters and interfaces seen
     /api/v0/query                    one read-only SELECT (GET ?sql= or POST body)
+    /api/v0/filter/validate          is a filter valid; else why, and where (?filter=)
+    /api/v0/filter/complete          what may come at the cursor (?filter=&cursor=), values from the store
 
 Werkzeug does the HTTP (routing, request parsing, body limits) in a threading server: the API is
 a low-rate operator endpoint whose threads sleep in socket and chDB calls (which release the
@@ -45,10 +47,10 @@ from connectors.cluster import process_id
 from connectors.http.client import listen_address
 from connectors.http.errors import APIError
 from connectors.http.health import counter_total, insert_component, kafka_probe, store_probe
-from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, first_line,
-                                     flows_result, sql_result)
+from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, filter_completions,
+                                     first_line, flows_result, sql_result)
 from connectors.metrics import RateLimitedLog
-from flows import api, ddl
+from flows import api, ddl, filter_assist
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,8 @@ class API:
             Rule("/api/v0/flows", endpoint="flows", methods=["GET"]),
             Rule("/api/v0/exporters", endpoint="exporters", methods=["GET"]),
             Rule("/api/v0/query", endpoint="query", methods=["GET", "POST"]),
+            Rule("/api/v0/filter/validate", endpoint="filter_validate", methods=["GET"]),
+            Rule("/api/v0/filter/complete", endpoint="filter_complete", methods=["GET"]),
         ])
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -202,6 +206,17 @@ class API:
     def on_exporters(self, request: Request) -> Response:
         return _json(200, {"exporters": self._store("api", lambda session: exporters_result(session, self.settings))})
 
+    def on_filter_validate(self, request: Request) -> Response:
+        return _json(200, filter_assist.validate(_single(request, "filter", api.MAX_FILTER_LENGTH)))
+
+    def on_filter_complete(self, request: Request) -> Response:
+        text = _single(request, "filter", api.MAX_FILTER_LENGTH)
+        cursor = request.args.get("cursor")
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= len(text)):
+            raise APIError(400, "bad_request", f"cursor is a character offset from 0 to {len(text)}")
+        position = None if cursor is None else int(cursor)
+        return _json(200, self._store("api", lambda session: filter_completions(session, self.settings, text, position)))
+
     def on_query(self, request: Request) -> Response:
         sql = request.args.get("sql", "") if request.method == "GET" else _body_sql(request)
         if not sql.strip():
@@ -210,6 +225,16 @@ class API:
         # Encoded row by row while it is sent: one json.dumps of a 64 MiB answer would hold the
         # GIL for a second, and /healthz, /metrics and the dataflow would all wait for it.
         return Response(_json_chunks(result), status=200, mimetype="application/json")
+
+
+def _single(request: Request, name: str, longest: int) -> str:
+    """A parameter given at most once and at most `longest` characters (empty when absent)."""
+    if len(request.args.getlist(name)) > 1 or set(request.args) - {name, "cursor"}:
+        raise APIError(400, "bad_request", f"only {name} (and cursor) may be given, each once")
+    value = request.args.get(name, "")
+    if len(value) > longest:
+        raise APIError(400, "bad_request", f"{name} is longer than {longest} characters")
+    return value
 
 
 def _json_chunks(result: dict[str, Any]) -> Iterator[str]:
