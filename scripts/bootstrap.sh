@@ -44,8 +44,22 @@ create_venv() {
     .venv/bin/python -m pip install -q -e ".[test]"
 }
 
+build_console() {
+    # The web console (console/, TypeScript) is bundled into connectors/http/console, which the
+    # outlet serves at /. Node and npm: the machine's, else Debian's.
+    if ! command -v npm >/dev/null; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        log "installing nodejs and npm (Debian) to build the console"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    log "building the console (npm ci, npm run build)"
+    (cd console && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run --silent build)
+}
+
 install_system_packages
 create_venv
+build_console
 for hook in scripts/setup-*.sh; do
     [ -x "$hook" ] || continue
     if [ "$(id -u)" -ne 0 ]; then

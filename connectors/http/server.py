@@ -10,6 +10,8 @@ that process is the only one allowed to open the data directory:
     /api/v0/flows                    time series + top-N (flows/api.py builds the SQL)
     /api/v0/exporters                exporters and interfaces seen
     /api/v0/query                    one read-only SELECT (GET ?sql= or POST body)
+    /, /console/<file>               the web console (console/, built into ./console)
+    /api/v0/columns                  the dimensions and filter columns
     /api/v0/filter/validate          is a filter valid; else why, and where (?filter=)
     /api/v0/filter/complete          what may come at the cursor (?filter=&cursor=), values from the store
 
@@ -34,6 +36,7 @@ import logging
 import socket
 import threading
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
@@ -60,6 +63,8 @@ MAX_BODY = 64 * 1024
 IDLE_TIMEOUT = 15.0  # seconds a connection may send nothing before it is dropped
 # Public data a ClickHouse server's init script fetches (Akvorado serves them without auth too).
 PUBLIC = frozenset({"init_sh", "dictionary"})
+CONSOLE_DIR = Path(__file__).resolve().parent / "console"  # built by console/ (scripts/bootstrap.sh)
+CONSOLE_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".txt": "text/plain"}
 
 REQUESTS = Counter("waxflow_api_requests_total", "HTTP API requests by endpoint and status class",
                    ["endpoint", "status"])
@@ -116,6 +121,8 @@ class API:
         self._store_probe = store_probe(lambda: factory("probe"))
         self._kafka_ok = kafka_probe(settings)
         self.urls = Map([
+            Rule("/", endpoint="console"),
+            Rule("/console/<name>", endpoint="console_file"),
             Rule("/metrics", endpoint="metrics"),
             Rule("/healthz", endpoint="healthz"),
             Rule("/api/v0/clickhouse/init.sh", endpoint="init_sh"),
@@ -123,6 +130,7 @@ class API:
             Rule("/api/v0/flows", endpoint="flows", methods=["GET"]),
             Rule("/api/v0/exporters", endpoint="exporters", methods=["GET"]),
             Rule("/api/v0/query", endpoint="query", methods=["GET", "POST"]),
+            Rule("/api/v0/columns", endpoint="columns", methods=["GET"]),
             Rule("/api/v0/filter/validate", endpoint="filter_validate", methods=["GET"]),
             Rule("/api/v0/filter/complete", endpoint="filter_complete", methods=["GET"]),
         ])
@@ -206,6 +214,26 @@ class API:
     def on_exporters(self, request: Request) -> Response:
         return _json(200, {"exporters": self._store("api", lambda session: exporters_result(session, self.settings))})
 
+    def on_console(self, request: Request) -> Response:
+        return self.on_console_file(request, "index.html")
+
+    def on_console_file(self, request: Request, name: str) -> Response:
+        """The console's built files (no token: they hold no data; the API calls they make do)."""
+        path = CONSOLE_DIR / name
+        if name not in _console_files():
+            if not (CONSOLE_DIR / "index.html").exists():
+                raise APIError(503, "console_not_built", "the console is not built: run scripts/bootstrap.sh "
+                                                         "(it builds console/ with npm)")
+            raise APIError(404, "not_found", f"no console file {name!r}")
+        response = Response(path.read_bytes(), mimetype=CONSOLE_TYPES[path.suffix])
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def on_columns(self, request: Request) -> Response:
+        return _json(200, {"dimensions": [{"name": c.name, "description": c.description, "aggregated": c.aggregated}
+                                          for c in api.COLUMNS.values()]})
+
     def on_filter_validate(self, request: Request) -> Response:
         return _json(200, filter_assist.validate(_single(request, "filter", api.MAX_FILTER_LENGTH)))
 
@@ -225,6 +253,13 @@ class API:
         # Encoded row by row while it is sent: one json.dumps of a 64 MiB answer would hold the
         # GIL for a second, and /healthz, /metrics and the dataflow would all wait for it.
         return Response(_json_chunks(result), status=200, mimetype="application/json")
+
+
+def _console_files() -> set[str]:
+    """The files the console's build wrote (only these are served: no path reaches elsewhere)."""
+    if not CONSOLE_DIR.is_dir():
+        return set()
+    return {p.name for p in CONSOLE_DIR.iterdir() if p.is_file() and p.suffix in CONSOLE_TYPES}
 
 
 def _single(request: Request, name: str, longest: int) -> str:
