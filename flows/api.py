@@ -75,6 +75,12 @@ def _kind(column: schema.Column) -> str:
     return "string"
 
 
+def column_kind(name: str) -> str:
+    """How the filter language writes the column's values: int (a number), string or enum (quoted
+    text), ip (a quoted address or subnet)."""
+    return _kind(COLUMNS[name])
+
+
 def column_sql(name: str) -> str:
     """A column as a display string (addresses without the IPv4-mapped prefix)."""
     kind = _kind(COLUMNS[name])
@@ -179,6 +185,8 @@ class _ToSQL(Transformer):
         self.position = op.start_pos
         op = str(op).upper()
         if kind == "ip":
+            if op not in ("=", "!=", "<>"):
+                raise QueryError("bad_filter", f"filter: {name} compares with = or != only")
             return self._ip_condition(name, op, self._value(name, "string", value))
         allowed = _INT_OPS if kind == "int" else _STRING_OPS
         if op not in allowed:
@@ -360,14 +368,26 @@ def parse_flows_query(params: Mapping[str, str], now: float | None = None) -> Fl
 
 def choose_table(query: FlowsQuery, ttl_seconds: Mapping[str, int], now: float) -> tuple[str, int]:
     """The coarsest table that has every column asked for, still holds `start`, and whose
-    resolution is not coarser than the step the points ask for; else raw flows."""
+    resolution is not coarser than the step the points ask for; else raw flows while they still
+    hold `start`; else the finest aggregated table that does (coarser steps than asked); else
+    QueryError: no table keeps what is asked that long."""
     needed = set(query.dimensions) | query.filter.columns
     wanted_step = (query.end - query.start) / query.points
-    if needed <= AGGREGATED_NAMES:
+    aggregated = needed <= AGGREGATED_NAMES
+    if aggregated:
         for table, seconds in TABLES_COARSEST_FIRST:
             if seconds <= wanted_step and query.start >= now - ttl_seconds.get(table, 0):
                 return table, seconds
-    return RAW_TABLE
+    if query.start >= now - ttl_seconds.get(RAW_TABLE[0], 0):
+        return RAW_TABLE
+    if aggregated:
+        for table, seconds in reversed(TABLES_COARSEST_FIRST):
+            if query.start >= now - ttl_seconds.get(table, 0):
+                return table, seconds
+    kept = ttl_seconds.get(RAW_TABLE[0], 0) // 86400
+    only_raw = sorted(needed - AGGREGATED_NAMES)
+    raise QueryError("out_of_retention", "from is older than any table keeps "
+                     + (f"{', '.join(only_raw)} (raw flows: {kept} days)" if only_raw else "these flows"))
 
 
 def step_seconds(query: FlowsQuery, resolution: int) -> int:

@@ -117,7 +117,7 @@ def _column_before(previous: list[tuple[str, str]]) -> str | None:
 
 
 def operators_for(column: str) -> tuple[str, ...]:
-    kind = api._kind(api.COLUMNS[column])
+    kind = api.column_kind(column)
     return INT_OPERATORS if kind == "int" else ADDRESS_OPERATORS if kind == "ip" else TEXT_OPERATORS
 
 
@@ -135,14 +135,36 @@ def complete(ctx: Context, values: list[tuple[str, str]] = ()) -> dict[str, Any]
         known = ctx.column in api.COLUMNS
         items = [{"label": op, "kind": "operator", "detail": ""} for op in (operators_for(ctx.column) if known else ())]
     elif ctx.kind == "value":
-        quoted = ctx.column in api.COLUMNS and api._kind(api.COLUMNS[ctx.column]) != "int"
-        items = [{"label": f"'{value}'" if quoted else value, "kind": "value", "detail": detail}
-                 for value, detail in values]
+        # (the store matched the prefix, on the value or on its name: no filtering here)
+        kind = api.column_kind(ctx.column) if ctx.column in api.COLUMNS else "string"
+        if kind == "enum":
+            values = [(member, "") for member in enum_members(ctx.column)
+                      if member.lower().startswith(lowered)]
+        labels = [(value if kind == "int" else quote(value), detail) for value, detail in values]
+        return _answer(ctx, [{"label": label, "kind": "value", "detail": detail}
+                             for label, detail in labels if label is not None])
     else:
         items = [{"label": word, "kind": "keyword", "detail": ""} for word in ("AND", "OR", ")")]
-    matching = [item for item in items if item["label"].lstrip("'").lower().startswith(lowered)]
+    return _answer(ctx, [item for item in items if item["label"].lower().startswith(lowered)])
+
+
+def _answer(ctx: Context, matching: list[dict[str, str]]) -> dict[str, Any]:
     return {"context": ctx.kind, "column": ctx.column, "prefix": ctx.prefix, "from": ctx.start,
             "completions": matching[:MAX_COMPLETIONS]}
+
+
+def quote(value: str) -> str | None:
+    """A text value as the filter language writes it: in single quotes, in double quotes when it
+    holds a single quote; None when it holds both (the language cannot write it)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def enum_members(column: str) -> list[str]:
+    return [v.split("'")[1] for v in api.COLUMNS[column].ch_type[6:-1].split(",")]
 
 
 # Where a column's values are looked up: the exporters table for names, the dictionaries for AS

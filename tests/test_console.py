@@ -173,3 +173,17 @@ def test_console_files_are_served_without_a_token_but_not_others(console) -> Non
         except urllib.error.HTTPError as err:
             assert err.code == 404, name
             assert json.loads(err.read())["reason"] == "not_found"
+
+
+def test_markup_in_the_url_is_not_run(console, browser) -> None:
+    """Anyone can send a console link: dimensions in it that are no column are dropped, and
+    nothing of the URL reaches the page as markup."""
+    from selenium.webdriver.common.by import By
+
+    hostile = "SrcAS,%3Cimg%20src%3Dx%20onerror%3Dwindow.__xss%3D777%3E"
+    browser.get(_base(console) + f"/#/visualize?from=-1h&dims={hostile}&graph=lines")
+    browser.refresh()
+    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-series]"), what="the graph")
+    assert browser.execute_script("return window.__xss") is None
+    assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".chosen button")] == ["1. SrcAS ×"]
+    assert not browser.find_elements(By.CSS_SELECTOR, "img[src='x'], img[onerror]")  # (CodeMirror has img buffers of its own)

@@ -231,8 +231,8 @@ class API:
         return response
 
     def on_columns(self, request: Request) -> Response:
-        return _json(200, {"dimensions": [{"name": c.name, "description": c.description, "aggregated": c.aggregated}
-                                          for c in api.COLUMNS.values()]})
+        return _json(200, {"dimensions": [{"name": c.name, "description": c.description, "aggregated": c.aggregated,
+                                           "kind": api.column_kind(c.name)} for c in api.COLUMNS.values()]})
 
     def on_filter_validate(self, request: Request) -> Response:
         return _json(200, filter_assist.validate(_single(request, "filter", api.MAX_FILTER_LENGTH)))
@@ -240,7 +240,10 @@ class API:
     def on_filter_complete(self, request: Request) -> Response:
         text = _single(request, "filter", api.MAX_FILTER_LENGTH)
         cursor = request.args.get("cursor")
-        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= len(text)):
+        if len(request.args.getlist("cursor")) > 1:
+            raise APIError(400, "bad_request", "cursor may be given once")
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 6
+                                       and int(cursor) <= len(text)):
             raise APIError(400, "bad_request", f"cursor is a character offset from 0 to {len(text)}")
         position = None if cursor is None else int(cursor)
         return _json(200, self._store("api", lambda session: filter_completions(session, self.settings, text, position)))

@@ -59,6 +59,7 @@ export interface ColumnInfo {
   name: string;
   description: string;
   aggregated: boolean;
+  kind: "int" | "string" | "enum" | "ip";
 }
 
 export class ApiError extends Error {

@@ -53,8 +53,11 @@ export function reverseName(name: string): string {
   return name.replace(/^(Src|Dst|In|Out)/, (side) => ({ Src: "Dst", Dst: "Src", In: "Out", Out: "In" })[side]!);
 }
 
-function reverseFilter(filter: string): string {
-  return filter.replace(/\b(Src|Dst|In|Out)(?=[A-Z])/g, (side) => ({ Src: "Dst", Dst: "Src", In: "Out", Out: "In" })[side]!);
+/** The filter for the reverse direction: column names swapped, quoted values left alone. */
+export function reverseFilter(filter: string): string {
+  return filter.split(/('[^']*'|"[^"]*")/).map((part, i) =>
+    i % 2 ? part : part.replace(/\b(Src|Dst|In|Out)(?=[A-Z])/g, (side) => ({ Src: "Dst", Dst: "Src", In: "Out", Out: "In" })[side]!),
+  ).join("");
 }
 
 function absolute(value: string): number {
@@ -64,14 +67,19 @@ function absolute(value: string): number {
   return /^\d+$/.test(value) ? Number(value) : Math.floor(Date.parse(value) / 1000);
 }
 
-function quoted(dimension: string, value: string, numeric: Set<string>): string {
-  return numeric.has(dimension) ? value : `'${value.replace(/'/g, "")}'`;
+/** A value as the filter language writes it; null when it cannot (both kinds of quotes). */
+export function quoted(dimension: string, value: string, numeric: Set<string>): string | null {
+  if (numeric.has(dimension)) return value;
+  if (!value.includes("'")) return `'${value}'`;
+  return value.includes('"') ? null : `"${value}"`;
 }
 
 export async function showVisualize(page: HTMLElement, query: URLSearchParams): Promise<void> {
-  const state = readState(query);
   const { dimensions } = await api.columns();
-  const numeric = new Set(dimensions.filter((d) => d.description.includes("number") || /AS$|Port$|Proto$|Vlan$|IfIndex$/.test(d.name)).map((d) => d.name));
+  const known = new Set(dimensions.map((d) => d.name));
+  const state = readState(query);
+  state.dims = state.dims.filter((d) => known.has(d)); // (the URL is anyone's text)
+  const numeric = new Set(dimensions.filter((d) => d.kind === "int").map((d) => d.name));
   page.innerHTML = `
     <h1>Visualize</h1>
     <form class="controls" aria-label="graph settings">
@@ -111,7 +119,8 @@ export async function showVisualize(page: HTMLElement, query: URLSearchParams): 
   const chosenBox = page.querySelector<HTMLElement>(".chosen")!;
   const showChosen = () => {
     for (const option of Array.from(dimsSelect.options)) option.selected = chosen.includes(option.value);
-    chosenBox.innerHTML = chosen.map((d, i) => `<button type="button" data-index="${i}" aria-label="remove ${d}">${i + 1}. ${d} ×</button>`).join("");
+    chosenBox.innerHTML = chosen.map((d, i) =>
+      `<button type="button" data-index="${i}" aria-label="remove ${escapeHtml(d)}">${i + 1}. ${escapeHtml(d)} ×</button>`).join("");
   };
   dimsSelect.addEventListener("change", () => {
     const selected = Array.from(dimsSelect.selectedOptions).map((o) => o.value);
@@ -285,7 +294,7 @@ function drawTable(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsA
   const rows = [...main.series.map((s) => ({ s, answer: main, reversed: false })),
                 ...(reverse?.series ?? []).map((s) => ({ s, answer: reverse!, reversed: true }))];
   const heads = state.dims.length ? state.dims : ["total"];
-  host.innerHTML = `<table class="figures"><thead><tr>${heads.map((d) => `<th scope="col">${d}</th>`).join("")}
+  host.innerHTML = `<table class="figures"><thead><tr>${heads.map((d) => `<th scope="col">${escapeHtml(d)}</th>`).join("")}
       <th scope="col" class="num">average</th><th scope="col" class="num">max</th><th scope="col" class="num">95th</th>
       <th scope="col" class="num">total</th></tr></thead><tbody>${rows.map(({ s, answer, reversed }, index) =>
       `<tr tabindex="0" data-index="${index}" title="add to the filter">` +
@@ -298,7 +307,9 @@ function drawTable(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsA
     const { s, reversed } = rows[index];
     if (!s.dimensions.length || s.dimensions[0] === "Other") return;
     const names = reversed ? state.dims.map(reverseName) : state.dims;
-    const terms = s.dimensions.map((value, i) => `${names[i]} = ${quoted(names[i], value, numeric)}`);
+    const values = s.dimensions.map((value, i) => quoted(names[i], value, numeric));
+    if (values.some((v) => v === null)) return;
+    const terms = values.map((value, i) => `${names[i]} = ${value}`);
     refilter([state.filter.trim() && `(${state.filter.trim()})`, ...terms].filter(Boolean).join(" AND "));
   };
   host.querySelectorAll<HTMLElement>("tbody tr").forEach((row) => {
