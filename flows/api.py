@@ -352,8 +352,8 @@ def parse_flows_query(params: Mapping[str, str], now: float | None = None) -> Fl
     if int(start) >= int(end):
         raise QueryError("bad_range", "the range is shorter than a second")
     unit = params.get("unit") or "bps"
-    if unit not in ("bps", "pps"):
-        raise QueryError("bad_unit", "unit is bps or pps")
+    if unit not in UNITS:
+        raise QueryError("bad_unit", f"unit is one of {', '.join(UNITS)}")
     return FlowsQuery(
         start=int(start), end=int(end),  # whole seconds: TimeReceived is; a window ending now ends at its second
         dimensions=parse_dimensions(params.get("dimensions")),
@@ -396,8 +396,17 @@ def step_seconds(query: FlowsQuery, resolution: int) -> int:
     return max(resolution, int(math.ceil(wanted / resolution)) * resolution)
 
 
+# What each unit sums per second. L2 adds the 18 bytes of Ethernet header and FCS that the L3
+# length (the Bytes column) leaves out, per packet, as the reference counts them.
+UNITS = {
+    "bps": "Bytes * SamplingRate * 8",
+    "l2bps": "(Bytes + 18 * Packets) * SamplingRate * 8",
+    "pps": "Packets * SamplingRate",
+}
+
+
 def _metric(unit: str) -> str:
-    return "Bytes * SamplingRate * 8" if unit == "bps" else "Packets * SamplingRate"
+    return UNITS[unit]
 
 
 @dataclass(frozen=True)

@@ -493,3 +493,14 @@ def test_an_absurd_or_repeated_cursor_is_a_400(served, params) -> None:
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.urlopen(request, timeout=30)
     assert answer.value.code == 400 and json.loads(answer.value.read())["reason"] == "bad_request"
+
+
+def test_l2_bps_adds_the_ethernet_header_and_fcs_per_packet(served) -> None:
+    start, end = T0, T0 + 300
+    status, body = get(served, "/api/v0/flows", {"from": start, "to": end, "points": 1, "unit": "l2bps"})
+    assert status == 200, body
+    client = clickhouse.connect(served.clickhouse)
+    bits = client.query(f"SELECT sum((Bytes + 18 * Packets) * SamplingRate * 8) FROM `{served.clickhouse.database}`.flows "
+                        f"WHERE TimeReceived >= toDateTime({start}) AND TimeReceived < toDateTime({end})").result_rows[0][0]
+    assert body["series"][0]["average"] == pytest.approx(bits / 300, rel=1e-9)
+    assert body["series"][0]["average"] > sum(r[2] * r[4] * 8 for r in ROWS) / 300  # more than L3

@@ -30,7 +30,7 @@ export function readState(query: URLSearchParams): State {
     to: query.get("to") || "now",
     dims: (query.get("dims") ?? "SrcAS").split(",").filter(Boolean),
     limit: Number(query.get("limit") || 10),
-    unit: query.get("unit") === "pps" ? "pps" : "bps",
+    unit: ["pps", "l2bps"].includes(query.get("unit") ?? "") ? query.get("unit")! : "bps",
     graph: GRAPHS.some(([g]) => g === query.get("graph")) ? query.get("graph")! : "stacked",
     filter: query.get("filter") ?? "",
     bidirectional: query.get("bidirectional") === "1",
@@ -91,7 +91,8 @@ export async function showVisualize(page: HTMLElement, query: URLSearchParams): 
         `<option value="${d.name}" title="${escapeHtml(d.description)}">${d.name}</option>`).join("")}</select></label>
       <div class="chosen" aria-label="dimensions in order"></div>
       <label>Top <input type="number" name="limit" min="1" max="50"></label>
-      <label>Unit <select name="unit"><option value="bps">L3 bps</option><option value="pps">pps</option></select></label>
+      <label>Unit <select name="unit"><option value="bps">L3 bps</option><option value="l2bps">L2 bps</option>
+        <option value="pps">pps</option></select></label>
       <label>Graph <select name="graph">${GRAPHS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select></label>
       <label><input type="checkbox" name="bidirectional"> bidirectional</label>
       <label>Previous period <select name="previous"><option value="">none</option><option value="day">a day before</option>
@@ -196,6 +197,11 @@ async function draw(page: HTMLElement, state: State, numeric: Set<string>, refil
   }
 }
 
+/** The unit as numbers are printed: L2 and L3 bits per second are both bps. */
+function shown(unit: string): string {
+  return unit === "pps" ? "pps" : "bps";
+}
+
 function label(series: api.Series): string {
   return series.dimensions.length ? series.dimensions.join(" / ") : "total";
 }
@@ -224,9 +230,9 @@ function drawLines(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsA
     animation: false,
     legend: { type: "scroll", bottom: 0 },
     grid: { left: 70, right: 16, top: 16, bottom: 48 },
-    tooltip: { trigger: "axis", valueFormatter: (v: number) => rate(v, state.unit) },
+    tooltip: { trigger: "axis", valueFormatter: (v: number) => rate(v, shown(state.unit)) },
     xAxis: { type: "time" },
-    yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, state.unit) } },
+    yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, shown(state.unit)) } },
     series,
   });
   chart.on("click", (event) => host.dispatchEvent(new CustomEvent("pick", { detail: event.seriesName })));
@@ -244,7 +250,7 @@ function drawGrid(host: HTMLElement, main: api.FlowsAnswer, state: State): void 
       title: { text: label(s), textStyle: { fontSize: 12 } },
       grid: { left: 50, right: 8, top: 28, bottom: 20 },
       xAxis: { type: "time", axisLabel: { show: false } },
-      yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, state.unit) } },
+      yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, shown(state.unit)) } },
       series: [{ type: "line", showSymbol: false, areaStyle: {}, data: main.time.map((t, i) => [t * 1000, s.values[i]]) }],
     });
   }
@@ -282,7 +288,7 @@ function drawSankey(host: HTMLElement, main: api.FlowsAnswer, reverse: api.Flows
   }
   echarts.init(host).setOption({
     animation: false,
-    tooltip: { valueFormatter: (v: number) => rate(v, state.unit) },
+    tooltip: { valueFormatter: (v: number) => rate(v, shown(state.unit)) },
     series: [{ type: "sankey", data: graph.nodes, links: graph.links, emphasis: { focus: "adjacency" },
                label: { fontSize: 11 } }],
   });
@@ -299,9 +305,9 @@ function drawTable(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsA
       <th scope="col" class="num">total</th></tr></thead><tbody>${rows.map(({ s, answer, reversed }, index) =>
       `<tr tabindex="0" data-index="${index}" title="add to the filter">` +
       (s.dimensions.length ? s.dimensions : ["total"]).map((d) => `<td>${escapeHtml(d)}${reversed ? " ↩" : ""}</td>`).join("") +
-      `<td class="num" data-raw="${s.average}">${rate(s.average, state.unit)}</td><td class="num">${rate(s.max, state.unit)}</td>` +
-      `<td class="num">${rate(percentile(s.values, 95), state.unit)}</td>` +
-      `<td class="num">${quantity(total(s.values, answer.time, answer.step, Math.min(answer.to, Date.now() / 1000)), state.unit === "bps" ? "b" : "p")}</td></tr>`).join("")}
+      `<td class="num" data-raw="${s.average}">${rate(s.average, shown(state.unit))}</td><td class="num">${rate(s.max, shown(state.unit))}</td>` +
+      `<td class="num">${rate(percentile(s.values, 95), shown(state.unit))}</td>` +
+      `<td class="num">${quantity(total(s.values, answer.time, answer.step, Math.min(answer.to, Date.now() / 1000)), state.unit === "pps" ? "p" : "b")}</td></tr>`).join("")}
       </tbody></table>`;
   const pick = (index: number) => {
     const { s, reversed } = rows[index];
