@@ -77,7 +77,7 @@ def run_up(settings: Settings, *, workers: int, demo: bool, demo_rate: float) ->
     crashed = False
     try:
         stack.start()
-        say(f"ready: API and /metrics on {api_base(settings)}, listeners "
+        say(f"ready: console {api_base(settings)}/, API and /metrics on {api_base(settings)}, listeners "
             + ", ".join(f"{x.name} udp/{x.port}" for x in settings.inlet.listeners))
         if interactive:
             with Live(render(monitor.status, settings, demo), console=console, refresh_per_second=2) as live:

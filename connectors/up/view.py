@@ -37,7 +37,7 @@ def render(status: Status, settings: Settings, demo: bool):
         columns.append(table)
     tops.add_row(*columns)
     warning = "" if status.outlet_answers else "the outlet's /metrics do not answer · "
-    footer = (f"{warning}API {api_base(settings)}/api/v0/flows · `waxflow top --by SrcAS` · "
+    footer = (f"{warning}console {api_base(settings)}/ · `waxflow top --by SrcAS` · "
               f"{status.rows_total:,.0f} rows stored · Ctrl-C stops")
     title = "waxflow up" + (" --demo" if demo else "")
     return Panel(Group(figures, "", tops, "", footer), title=title)
