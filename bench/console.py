@@ -1,0 +1,144 @@
+"""The console's API calls on a day of demo traffic: p50 and p95 latency per endpoint.
+
+    python bench/console.py [--rate 1000] [--rounds 20]
+
+A fresh chDB store is filled with 24 hours of flows at `--rate` flows/s (the 1m/5m/1h tables
+filled by their materialized views as the outlet's inserts fill them), built in the store itself
+from the demo's routers, interfaces, peers (AS, country) and services, with its day/night
+shape: INSERT ... SELECT over numbers(), one insert per hour of traffic. Then the outlet's HTTP
+API serves it and each call the console makes is timed over HTTP, `--rounds` times, for a 24 h
+range: the home widgets (traffic now, the hour, five top-N), top-N over 10 dimensions, a 3
+dimension sankey, a filtered graph, filter validation and completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _array(values) -> str:
+    return "[" + ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values) + "]"
+
+
+def fill(client, database: str, rate: int, now: int) -> int:
+    """24 h of flows at `rate` flows/s (shaped by demo.diurnal's day/night) into `database`."""
+    from flows import demo
+
+    routers = demo.ROUTERS
+    peers = demo.PEERS
+    names = _array([r.name for r in routers])
+    addresses = _array([r.address for r in routers])
+    asns = _array([p.asn for p in peers])
+    weights = [max(1, int(p.weight * 100)) for p in peers]
+    countries = _array([p.country for p in peers])
+    edges = {r.name: [i for i in demo.interfaces(r) if i.kind != "customers"] for r in routers}
+    if_names = _array([i.name for i in edges[routers[0].name]])
+    if_descriptions = _array([i.description for i in edges[routers[0].name]])
+    # a peer index drawn with the peers' weights
+    cumulative, total = [], 0
+    for w in weights:
+        total += w
+        cumulative.append(total)
+    peer = f"arrayFirstIndex(x -> x > (cityHash64(number, 1) % {total}), {_array(cumulative)})"
+    rows = 0
+    for hour in range(24):
+        start = now - 86400 + hour * 3600
+        count = max(1, int(rate * 3600 * demo.diurnal(start)))
+        step = 3600 / count
+        client.command(f"""
+            INSERT INTO `{database}`.flows (TimeReceived, SamplingRate, ExporterAddress, ExporterName, SrcAddr, DstAddr,
+                SrcAS, DstAS, SrcCountry, DstCountry, InIfIndex, OutIfIndex, InIfName, OutIfName, InIfDescription,
+                InIfBoundary, OutIfBoundary, InIfSpeed, OutIfSpeed, EType, Proto, SrcPort, DstPort, Bytes, Packets)
+            SELECT toDateTime({start} + intDiv(number * {int(step * 1000)}, 1000)), 1000,
+                toIPv6(concat('::ffff:', {addresses}[1 + number % {len(routers)}])), {names}[1 + number % {len(routers)}],
+                toIPv6(IPv4NumToString(toUInt32(167772160 + cityHash64(number, 2) % 16777216))),
+                toIPv6(IPv4NumToString(toUInt32(3221225472 + cityHash64(number, 3) % 65536))),
+                {asns}[{peer}], {demo.LOCAL_AS}, {countries}[{peer}], 'FR',
+                1 + cityHash64(number, 4) % 6, 100, {if_names}[1 + cityHash64(number, 4) % {len(edges[routers[0].name])}],
+                'ae0', {if_descriptions}[1 + cityHash64(number, 4) % {len(edges[routers[0].name])}],
+                'external', 'internal', 100000, 100000, 2048, if(number % 10 < 8, 6, 17),
+                toUInt16(32768 + cityHash64(number, 5) % 28000), if(number % 10 < 8, 443, 53),
+                toUInt64(100 + cityHash64(number, 6) % 15000), toUInt64(1 + cityHash64(number, 6) % 12)
+            FROM numbers({count})""")
+        rows += count
+    return rows
+
+
+CALLS = [
+    ("home: traffic now", {"from": "-5m", "points": 1}),
+    ("home: the last hour", {"from": "-1h", "points": 60}),
+    *[(f"top-N 24 h: {d}", {"from": "-24h", "dimensions": d, "limit": 10, "points": 1}) for d in (
+        "ExporterName", "SrcAS", "DstAS", "SrcCountry", "InIfName", "OutIfName", "InIfDescription",
+        "InIfBoundary", "Proto", "DstPort")],
+    ("graph 24 h: SrcAS, 120 points", {"from": "-24h", "dimensions": "SrcAS", "limit": 10, "points": 120}),
+    ("sankey 24 h: SrcAS, InIfName, ExporterName", {"from": "-24h", "dimensions": "SrcAS,InIfName,ExporterName",
+                                                     "limit": 20, "points": 1}),
+    ("graph 24 h, filtered", {"from": "-24h", "dimensions": "ExporterName", "points": 120,
+                              "filter": "InIfBoundary = 'external' AND Proto = 6"}),
+]
+OTHER = [
+    ("exporters", "/api/v0/exporters", {}),
+    ("filter/validate", "/api/v0/filter/validate", {"filter": "SrcAS = 2906 AND ExporterName = 'edge1.par'"}),
+    ("filter/complete: a value", "/api/v0/filter/complete", {"filter": "ExporterName = 'edge"}),
+    ("filter/complete: an AS", "/api/v0/filter/complete", {"filter": "SrcAS = 29"}),
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def timed(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=120) as answer:
+        answer.read()
+    return (time.perf_counter() - started) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=int, default=1000, help="flows/s at the daily peak")
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+
+    from connectors import clickhouse, http
+    from flows.settings import API, Settings
+
+    with tempfile.TemporaryDirectory() as store:
+        settings = Settings(clickhouse={"dsn": f"chdb:{store}", "database": "bench"},
+                            kafka={"brokers": [f"127.0.0.1:{free_port()}"]},
+                            api=API(listen=f"127.0.0.1:{free_port()}"))
+        clickhouse.migrate(settings.clickhouse)
+        client = clickhouse.connect(settings.clickhouse)
+        started = time.monotonic()
+        rows = fill(client, "bench", args.rate, int(time.time()))
+        print(f"console benchmark: {rows:,} flows over 24 h ({args.rate:,} flows/s at the peak) built in "
+              f"{time.monotonic() - started:.0f} s; {args.rounds} rounds per call, HTTP on this machine")
+        assert http.serve_outlet(settings)
+        base = http.api_base(settings)
+        calls = [(name, "/api/v0/flows", params) for name, params in CALLS] + OTHER
+        print(f"{'call':50} {'p50 ms':>8} {'p95 ms':>8}")
+        for name, path, params in calls:
+            url = f"{base}{path}?{urllib.parse.urlencode(params)}"
+            timed(url)  # (first call: caches)
+            times = sorted(timed(url) for _ in range(args.rounds))
+            p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+            print(f"{name:50} {statistics.median(times):8.1f} {p95:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
