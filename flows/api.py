@@ -59,6 +59,7 @@ def queryable_columns() -> dict[str, schema.Column]:
 
 COLUMNS = queryable_columns()
 AGGREGATED_NAMES = frozenset(c.name for c in schema.AGGREGATED)
+AS_COLUMNS = frozenset(c.name for c in schema.COLUMNS if c.name.endswith("AS") and c.ch_type == "UInt32")
 # Raw flows are answered at 1 s resolution; aggregated tables at their own.
 RAW_TABLE = ("flows", 1)
 TABLES_COARSEST_FIRST = tuple((f"flows_{sfx}", seconds) for sfx, seconds, _ in reversed(ddl.RESOLUTIONS))

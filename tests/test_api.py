@@ -504,3 +504,14 @@ def test_l2_bps_adds_the_ethernet_header_and_fcs_per_packet(served) -> None:
                         f"WHERE TimeReceived >= toDateTime({start}) AND TimeReceived < toDateTime({end})").result_rows[0][0]
     assert body["series"][0]["average"] == pytest.approx(bits / 300, rel=1e-9)
     assert body["series"][0]["average"] > sum(r[2] * r[4] * 8 for r in ROWS) / 300  # more than L3
+
+
+def test_flows_name_the_as_numbers_of_their_series(served) -> None:
+    status, body = get(served, "/api/v0/flows", {"from": T0, "to": T0 + 300, "dimensions": "SrcAS", "points": 1})
+    assert status == 200, body
+    client = clickhouse.connect(served.clickhouse)
+    known = dict(client.query(f"SELECT toString(asn), name FROM `{served.clickhouse.database}`.asns_data "
+                              "WHERE asn IN (2906, 15169, 13335, 64500) AND name != ''").result_rows)
+    assert known and body["names"] == known  # (64500 is private: no name)
+    status, body = get(served, "/api/v0/flows", {"from": T0, "to": T0 + 300, "dimensions": "InIfName", "points": 1})
+    assert body["names"] == {}

@@ -223,7 +223,21 @@ def flows_result(session: ReadOnlySession, settings: Settings, query: api.FlowsQ
     """GET /api/v0/flows for validated parameters: pick the table, run, shape."""
     built = api.build_flows_sql(query, settings.clickhouse.database, ttl_seconds(settings.clickhouse))
     rows = session.query(built.sql, parameters=built.parameters).result_rows
-    return api.shape_flows(built, query, rows)
+    result = api.shape_flows(built, query, rows)
+    result["names"] = _as_names(session, settings, result)
+    return result
+
+
+def _as_names(session: ReadOnlySession, settings: Settings, result: dict[str, Any]) -> dict[str, str]:
+    """AS number → name for the AS values of the answer's series (the asns dictionary's rows)."""
+    positions = [i for i, name in enumerate(result["dimensions"]) if name in api.AS_COLUMNS]
+    numbers = sorted({int(s["dimensions"][i]) for s in result["series"] for i in positions
+                      if i < len(s["dimensions"]) and s["dimensions"][i].isdigit()})
+    if not numbers:
+        return {}
+    rows = session.query(f"SELECT toString(asn), name FROM `{settings.clickhouse.database}`.`asns_data` "
+                         "WHERE asn IN {numbers:Array(UInt64)} AND name != ''", parameters={"numbers": numbers}).result_rows
+    return {number: name for number, name in rows}
 
 
 def exporters_result(session: ReadOnlySession, settings: Settings) -> list[dict[str, Any]]:

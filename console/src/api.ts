@@ -16,6 +16,7 @@ export interface FlowsAnswer {
   dimensions: string[];
   time: number[];
   series: Series[];
+  names: Record<string, string>; // AS number → name, for the AS values of the series
 }
 
 export interface Interface {

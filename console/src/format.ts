@@ -41,6 +41,12 @@ export function total(values: number[], times: number[], step: number, end: numb
   return sum;
 }
 
+/** A dimension's value with the AS name beside an AS number the answer named. */
+export function named(value: string, names: Record<string, string> | undefined): string {
+  const name = names?.[value];
+  return name ? `${value} ${name}` : value;
+}
+
 export function escapeHtml(text: unknown): string {
   return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
 }

@@ -3,7 +3,7 @@
 import { echarts } from "./charts";
 
 import * as api from "./api";
-import { escapeHtml, rate } from "./format";
+import { escapeHtml, named, rate } from "./format";
 
 const REFRESH_MS = 30_000;
 
@@ -18,7 +18,7 @@ function topTable(dimension: string, label: string): Widget["render"] {
   return async (body) => {
     const answer = await api.flows({ from: "-1h", dimensions: dimension, limit: 5, points: 1 });
     const rows = answer.series
-      .map((s) => `<tr><td>${escapeHtml(s.dimensions.join(" / "))}</td><td class="num">${rate(s.average, "bps")}</td></tr>`)
+      .map((s) => `<tr><td>${escapeHtml(s.dimensions.map((d) => named(d, answer.names)).join(" / "))}</td><td class="num">${rate(s.average, "bps")}</td></tr>`)
       .join("");
     body.innerHTML = `<table><thead><tr><th scope="col">${label}</th><th scope="col" class="num">last hour</th></tr></thead>` +
       `<tbody>${rows || '<tr><td colspan="2">no traffic yet</td></tr>'}</tbody></table>`;

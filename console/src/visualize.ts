@@ -6,7 +6,7 @@ import { echarts, type SeriesOption } from "./charts";
 
 import * as api from "./api";
 import { filterEditor } from "./filter";
-import { escapeHtml, percentile, quantity, rate, total } from "./format";
+import { escapeHtml, named, percentile, quantity, rate, total } from "./format";
 
 export interface State {
   from: string;
@@ -304,7 +304,8 @@ function drawTable(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsA
       <th scope="col" class="num">average</th><th scope="col" class="num">max</th><th scope="col" class="num">95th</th>
       <th scope="col" class="num">total</th></tr></thead><tbody>${rows.map(({ s, answer, reversed }, index) =>
       `<tr tabindex="0" data-index="${index}" title="add to the filter">` +
-      (s.dimensions.length ? s.dimensions : ["total"]).map((d) => `<td>${escapeHtml(d)}${reversed ? " ↩" : ""}</td>`).join("") +
+      (s.dimensions.length ? s.dimensions : ["total"]).map((d) =>
+        `<td>${escapeHtml(named(d, answer.names))}${reversed ? " ↩" : ""}</td>`).join("") +
       `<td class="num" data-raw="${s.average}">${rate(s.average, shown(state.unit))}</td><td class="num">${rate(s.max, shown(state.unit))}</td>` +
       `<td class="num">${rate(percentile(s.values, 95), shown(state.unit))}</td>` +
       `<td class="num">${quantity(total(s.values, answer.time, answer.step, Math.min(answer.to, Date.now() / 1000)), state.unit === "pps" ? "p" : "b")}</td></tr>`).join("")}
