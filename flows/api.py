@@ -422,48 +422,61 @@ class BuiltQuery:
     origin: int = 0  # where the buckets start: on a row of the table, at or before `start`
 
 
+def _cover(low: int, high: int, levels: list[tuple[str, int]], now: float) -> list[tuple[str, int, int]]:
+    """(table, from, to) ranges that add up to [low, high) exactly: the coarsest of `levels`
+    (finest first, raw flows at 1 s first of all) serves the whole rows inside, the next finer
+    the edges it cuts. A row that ends after now holds only what arrived until now, so a range
+    ending now takes the last row whole."""
+    if low >= high:
+        return []
+    table, resolution = levels[-1]
+    if resolution == 1 or len(levels) == 1:
+        return [(table, low, high)]
+    inner_low = -(-low // resolution) * resolution
+    inner_high = -(-high // resolution) * resolution if high >= now else high - high % resolution
+    if inner_low >= inner_high:
+        return _cover(low, high, levels[:-1], now)
+    return (_cover(low, inner_low, levels[:-1], now) + [(table, inner_low, inner_high)]
+            + _cover(inner_high, high, levels[:-1], now))
+
+
 def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, int],
                     now: float | None = None) -> BuiltQuery:
     """One query: per time bucket and per top-N group (the rest summed as Other), the total.
 
     Rates are exact over the window asked. A row of an aggregated table stands for
     [TimeReceived, + resolution): the window's middle, in whole rows, comes from the chosen
-    table, and its edges that cut a row in part from raw flows (while raw flows still hold
-    them; older edges widen to whole rows, and `from`/`to` say so). A row that ends after now
-    holds only what arrived until now, so a window ending now needs no raw tail. Buckets are
-    `step` long, aligned on the table's rows; the first and last count only their seconds
-    inside the window."""
+    table, and the edges that cut its rows from the finer tables in turn, down to raw flows for
+    the last seconds (_cover), as long as they still hold them; older edges widen to whole rows
+    of the chosen table, and `from`/`to` say so. Buckets are `step` long, aligned on the chosen
+    table's rows; the first and last count only their seconds inside the window."""
     now = time.time() if now is None else now
     table, resolution = choose_table(query, ttl_seconds, now)
     step = step_seconds(query, resolution)
     start, end = query.start, query.end
-    middle_start, middle_end = start, end
-    if resolution > 1:
-        raw_holds = start >= now - ttl_seconds.get(RAW_TABLE[0], 0)
-        middle_start = -(-start // resolution) * resolution
-        middle_end = -(-end // resolution) * resolution if end >= now else end - end % resolution
-        if not raw_holds:  # the edges widen to whole rows
-            start = start - start % resolution
-            middle_start = start
-            if end < now:
-                end = -(-end // resolution) * resolution
-                middle_end = end
-    origin = middle_start - step * -(-(middle_start - start) // step)
+    levels = [RAW_TABLE] if start >= now - ttl_seconds.get(RAW_TABLE[0], 0) else []
+    finer = [(name, seconds) for name, seconds in reversed(TABLES_COARSEST_FIRST) if seconds < resolution
+             and start >= now - ttl_seconds.get(name, 0)]
+    levels += finer + ([(table, resolution)] if resolution > 1 else [])
+    if levels[0][1] > 1:  # raw flows no longer hold the start: widen to the finest table's rows
+        finest = levels[0][1]
+        start = start - start % finest
+        if end < now:
+            end = -(-end // finest) * finest
+    ranges = _cover(start, end, levels, now)
+    first_row = next((low for name, low, _ in ranges if name == table), start - start % resolution)
+    origin = first_row - step * -(-(first_row - start) // step)
     metric = _metric(query.unit)
     dims = ", ".join(f"`{d}`" for d in query.dimensions)
     columns = ", ".join(["TimeReceived", *(f"`{d}`" for d in query.dimensions), "Bytes", "Packets", "SamplingRate"])
-    window = "TimeReceived >= toDateTime({%s:UInt32}) AND TimeReceived < toDateTime({%s:UInt32})"
-    parts = []
-    if middle_start < middle_end:
-        parts.append(f"SELECT {columns} FROM `{database}`.`{table}` WHERE {window % ('mid_start', 'mid_end')} "
-                     f"AND {query.filter.sql}")
-        edges = [(name, low, high) for name, low, high in (("head", start, middle_start), ("tail", middle_end, end))
-                 if low < high]
-    else:  # the window lies inside one row of the table: raw flows only
-        edges = [("head", start, end)]
-    if edges:
-        ranges = " OR ".join(f"({window % (f'{name}_start', f'{name}_end')})" for name, _, _ in edges)
-        parts.append(f"SELECT {columns} FROM `{database}`.`{RAW_TABLE[0]}` WHERE ({ranges}) AND {query.filter.sql}")
+    parameters: dict[str, Any] = {"origin": origin, "step": step, **query.filter.parameters}
+    by_table: dict[str, list[str]] = {}
+    for index, (name, low, high) in enumerate(ranges):
+        parameters[f"r{index}_from"], parameters[f"r{index}_to"] = low, high
+        by_table.setdefault(name, []).append(f"(TimeReceived >= toDateTime({{r{index}_from:UInt32}}) "
+                                             f"AND TimeReceived < toDateTime({{r{index}_to:UInt32}}))")
+    parts = [f"SELECT {columns} FROM `{database}`.`{name}` WHERE ({' OR '.join(windows)}) AND {query.filter.sql}"
+             for name, windows in by_table.items()]
     source = "(" + " UNION ALL ".join(parts) + ")"
     if query.dimensions:
         shown = ", ".join(column_sql(d) for d in query.dimensions)
@@ -474,9 +487,6 @@ def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, 
     bucket = ("toUInt32({origin:UInt32} + intDiv(toUInt32(TimeReceived) - {origin:UInt32}, {step:UInt32}) "
               "* {step:UInt32})")
     sql = f"SELECT {bucket} AS t, {group} AS d, sum({metric}) AS v FROM {source} GROUP BY t, d ORDER BY t"
-    parameters = {"origin": origin, "step": step, "mid_start": middle_start, "mid_end": middle_end,
-                  **{f"{name}_start": low for name, low, _ in edges}, **{f"{name}_end": high for name, _, high in edges},
-                  **query.filter.parameters}
     return BuiltQuery(sql, parameters, table, step, start, end, covered_end=min(float(end), now), origin=origin)
 
 
