@@ -356,8 +356,10 @@ def scitags(flow_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SciTags (scitags.org) experiment and activity marked in IPv6 flow labels: of the 20 bits,
     counted from the most significant, bits 3-11 hold the experiment id bit-reversed and bits
     13-18 the activity id; bits 1-2, 12, 19-20 are entropy."""
-    reversed_experiment = (flow_label.astype(np.int64) >> 9) & 0x1FF
     experiment = np.zeros(len(flow_label), np.int64)
+    if not flow_label.any():  # (no IPv6 flow label in the call: nothing to unpack)
+        return experiment, experiment.copy()
+    reversed_experiment = (flow_label.astype(np.int64) >> 9) & 0x1FF
     for bit in range(9):
         experiment |= ((reversed_experiment >> bit) & 1) << (8 - bit)
     return experiment, (flow_label.astype(np.int64) >> 2) & 0x3F

@@ -81,8 +81,11 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     """Parts (row count, columns) for one template's records: the flows, and for RFC 5103
     biflows a second part with the reverse counters as flows in the reverse direction."""
     r = Records(template, view)
-    if ctx.get("decapsulation") is not None:
-        r, ctx = _tunneled_only(r, template, ctx)
+    decapsulation = ctx.get("decapsulation")
+    parsed, keep = _parsed_sections(r, decapsulation)
+    if decapsulation is not None:
+        r, ctx, parsed = _tunneled_only(r, template, ctx, parsed, keep)
+        decapsulation = ctx["decapsulation"]
     n = r.n
     cols: dict[str, object] = {
         "TimeReceived": ctx["received"],
@@ -109,7 +112,7 @@ def flow_columns(template: Template, view: np.ndarray, ctx: dict) -> list[tuple[
     cols["EType"] = _etype(r)
     _put(cols, "MPLSLabels", _mpls(r))
     _icmp(r, cols)
-    _sections(r, cols, ctx.get("decapsulation"))
+    _sections(r, cols, parsed, decapsulation)
     if "IPv6FlowLabel" in cols:
         cols["SciTagsExperiment"], cols["SciTagsActivity"] = frames.scitags(np.asarray(cols["IPv6FlowLabel"]))
     cols["TimeFlowStart"], cols["TimeFlowEnd"] = _times(r, ctx, pen=0)
@@ -165,16 +168,25 @@ def _packet_section(r: Records) -> tuple[frames.Headers, np.ndarray] | None:
     return None
 
 
-def _sections(r: Records, cols: dict, decapsulation: np.ndarray | None) -> None:
+def _parsed_sections(r: Records, decapsulation: np.ndarray | None) -> tuple[dict | None, np.ndarray]:
+    """The parsed packet section of each record (None when the template has none), and the
+    records that give a flow (with a decapsulation mode: those whose packet is in its tunnel)."""
+    found = _packet_section(r) if r.n else None
+    if found is None:
+        keep = np.ones(r.n, bool) if decapsulation is None else decapsulation == frames.NONE
+        return None, keep
+    headers, kind = found
+    return frames.parse(headers, kind, decapsulation=decapsulation)
+
+
+def _sections(r: Records, cols: dict, parsed: dict | None, decapsulation: np.ndarray | None) -> None:
     """The columns a sampled packet's section gives that the record's own elements did not
     (as the reference does: Bytes is the packet's IP length and Packets 1, beside the
     sampling rate). A decapsulated packet's inner header wins over the record's own elements,
     which describe the tunnel; exported counters stay."""
-    found = _packet_section(r)
-    if found is None or not r.n:
+    if parsed is None:
         return
-    headers, kind = found
-    parsed, _ = frames.parse(headers, kind, decapsulation=decapsulation)
+    parsed = dict(parsed)
     length = parsed.pop("Bytes")
     if "Bytes" not in cols:
         cols["Bytes"] = length
@@ -191,21 +203,16 @@ def _sections(r: Records, cols: dict, decapsulation: np.ndarray | None) -> None:
             cols[name] = np.where(inner[:, None] if values.ndim == 2 else inner, values, np.asarray(cols[name]))
 
 
-def _tunneled_only(r: Records, template: Template, ctx: dict) -> tuple[Records, dict]:
+def _tunneled_only(r: Records, template: Template, ctx: dict, parsed: dict | None,
+                   keep: np.ndarray) -> tuple[Records, dict, dict | None]:
     """With a decapsulation mode, only the records whose packet section is in such a tunnel
-    (the others counted as not_encapsulated), and their context."""
-    found = _packet_section(r)
-    decapsulation = ctx["decapsulation"]
-    if found is None or not r.n:
-        keep = decapsulation == frames.NONE
-    else:
-        headers, kind = found
-        _, keep = frames.parse(headers, kind, decapsulation=decapsulation)
+    (the others counted as not_encapsulated), their context and their parsed sections."""
     if keep.all():
-        return r, ctx
+        return r, ctx, parsed
     metrics.error("not_encapsulated", int(np.count_nonzero(~keep)))
     per_record = {k: v for k, v in ctx.items() if isinstance(v, np.ndarray) and v.shape[:1] == (r.n,)}
-    return Records(template, r.view[keep]), {**ctx, **take_rows(per_record, keep)}
+    return (Records(template, r.view[keep]), {**ctx, **take_rows(per_record, keep)},
+            None if parsed is None else take_rows(parsed, keep))
 
 
 def _juniper_status(r: Records, template: Template, cols: dict) -> None:
