@@ -148,3 +148,39 @@ def test_a_huge_sampler_id_is_not_kept() -> None:
         decode_many(state, [(_ipfix(options + _set(430, sampler_id + struct.pack("!I", 100))),
                              "x", EXPORT)])
     assert not state.sampler_rates and len(pickle.dumps(state)) < 64 * 1024
+
+
+def _varlen_records(count: int) -> bytes:
+    return (struct.pack("!II", 100, 1) + b"\x00") * count  # octets, packets, an empty interfaceName
+
+
+VARLEN_TEMPLATE = [(1, 4), (2, 4), (82, 65535)]
+
+
+def test_held_sets_a_template_releases_are_charged_to_its_datagram_like_any_other() -> None:
+    """Data held for a missing template is released by the datagram that brings it: the
+    records are walked under that datagram's budgets (500 read one by one, 2,000 rows)."""
+    decoder = FlowDecoder()
+    for _ in range(7):  # 7,000 records held
+        decoder.decode(_ipfix(_set(400, _varlen_records(1000))), "198.51.100.70", EXPORT)
+    released = decoder.decode(_ipfix(_ipfix_template(400, VARLEN_TEMPLATE)), "198.51.100.70", EXPORT)
+    assert released.num_rows == limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM
+    decoder = FlowDecoder()
+    for _ in range(3):
+        decoder.decode(_ipfix(_set(400, _varlen_records(1000))), "198.51.100.71", EXPORT)
+    fixed = _ipfix_template(401, [(1, 4), (2, 4)]) + _set(401, struct.pack("!II", 1, 1) * 2000)
+    both = decoder.decode(_ipfix(_ipfix_template(400, VARLEN_TEMPLATE) + fixed), "198.51.100.71", EXPORT)
+    assert both.num_rows == limits.MAX_ROWS_PER_DATAGRAM
+
+
+def test_options_records_are_read_within_the_one_by_one_budget() -> None:
+    """Options data is read in Python record by record: at most 500 per datagram, like the
+    variable-length records (4,200 of them cost 16 ms)."""
+    options = _ipfix_template(402, [(144, 4), (34, 4)], set_id=3)
+    options = struct.pack("!HH", 3, len(options) + 2) + options[4:8] + b"\x00\x01" + options[8:]
+    records = _set(402, b"".join(struct.pack("!II", i, 10) for i in range(4200)))
+    before = metrics.OPTIONS_RECORDS._value.get()
+    limited = _errors("limit")
+    FlowDecoder().decode(_ipfix(options + records), "198.51.100.72", EXPORT)
+    assert metrics.OPTIONS_RECORDS._value.get() - before == limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM
+    assert _errors("limit") > limited

@@ -91,19 +91,19 @@ class Chunk:
     def data_set(self, state: ExporterState, key: tuple, body: bytes, meta: tuple,
                  received: float | None, most: int = limits.MAX_ROWS_PER_DATAGRAM) -> int:
         """Decode one v9/IPFIX data set on its own (or hold it until its template comes): at
-        most `most` flow records (what is left of its datagram's budget); how many it queued."""
+        most `most` records (what is left of its datagram's budget): how many it queued or, for
+        options data, read."""
         template = state.templates.get(key)
         if template is None:
             metrics.error("missing_template")
             if received is not None:
                 state.hold(key, body, meta, received)
             return 0
-        if template.options:
-            apply_options(state, template, key[0], key[1], body)
-            return 0
         if most <= 0:
             metrics.error("limit")
             return 0
+        if template.options:
+            return apply_options(state, template, key[0], key[1], body, most)
         records, count = template.records(body, most)
         if not count:
             return 0

@@ -13,8 +13,9 @@ MAX_ROWS_PER_DATAGRAM = 2_000  # flows from one datagram (a 9,000-byte jumbo of 
 MAX_TEMPLATE_FIELDS = 256  # fields of one template (routers: 10-80)
 MAX_TEMPLATE_FIELDS_PER_DATAGRAM = 4_096  # template fields parsed from one datagram, refreshes included
 MAX_VARIABLE_FIELDS = 16  # variable-length fields of one template (walked in Python per record)
-MAX_VARIABLE_RECORDS_PER_DATAGRAM = 500  # records of such templates (routers: a sampled packet each,
-# 1-10 per datagram, ~55 in a 9,000-byte jumbo)
+MAX_VARIABLE_RECORDS_PER_DATAGRAM = 500  # records read one by one in Python: of templates with
+# variable-length fields (routers: a sampled packet each, 1-10 per datagram, ~55 in a 9,000-byte
+# jumbo) and options records (routers: 1-20 per datagram)
 MIN_RECORD_LENGTH = 4  # bytes of a data template's record (routers: 20 and more)
 MAX_SAMPLES_PER_DATAGRAM = 256  # sFlow samples (agents: 1-10; a 9,000-byte jumbo: ~45)
 MAX_RECORDS_PER_SAMPLE = 32  # flow records in one sFlow sample (agents: 2-6)

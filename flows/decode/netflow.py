@@ -77,8 +77,24 @@ class RowBudget:
 
     def __init__(self, datagrams: int) -> None:
         self.left = np.full(datagrams, limits.MAX_ROWS_PER_DATAGRAM, np.int64)
-        # variable-length records cost a Python walk each: they have a budget of their own
+        # records read in Python one by one (variable-length, options) have a budget of their own
         self.variable_left = np.full(datagrams, limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM, np.int64)
+
+    def take_set(self, chunk, state: ExporterState, key: tuple, body: bytes, meta: tuple,
+                 received: float | None, datagram: int) -> None:
+        """Decode (or hold) one data set on its own, charged to `datagram`: its flows to the
+        datagram's rows; variable-length and options records also to the records read one by one."""
+        template = state.templates.get(key)
+        options = template is not None and template.options
+        walked = template is not None and (template.varlen or options)
+        most = int(self.variable_left[datagram]) if options else int(self.left[datagram])
+        if walked:
+            most = min(most, int(self.variable_left[datagram]))
+        taken = chunk.data_set(state, key, body, meta, received, most)
+        if not options:
+            self.left[datagram] -= taken
+        if walked:
+            self.variable_left[datagram] -= taken
 
     def take(self, datagram: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Records allowed of each set (in datagram order), its datagram's budget spent in order."""
@@ -131,8 +147,9 @@ def walk_netflow(queue: NetflowQueue, chunk) -> None:
         _data_sets(chunk, sets, position + np.nonzero(data_sets[position:index])[0])
         datagram = int(sets.datagram[index])
         _guarded_template_set(chunk, state, ver, domain, sid, body, options=sid in (1, 3),
-                              budget=budgets.setdefault(datagram, TemplateBudget()),
-                              origin=int(sets.origin[datagram]), decapsulation=int(sets.decapsulation[datagram]))
+                              budget=budgets.setdefault(datagram, TemplateBudget()), rows=sets.budget,
+                              datagram=datagram, origin=int(sets.origin[datagram]),
+                              decapsulation=int(sets.decapsulation[datagram]))
         position = index
     _data_sets(chunk, sets, position + np.nonzero(data_sets[position:])[0])
 
@@ -226,15 +243,9 @@ def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
     # records: one set at a time, in datagram order.
     for row, state, template_key in sorted(one_by_one, key=lambda item: item[0]):
         datagram = int(sets.datagram[row])
-        template = state.templates.get(template_key)
-        variable = template is not None and template.varlen and not template.options
-        most = int(min(budget.left[datagram], budget.variable_left[datagram]) if variable else budget.left[datagram])
         try:
-            taken = chunk.data_set(state, template_key, sets.body(row), sets.meta(row),
-                                   sets.received_at[datagram], most)
-            budget.left[datagram] -= taken
-            if variable:
-                budget.variable_left[datagram] -= taken
+            budget.take_set(chunk, state, template_key, sets.body(row), sets.meta(row), sets.received_at[datagram],
+                            datagram)
         except Exception:  # one bad set costs only itself, not the other sets of this call
             metrics.error("malformed")
 
@@ -245,10 +256,10 @@ class TemplateBudget:
     parse, so a router sending more than MAX_NEW_TEMPLATES_PER_DATAGRAM at once has the rest
     learnt from its next refreshes."""
 
-    __slots__ = ("parsed", "fields", "built", "released")
+    __slots__ = ("parsed", "fields", "built")
 
     def __init__(self) -> None:
-        self.parsed = self.fields = self.built = self.released = 0
+        self.parsed = self.fields = self.built = 0
 
     def exhausted(self) -> bool:
         return (self.parsed >= limits.MAX_TEMPLATE_RECORDS_PER_DATAGRAM
@@ -257,15 +268,18 @@ class TemplateBudget:
 
 
 def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                          options: bool, budget: TemplateBudget, origin: int, decapsulation: int) -> None:
+                          options: bool, budget: TemplateBudget, rows: RowBudget, datagram: int, origin: int,
+                          decapsulation: int) -> None:
     try:
-        _template_set(chunk, state, version, domain, set_id, body, options, budget, origin, decapsulation)
+        _template_set(chunk, state, version, domain, set_id, body, options, budget, rows, datagram, origin,
+                      decapsulation)
     except Exception:  # a parser bug must not stop the dataflow: count it, keep going
         metrics.error("malformed")
 
 
 def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                  options: bool, budget: TemplateBudget, origin: int, decapsulation: int) -> None:
+                  options: bool, budget: TemplateBudget, rows: RowBudget, datagram: int, origin: int,
+                  decapsulation: int) -> None:
     seen_key = (version, domain, set_id, body)
     if state.known_template_set(seen_key):
         return
@@ -313,8 +327,7 @@ def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id
         metrics.TEMPLATES_BY_KIND["netflow_v9" if version == 9 else "ipfix"].inc()
         # Released rows count against this datagram, and are its rows (their origin is its own).
         for held_body, held_meta in state.take_held(key):
-            budget.released += chunk.data_set(state, key, held_body, (*held_meta[:3], origin, decapsulation), None,
-                                              limits.MAX_ROWS_PER_DATAGRAM - budget.released)
+            rows.take_set(chunk, state, key, held_body, (*held_meta[:3], origin, decapsulation), None, datagram)
     state.remember_template_set(seen_key, tuple(learnt))
 
 
@@ -379,9 +392,10 @@ def _parse_ipfix_template(body: bytes, offset: int, options: bool):
 
 
 def apply_options(state: ExporterState, template: Template, version: int, domain: int,
-                  body: bytes) -> None:
-    """Read options data records: sampling rates (per exporter or per sampler) and boot time."""
-    records, count = template.records(body)
+                  body: bytes, most: int = limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM) -> int:
+    """Read options data records (at most `most`): sampling rates (per exporter or per sampler)
+    and boot time. How many were read."""
+    records, count = template.records(body, most)
     for row in options_values(template, records, count):
         metrics.OPTIONS_RECORDS.inc()
         # Values kept as state must fit the columns' integers, or every later batch of this
@@ -399,6 +413,7 @@ def apply_options(state: ExporterState, template: Template, version: int, domain
         boot = row.get((0, IE.systemInitTimeMilliseconds), MAX_TIME_MS)
         if boot < MAX_TIME_MS:
             state.set_system_init((version, domain), boot)
+    return count
 
 
 def _probability_width(template: Template) -> int:
