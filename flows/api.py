@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -264,6 +264,14 @@ def parse_filter(text: str) -> Filter:
     return transformer.out
 
 
+def lex_filter(text: str) -> Iterator[Token]:
+    """The filter's tokens (COLUMN, OP, STRING, ...) with their positions, by the grammar's lexer."""
+    try:
+        yield from _parser.lex(text)
+    except UnexpectedInput as err:
+        raise QueryError("bad_filter", *_parse_error(err, text)) from None
+
+
 def _parse_error(err: UnexpectedInput, text: str) -> tuple[str, int]:
     """A parse error's message and character offset, worded for a person typing a filter."""
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
@@ -374,7 +382,7 @@ def choose_table(query: FlowsQuery, ttl_seconds: Mapping[str, int], now: float) 
     QueryError: no table keeps what is asked that long."""
     needed = set(query.dimensions) | query.filter.columns
     wanted_step = (query.end - query.start) / query.points
-    aggregated = needed <= AGGREGATED_NAMES
+    aggregated = needed <= AGGREGATED_NAMES and query.unit not in RAW_ONLY_UNITS
     if aggregated:
         for table, seconds in TABLES_COARSEST_FIRST:
             if seconds <= wanted_step and query.start >= now - ttl_seconds.get(table, 0):
@@ -386,7 +394,7 @@ def choose_table(query: FlowsQuery, ttl_seconds: Mapping[str, int], now: float) 
             if query.start >= now - ttl_seconds.get(table, 0):
                 return table, seconds
     kept = ttl_seconds.get(RAW_TABLE[0], 0) // 86400
-    only_raw = sorted(needed - AGGREGATED_NAMES)
+    only_raw = sorted(needed - AGGREGATED_NAMES) + (["flows/s"] if query.unit in RAW_ONLY_UNITS else [])
     raise QueryError("out_of_retention", "from is older than any table keeps "
                      + (f"{', '.join(only_raw)} (raw flows: {kept} days)" if only_raw else "these flows"))
 
@@ -397,13 +405,30 @@ def step_seconds(query: FlowsQuery, resolution: int) -> int:
     return max(resolution, int(math.ceil(wanted / resolution)) * resolution)
 
 
-# What each unit sums per second. L2 adds the 18 bytes of Ethernet header and FCS that the L3
-# length (the Bytes column) leaves out, per packet, as the reference counts them.
+# What each unit sums per second, and the columns it reads besides the time. L2 adds the 18
+# bytes of Ethernet header and FCS that the L3 length (the Bytes column) leaves out, per packet, as
+# the reference counts them. The interface-speed shares sum, flow by flow, the L2 bits over the
+# interface's speed (Mbps): for one interface that is its utilisation; a series spanning several
+# interfaces adds their shares up. Flows with an unknown speed (0) add nothing.
+_L2_BITS = "(Bytes + 18 * Packets) * SamplingRate * 8"
 UNITS = {
     "bps": "Bytes * SamplingRate * 8",
-    "l2bps": "(Bytes + 18 * Packets) * SamplingRate * 8",
+    "l2bps": _L2_BITS,
     "pps": "Packets * SamplingRate",
+    "flows": "1",
+    "inl2pct": f"if(InIfSpeed > 0, {_L2_BITS} / (InIfSpeed * 10000), 0)",
+    "outl2pct": f"if(OutIfSpeed > 0, {_L2_BITS} / (OutIfSpeed * 10000), 0)",
 }
+UNIT_COLUMNS = {
+    "bps": ("Bytes", "SamplingRate"),
+    "l2bps": ("Bytes", "Packets", "SamplingRate"),
+    "pps": ("Packets", "SamplingRate"),
+    "flows": (),
+    "inl2pct": ("Bytes", "Packets", "SamplingRate", "InIfSpeed"),
+    "outl2pct": ("Bytes", "Packets", "SamplingRate", "OutIfSpeed"),
+}
+RAW_ONLY_UNITS = frozenset({"flows"})
+"""Flow records are counted in raw flows only: an aggregated row stands for many of them."""
 
 
 def _metric(unit: str) -> str:
@@ -468,7 +493,8 @@ def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, 
     origin = first_row - step * -(-(first_row - start) // step)
     metric = _metric(query.unit)
     dims = ", ".join(f"`{d}`" for d in query.dimensions)
-    columns = ", ".join(["TimeReceived", *(f"`{d}`" for d in query.dimensions), "Bytes", "Packets", "SamplingRate"])
+    read = dict.fromkeys(["TimeReceived", *query.dimensions, *UNIT_COLUMNS[query.unit]])
+    columns = ", ".join(f"`{name}`" for name in read)
     parameters: dict[str, Any] = {"origin": origin, "step": step, **query.filter.parameters}
     by_table: dict[str, list[str]] = {}
     for index, (name, low, high) in enumerate(ranges):
@@ -490,10 +516,22 @@ def build_flows_sql(query: FlowsQuery, database: str, ttl_seconds: Mapping[str, 
     return BuiltQuery(sql, parameters, table, step, start, end, covered_end=min(float(end), now), origin=origin)
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100), interpolated linearly between the closest ranks."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = p / 100 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
 def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list[str], int]]) -> dict[str, Any]:
     """Rows (bucket, group, total) → per group a rate per bucket (total / the seconds of the
-    bucket inside [from, min(to, now))), the average over those seconds, the top-N by total
-    (Other last). Buckets wholly after now are left out; `time` gives each bucket's first
+    bucket inside [from, min(to, now))), the average over those seconds, the largest and 95th
+    percentile bucket rates, the total carried (bits, packets or flows; for the interface-speed
+    units, percent-seconds), the top-N by total (Other last). Buckets wholly after now are left out; `time` gives each bucket's first
     second inside the window."""
     origins = list(range(built.origin, math.ceil(built.covered_end), built.step))
     times = [max(t, built.start) for t in origins]
@@ -511,7 +549,7 @@ def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list
         rates = [value / width if width > 0 else 0.0 for value, width in zip(values, seconds)]
         series.append({"dimensions": list(group), "values": rates,
                        "average": sum(values) / covered if covered > 0 else 0.0,
-                       "max": max(rates, default=0.0)})
+                       "max": max(rates, default=0.0), "p95": percentile(rates, 95), "total": sum(values)})
     return {
         "table": built.table,
         "step": built.step,

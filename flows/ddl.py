@@ -45,7 +45,8 @@ class TableSpec:
     engine: str
     order_by: tuple[str, ...]
     partition_by: str
-    ttl_seconds: int
+    ttl_seconds: int | None
+    """None: rows are kept until deleted (saved filters)."""
     primary_key: tuple[str, ...] = ()
     extend_key_with_new_columns: bool = False
     """Aggregated tables: a new dimension must join the sorting key or it would not be summed by."""
@@ -58,7 +59,8 @@ class TableSpec:
         return (
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}` (\n    {cols}\n)\n"
             f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}{pk}\n"
-            f"ORDER BY ({', '.join(self.order_by)})\n{ttl_clause(self.ttl_seconds)}"
+            f"ORDER BY ({', '.join(self.order_by)})"
+            + ("" if self.ttl_seconds is None else f"\n{ttl_clause(self.ttl_seconds)}")
             + (f"\nSETTINGS {', '.join(self.settings)}" if self.settings else "")
         )
 
@@ -153,6 +155,27 @@ def exporters_table(ttl_seconds: int) -> TableSpec:
     )
 
 
+SAVED_FILTERS = "saved_filters"
+
+
+def saved_filters_table() -> TableSpec:
+    """Filters people saved from the console, by name. The newest row of a name wins; a deleted
+    name is a row with Deleted = 1 (ReplacingMergeTree's is_deleted), so a write never rewrites
+    anything but this table."""
+    return TableSpec(
+        name=SAVED_FILTERS,
+        columns=(ColumnSpec("Name", "`Name` String", "String"),
+                 ColumnSpec("Filter", "`Filter` String", "String"),
+                 ColumnSpec("Description", "`Description` String", "String"),
+                 ColumnSpec("Updated", "`Updated` DateTime64(3)", "DateTime64(3)"),
+                 ColumnSpec("Deleted", "`Deleted` UInt8", "UInt8")),
+        engine="ReplacingMergeTree(Updated, Deleted)",
+        order_by=("Name",),
+        partition_by="tuple()",
+        ttl_seconds=None,
+    )
+
+
 def exporters_view() -> ViewSpec:
     exporter = [c.name for c in _exporter_columns()]
     suffixes = schema.interface_attributes()
@@ -203,6 +226,7 @@ def expected_tables(ttls: dict[str, int]) -> list[TableSpec]:
     tables = [flows_table(ttls["flows"])]
     tables += [aggregate_table(f"flows_{sfx}", part, ttls[f"flows_{sfx}"]) for sfx, _, part in RESOLUTIONS]
     tables.append(exporters_table(ttls["exporters"]))
+    tables.append(saved_filters_table())
     return tables
 
 

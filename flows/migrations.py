@@ -88,7 +88,7 @@ def _table(spec: ddl.TableSpec, existing: ExistingTable | None, db: str) -> list
     if existing is None:
         return [Step(f"create table {spec.name}", spec.create_sql(db))]
     steps = _columns(spec, existing, db)
-    if existing_ttl(existing.engine_full) != spec.ttl_seconds:
+    if spec.ttl_seconds is not None and existing_ttl(existing.engine_full) != spec.ttl_seconds:
         steps.append(Step(f"set TTL of {spec.name} to {spec.ttl_seconds}s",
                           f"ALTER TABLE `{db}`.`{spec.name}` MODIFY {ddl.ttl_clause(spec.ttl_seconds)}"))
     missing = [s for s in spec.settings if s not in existing.engine_full]

@@ -594,6 +594,9 @@ class API(Section):
     max_connections: Annotated[int, Field(ge=4, le=10_000)] = Field(
         64, description="HTTP connections served at once (more: 503 at once); /healthz and /metrics "
                         "never wait for a query slot")
+    saved_filters: bool = Field(True, description="let API callers save and delete named filters (the API's "
+                                                  "only write: one validated row into saved_filters); "
+                                                  "false makes the API wholly read-only")
 
     @field_validator("token")
     @classmethod

@@ -1,9 +1,10 @@
 """The web console in a real browser (Debian's chromium, headless, driven by Selenium through
-chromium-driver), served by the outlet's HTTP API over a chDB store holding known recent flows:
-every home widget fills from the live API, the visualize page draws what the API answers (the
-table's figures are the API's), the filter editor completes from the store and marks an
-invalid filter at its position. Screenshots go to $WAXFLOW_ARTIFACTS (default: the test's
-temporary directory)."""
+chromium-driver) against `waxflow up --demo` started by the test, as a user runs it: every home
+widget fills from the live API; visualize takes dimensions, sankey, bidirectional and previous
+period from its controls; its table's figures equal a SQL query over the store for the same
+window and filter; the filter editor completes from the store and marks an invalid filter at its
+position; a saved filter round-trips through the store and a link; the pages fit a phone's
+width. Screenshots go to $WAXFLOW_ARTIFACTS (default: the test's temporary directory)."""
 
 from __future__ import annotations
 
@@ -11,55 +12,68 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
-from connectors import clickhouse, http
 from connectors.http.server import CONSOLE_DIR
-from flows import schema
-from flows.settings import API, Settings
-from tests.conftest import free_port
-from tests.test_api import get
+from tests.test_up import Up, _config, shut_down
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
                                                                      "(scripts/apt-packages.txt)")
-EXPORTERS = ("edge1.par", "edge2.ams", "edge3.fra")
-AS_NAMES = {2906: "Netflix", 15169: "Google", 13335: "Cloudflare", 16509: "Amazon"}
+EXPORTERS = ("edge1.par", "edge2.ams", "edge3.fra")  # the demo's routers (flows/demo.py)
 
 
-def _recent_flows(now: int):
-    """600 flows of three exporters and four source AS over the last 50 minutes (a pyarrow Table)."""
-    import pyarrow as pa
+class Demo:
+    """The running stack: its API's base URL and read-only SQL."""
 
-    rows = []
-    for i in range(600):  # one flow a few seconds apart over the last 50 minutes
-        asn = list(AS_NAMES)[i % 4]
-        rows.append({"TimeReceived": now - 5 * i - 3, "ExporterName": EXPORTERS[i % 3],
-                     "ExporterAddress": bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1 + i % 3]),
-                     "SrcAS": asn, "DstAS": 64500, "SrcCountry": b"US" if asn != 13335 else b"FR",
-                     "InIfName": f"et-0/0/{i % 2}", "OutIfName": "ae0", "InIfIndex": 1 + i % 2, "OutIfIndex": 9,
-                     "Proto": 6 if i % 5 else 17, "DstPort": 443 if i % 5 else 53,
-                     "Bytes": 1500 * (1 + i % 7), "Packets": 1 + i % 7, "SamplingRate": 1000})
-    columns = {name: [r[name] for r in rows] for name in rows[0]}
-    return pa.Table.from_batches([schema.make_batch(columns, len(rows))])
+    def __init__(self, stack: Up) -> None:
+        self.stack = stack
+        config = yaml.safe_load((stack.workdir / "cfg.yaml").read_text())
+        self.base = "http://" + config["api"]["listen"]
+
+    def call(self, path: str, params: dict | None = None, method: str = "GET", body: dict | None = None):
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def sql(self, text: str) -> list[list]:
+        status, body = self.call("/api/v0/query", {"sql": text})
+        assert status == 200, body
+        return body["rows"]
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory, chdb_dir):
+def console(tmp_path_factory):
     if not (CONSOLE_DIR / "index.html").exists():
         pytest.fail("the console is not built: scripts/bootstrap.sh builds it (cd console && npm ci && npm run build)")
-    settings = Settings(clickhouse={"dsn": f"chdb:{chdb_dir}", "database": f"console_{uuid.uuid4().hex[:8]}"},
-                        kafka={"brokers": [f"127.0.0.1:{free_port()}"]},
-                        api=API(listen=f"127.0.0.1:{free_port()}"))
-    clickhouse.migrate(settings.clickhouse)
-    client = clickhouse.connect(settings.clickhouse)
-    client.insert_arrow(f"{settings.clickhouse.database}.flows", _recent_flows(int(time.time())))
-    assert http.serve_outlet(settings)
-    yield settings
-    client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse.database}`")
+    workdir = tmp_path_factory.mktemp("console-demo")
+    _config(workdir)
+    stack = Up(workdir)
+    try:
+        stack.wait_ready()
+        demo = Demo(stack)
+        deadline = time.monotonic() + 120
+        while True:  # until every demo router's flows are in the store
+            status, body = demo.call("/api/v0/widgets/top/ExporterName", {"from": "-5m"})
+            if status == 200 and {t["value"] for t in body["top"]} == set(EXPORTERS):
+                break
+            assert time.monotonic() < deadline, (status, body, stack.text())
+            time.sleep(1)
+        yield demo
+    finally:
+        shut_down(stack)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +105,15 @@ def _wait(driver, condition, timeout: float = 30.0, what: str = "the page"):
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, f"waiting for {what}")
 
 
-def _base(settings) -> str:
-    return http.api_base(settings)
+def _drawn(driver, what: str = "the graph"):
+    """The graph once its data is drawn (the console marks it when its charts have rendered)."""
+    from selenium.webdriver.common.by import By
+
+    return _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-drawn]"), what=what)
+
+
+def _base(demo: Demo) -> str:
+    return demo.base
 
 
 def test_home_fills_every_widget_from_the_live_api(console, browser, artifacts) -> None:
@@ -100,40 +121,127 @@ def test_home_fills_every_widget_from_the_live_api(console, browser, artifacts) 
 
     browser.get(_base(console) + "/#/home")
     widgets = [w.get_attribute("id") for w in browser.find_elements(By.CSS_SELECTOR, "section.widget")]
-    assert widgets == ["rate-now", "rate-hour", "top-exporters", "top-as", "top-countries", "top-ports",
-                       "last-flow", "exporters"]
+    assert widgets == ["rate-now", "rate-hour", "top-exporters", "top-as", "top-countries", "top-protocols",
+                       "top-ports", "last-flow", "exporters"]
     _wait(browser, lambda d: all(w.get_attribute("data-filled") == "true"
                                  for w in d.find_elements(By.CSS_SELECTOR, "section.widget")), what="every widget")
-    status, body = get(console, "/api/v0/flows", {"from": "-1h", "dimensions": "ExporterName", "limit": 5, "points": 1},
-                       token=None)
-    assert status == 200
     shown = [row.find_elements(By.TAG_NAME, "td")[0].text
              for row in browser.find_elements(By.CSS_SELECTOR, "#top-exporters tbody tr")]
-    assert shown == [s["dimensions"][0] for s in body["series"]] and set(shown) == set(EXPORTERS)
-    assert float(browser.find_element(By.CSS_SELECTOR, "#rate-now .big").get_attribute("data-value")) > 0
+    assert set(shown) == set(EXPORTERS)
+    for widget in ("top-as", "top-countries", "top-protocols", "top-ports"):
+        assert browser.find_elements(By.CSS_SELECTOR, f"#{widget} tbody tr td.num"), widget
+    assert "Netflix" in browser.find_element(By.ID, "top-as").text  # AS numbers shown with their names
+    status, rate = console.call("/api/v0/widgets/flow-rate")
+    assert status == 200 and rate["bps"] > 0
+    shown_bps = float(browser.find_element(By.CSS_SELECTOR, "#rate-now .big").get_attribute("data-value"))
+    assert shown_bps == pytest.approx(rate["bps"], rel=0.5)  # (live traffic, read a moment apart)
     assert "ExporterName" in browser.find_element(By.ID, "last-flow").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#exporters details")) == 3
     browser.save_screenshot(str(artifacts / "console-home.png"))
 
 
-def test_visualize_draws_what_the_api_answers(console, browser, artifacts) -> None:
+def _window(console: Demo, seconds: int = 30) -> tuple[int, int]:
+    """`seconds` of demo traffic that ended 10 s ago (every flow of it stored, none to come),
+    from the second after the first flows (the stack's first second is only partly there)."""
+    first = int(console.sql("SELECT toUInt32(min(TimeReceived)) FROM flows")[0][0])
+    while int(time.time()) - 10 - (first + 2) < seconds:
+        time.sleep(1)
+    end = int(time.time()) - 10
+    return end - seconds, end
+
+
+def test_visualize_table_equals_sql_over_the_store(console, browser, artifacts) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(_base(console) + "/#/visualize?from=-1h&dims=SrcAS,ExporterName&limit=5&graph=stacked")
-    graph = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-series]"),
-                  what="the graph")
-    status, body = get(console, "/api/v0/flows", {"from": "-1h", "dimensions": "SrcAS,ExporterName", "limit": 5,
-                                                  "points": 120}, token=None)
-    assert status == 200 and int(graph.get_attribute("data-series")) == len(body["series"])
-    averages = [float(cell.get_attribute("data-raw")) for cell in browser.find_elements(By.CSS_SELECTOR, "table.figures td[data-raw]")]
-    assert averages == pytest.approx([s["average"] for s in body["series"]], rel=0.02)  # (a few seconds apart)
-    browser.save_screenshot(str(artifacts / "console-visualize.png"))
-    browser.get(_base(console) + "/#/visualize?from=-1h&dims=SrcAS,ExporterName&limit=5&graph=sankey&bidirectional=1")
+    start, end = _window(console)
+    browser.get(_base(console) + f"/#/visualize?from={start}&to={end}&dims=SrcAS&limit=5&graph=stacked"
+                                 "&filter=Proto+%3D+6")
     browser.refresh()
-    graph = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-links]"), what="the sankey")
-    assert int(graph.get_attribute("data-links")) > 0
-    assert browser.find_elements(By.CSS_SELECTOR, ".graph canvas")
+    _drawn(browser)
+    rows = {row.get_attribute("data-key"): {cell.get_attribute("data-figure"): float(cell.get_attribute("data-raw"))
+                                            for cell in row.find_elements(By.CSS_SELECTOR, "td[data-figure]")}
+            for row in browser.find_elements(By.CSS_SELECTOR, "table.figures tbody tr")}
+    sums = dict(console.sql(f"SELECT toString(SrcAS), sum(Bytes * SamplingRate * 8) FROM flows "
+                            f"WHERE TimeReceived >= toDateTime({start}) AND TimeReceived < toDateTime({end}) "
+                            "AND Proto = 6 GROUP BY SrcAS"))
+    top = sorted(sums, key=lambda k: float(sums[k]), reverse=True)[:5]
+    assert len(top) == 5, sums  # (the demo has more source AS than that: an Other row too)
+    assert set(rows) == set(top) | ({"Other"} if len(sums) > 5 else set())
+    for asn in top:
+        assert rows[asn]["total"] == pytest.approx(float(sums[asn]), rel=1e-9), asn
+        assert rows[asn]["average"] == pytest.approx(float(sums[asn]) / (end - start), rel=1e-9), asn
+        assert rows[asn]["average"] <= rows[asn]["p95"] * 1.000001 or rows[asn]["p95"] <= rows[asn]["max"]
+    if "Other" in rows:
+        assert rows["Other"]["total"] == pytest.approx(sum(float(v) for k, v in sums.items() if k not in top))
+    browser.save_screenshot(str(artifacts / "console-visualize.png"))
+
+
+def test_visualize_controls_sankey_bidirectional_and_previous_period(console, browser, artifacts) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(_base(console) + "/#/visualize?from=-15m&dims=SrcAS&graph=stacked")
+    browser.refresh()
+    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-series]"), what="the graph")
+    form = browser.find_element(By.CSS_SELECTOR, "form.controls")
+    Select(form.find_element(By.NAME, "dims")).select_by_value("ExporterName")
+    assert [b.text for b in form.find_elements(By.CSS_SELECTOR, ".chosen button")] == ["1. SrcAS ×", "2. ExporterName ×"]
+    Select(form.find_element(By.NAME, "graph")).select_by_value("sankey")
+    form.find_element(By.NAME, "bidirectional").click()
+    Select(form.find_element(By.NAME, "previous")).select_by_value("day")
+    form.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
+    graph = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-links][data-drawn]"),
+                  what="the sankey")
+    assert int(graph.get_attribute("data-links")) > 0 and browser.find_elements(By.CSS_SELECTOR, ".graph canvas")
+    for part in ("graph=sankey", "bidirectional=1", "previous=day", "dims=SrcAS%2CExporterName"):
+        assert part in browser.current_url, part
+    reverse_rows = [r for r in browser.find_elements(By.CSS_SELECTOR, "table.figures tbody tr") if "↩" in r.text]
+    assert reverse_rows  # the other direction's groups, marked, under the graph
     browser.save_screenshot(str(artifacts / "console-sankey.png"))
+    Select(form.find_element(By.NAME, "graph")).select_by_value("grid")
+    form.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".graph .multiple")) ==
+          int(d.find_element(By.CSS_SELECTOR, ".graph").get_attribute("data-series") or -1), what="the small multiples")
+
+
+def test_a_saved_filter_round_trips_through_the_store_and_a_link(console, browser, artifacts) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(_base(console) + "/#/visualize?from=-15m&dims=Proto&graph=lines&filter=Proto+%3D+17")
+    browser.refresh()
+    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".graph[aria-busy='false'][data-series]"), what="the graph")
+    browser.find_element(By.NAME, "save").click()
+    prompt = _wait(browser, lambda d: d.switch_to.alert, what="the name prompt")
+    prompt.send_keys("udp only")
+    prompt.accept()
+    _wait(browser, lambda d: "saved as udp only" in d.find_element(By.CSS_SELECTOR, ".saved-status").text, what="saved")
+    status, saved = console.call("/api/v0/filters/udp%20only")
+    assert status == 200 and saved["filter"] == "Proto = 17"
+    _wait(browser, lambda d: "saved=udp+only" in d.current_url, what="the shareable link")
+    browser.get(_base(console) + "/#/visualize?from=-15m&dims=Proto&saved=udp+only")  # a link someone sent
+    browser.refresh()
+    editor = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='filter-input']"), what="the editor")
+    _wait(browser, lambda d: editor.text == "Proto = 17", what="the saved filter in the editor")
+    _wait(browser, lambda d: d.find_element(By.NAME, "saved").get_attribute("value") == "udp only", what="the picker")
+    browser.find_element(By.NAME, "forget").click()
+    _wait(browser, lambda d: "deleted udp only" in d.find_element(By.CSS_SELECTOR, ".saved-status").text, what="deleted")
+    assert console.call("/api/v0/filters/udp%20only")[0] == 404
+
+
+def test_pages_fit_a_phone(console, browser, artifacts) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(390, 844)
+    try:
+        for page in ("home", "visualize?from=-15m&dims=SrcAS"):
+            browser.get(_base(console) + f"/#/{page}")
+            browser.refresh()
+            _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[aria-busy='false']"), what=page)
+            width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+            assert width[0] <= width[1], (page, width)
+            browser.save_screenshot(str(artifacts / f"console-phone-{page.split('?')[0]}.png"))
+    finally:
+        browser.set_window_size(1280, 800)
 
 
 def test_filter_editor_completes_from_the_store_and_marks_errors(console, browser, artifacts) -> None:

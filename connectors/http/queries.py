@@ -25,7 +25,7 @@ import clickhouse_connect
 
 from connectors.clickhouse import ttl_seconds
 from connectors.http.errors import APIError
-from flows import api, filter_assist, sqlguard
+from flows import api, filter_assist, graph, saved_filters, sqlguard, widgets
 from flows.sqlguard import session_limits
 from flows.settings import Settings
 
@@ -254,3 +254,46 @@ def filter_completions(session: ReadOnlySession, settings: Settings, text: str, 
             prefix = ctx.prefix.strip("'\"")
             values = [(str(v), str(d)) for v, d in session.query(sql, parameters={"prefix": prefix}).result_rows]
     return filter_assist.complete(ctx, values)
+
+
+def graph_result(session: ReadOnlySession, settings: Settings, query: graph.GraphQuery) -> dict[str, Any]:
+    """GET /api/v0/graph: the main flows query, and its reverse and previous period if asked."""
+    run = [q and flows_result(session, settings, q) for q in (query.main, query.reverse, query.previous)]
+    return graph.shape_graph(query, *run)
+
+
+def flow_rate_result(session: ReadOnlySession, settings: Settings, window: tuple[int, int]) -> dict[str, Any]:
+    start, end = window
+    row = session.query(widgets.flow_rate_sql(settings.clickhouse.database),
+                        parameters={"from": start, "to": end}).result_rows[0]
+    return widgets.shape_flow_rate(start, end, row)
+
+
+def graph_widget_result(session: ReadOnlySession, settings: Settings,
+                        queries: tuple[api.FlowsQuery, api.FlowsQuery]) -> dict[str, Any]:
+    bps, flows = (flows_result(session, settings, q) for q in queries)
+    return widgets.shape_graph(bps, flows)
+
+
+def top_result(session: ReadOnlySession, settings: Settings, query: api.FlowsQuery) -> dict[str, Any]:
+    answer = flows_result(session, settings, query)
+    if query.dimensions == ("Proto",):  # protocol numbers with their names (the protocols dictionary)
+        numbers = [int(s["dimensions"][0]) for s in answer["series"] if s["dimensions"][0].isdigit()]
+        rows = session.query(f"SELECT toString(proto), name FROM `{settings.clickhouse.database}`.`protocols_data` "
+                             "WHERE proto IN {numbers:Array(UInt64)}", parameters={"numbers": numbers}).result_rows
+        answer["names"] = dict(rows)
+    return widgets.shape_top(answer)
+
+
+def last_flow_result(session: ReadOnlySession, settings: Settings) -> dict[str, Any]:
+    answer = session.query(widgets.last_flow_sql(settings.clickhouse.database))
+    if not answer.result_rows:
+        return {"flow": None}
+    return {"flow": {name: plain(value) for name, value in zip(answer.column_names, answer.result_rows[0])}}
+
+
+def saved_filters_result(session: ReadOnlySession, settings: Settings, name: str | None = None) -> list[dict[str, str]]:
+    db = settings.clickhouse.database
+    if name is None:
+        return saved_filters.shape(session.query(saved_filters.list_sql(db)).result_rows)
+    return saved_filters.shape(session.query(saved_filters.one_sql(db), parameters={"name": name}).result_rows)

@@ -14,6 +14,10 @@ that process is the only one allowed to open the data directory:
     /api/v0/columns                  the dimensions and filter columns
     /api/v0/filter/validate          is a filter valid; else why, and where (?filter=)
     /api/v0/filter/complete          what may come at the cursor (?filter=&cursor=), values from the store
+    /api/v0/graph                    series or sankey, with reverse direction and previous period (flows/graph.py)
+    /api/v0/widgets/flow-rate, graph, top/<dimension>, last-flow    the console's home (flows/widgets.py)
+    /api/v0/filters[/<name>]         saved filters: GET lists/reads; POST saves, DELETE removes (the API's
+                                     only write, one validated row into saved_filters: saved_filters.py)
 
 Werkzeug does the HTTP (routing, request parsing, body limits) in a threading server: the API is
 a low-rate operator endpoint whose threads sleep in socket and chDB calls (which release the
@@ -50,10 +54,12 @@ from connectors.cluster import process_id
 from connectors.http.client import listen_address
 from connectors.http.errors import APIError
 from connectors.http.health import counter_total, insert_component, kafka_probe, store_probe
+from connectors.http import queries
 from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, filter_completions,
                                      first_line, flows_result, sql_result)
+from connectors.http.saved_filters import SavedFilterWriter
 from connectors.metrics import RateLimitedLog
-from flows import api, ddl, filter_assist
+from flows import api, ddl, filter_assist, graph, saved_filters, widgets
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,7 +139,15 @@ class API:
             Rule("/api/v0/columns", endpoint="columns", methods=["GET"]),
             Rule("/api/v0/filter/validate", endpoint="filter_validate", methods=["GET"]),
             Rule("/api/v0/filter/complete", endpoint="filter_complete", methods=["GET"]),
+            Rule("/api/v0/graph", endpoint="graph", methods=["GET"]),
+            Rule("/api/v0/widgets/flow-rate", endpoint="widget_flow_rate", methods=["GET"]),
+            Rule("/api/v0/widgets/graph", endpoint="widget_graph", methods=["GET"]),
+            Rule("/api/v0/widgets/top/<dimension>", endpoint="widget_top", methods=["GET"]),
+            Rule("/api/v0/widgets/last-flow", endpoint="widget_last_flow", methods=["GET"]),
+            Rule("/api/v0/filters", endpoint="saved_filters", methods=["GET", "POST"]),
+            Rule("/api/v0/filters/<name>", endpoint="saved_filter", methods=["GET", "DELETE"]),
         ])
+        self._writer = SavedFilterWriter(settings)
 
     # -- plumbing ------------------------------------------------------------------------------
     def __call__(self, environ: dict, start_response: Callable) -> Any:
@@ -146,7 +160,7 @@ class API:
                 self._authorize(request)
             response = getattr(self, f"on_{endpoint}")(request, **args)
         except api.QueryError as err:
-            response = self._error(400, err.reason, str(err))
+            response = self._error(400, err.reason, str(err), err.position)
         except APIError as err:
             response = self._error(err.status, err.reason, str(err))
         except HTTPException as err:
@@ -160,9 +174,12 @@ class API:
         REQUESTS.labels(endpoint, f"{response.status_code // 100}xx").inc()
         return response(environ, start_response)
 
-    def _error(self, status: int, reason: str, message: str) -> Response:
+    def _error(self, status: int, reason: str, message: str, position: int | None = None) -> Response:
         ERRORS.labels(reason).inc()
-        return _json(status, {"error": message, "reason": reason})
+        body: dict[str, Any] = {"error": message, "reason": reason}
+        if position is not None:  # a filter's error: where it is
+            body["position"] = position
+        return _json(status, body)
 
     def _authorize(self, request: Request) -> None:
         token = self.settings.api.token  # never empty: flows/settings.py refuses that
@@ -206,10 +223,50 @@ class API:
         return Response(dictionary_csv(name, self.settings), mimetype="text/csv")
 
     def on_flows(self, request: Request) -> Response:
-        if any(len(request.args.getlist(key)) > 1 for key in request.args):
-            raise APIError(400, "bad_request", "each parameter may be given once")
-        query = api.parse_flows_query({key: request.args.get(key, "") for key in request.args})
+        query = api.parse_flows_query(_params(request))
         return _json(200, self._store("api", lambda session: flows_result(session, self.settings, query)))
+
+    def on_graph(self, request: Request) -> Response:
+        query = graph.parse_graph_query(_params(request))
+        return _json(200, self._store("api", lambda session: queries.graph_result(session, self.settings, query)))
+
+    def on_widget_flow_rate(self, request: Request) -> Response:
+        window = widgets.flow_rate_window(_params(request))
+        return _json(200, self._store("api", lambda session: queries.flow_rate_result(session, self.settings, window)))
+
+    def on_widget_graph(self, request: Request) -> Response:
+        pair = widgets.graph_queries(_params(request))
+        return _json(200, self._store("api", lambda session: queries.graph_widget_result(session, self.settings, pair)))
+
+    def on_widget_top(self, request: Request, dimension: str) -> Response:
+        query = widgets.top_query(dimension, _params(request))
+        return _json(200, self._store("api", lambda session: queries.top_result(session, self.settings, query)))
+
+    def on_widget_last_flow(self, request: Request) -> Response:
+        _params(request, allowed=set())
+        return _json(200, self._store("api", lambda session: queries.last_flow_result(session, self.settings)))
+
+    def _saved_names(self) -> list[str]:
+        return [f["name"] for f in self._store("api", lambda s: queries.saved_filters_result(s, self.settings))]
+
+    def on_saved_filters(self, request: Request) -> Response:
+        if request.method == "POST":
+            saved = saved_filters.parse_saved(_body_json(request))
+            self._writer.write(saved, self._saved_names())
+            return _json(201, {"saved": saved.name})
+        _params(request, allowed=set())
+        listed = self._store("api", lambda session: queries.saved_filters_result(session, self.settings))
+        return _json(200, {"filters": listed, "writable": self.settings.api.saved_filters})
+
+    def on_saved_filter(self, request: Request, name: str) -> Response:
+        saved_filters.check_name(name)
+        if request.method == "DELETE":
+            self._writer.write(saved_filters.SavedFilter(name, ""), self._saved_names(), deleted=True)
+            return _json(200, {"deleted": name})
+        found = self._store("api", lambda session: queries.saved_filters_result(session, self.settings, name))
+        if not found:
+            raise APIError(404, "not_found", f"no saved filter {name!r}")
+        return _json(200, found[0])
 
     def on_exporters(self, request: Request) -> Response:
         return _json(200, {"exporters": self._store("api", lambda session: exporters_result(session, self.settings))})
@@ -263,6 +320,24 @@ def _console_files() -> set[str]:
     if not CONSOLE_DIR.is_dir():
         return set()
     return {p.name for p in CONSOLE_DIR.iterdir() if p.is_file() and p.suffix in CONSOLE_TYPES}
+
+
+def _params(request: Request, allowed: set[str] | None = None) -> dict[str, str]:
+    """The query string as one value per key (a repeated key is refused, not guessed at)."""
+    if any(len(request.args.getlist(key)) > 1 for key in request.args):
+        raise APIError(400, "bad_request", "each parameter may be given once")
+    if allowed is not None and set(request.args) - allowed:
+        raise APIError(400, "unknown_parameter", f"unknown parameter(s): {', '.join(sorted(set(request.args) - allowed))[:200]}")
+    return {key: request.args.get(key, "") for key in request.args}
+
+
+def _body_json(request: Request) -> Any:
+    if request.mimetype != "application/json":
+        raise APIError(415, "unsupported_media_type", "send the body as application/json")
+    try:
+        return json.loads(request.get_data(cache=False).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise APIError(400, "bad_json", "the body is not JSON") from None
 
 
 def _single(request: Request, name: str, longest: int) -> str:

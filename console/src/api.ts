@@ -5,6 +5,8 @@ export interface Series {
   values: number[];
   average: number;
   max: number;
+  p95: number;
+  total: number; // what the series carried over the window: bits, packets, flows (or %·s)
 }
 
 export interface FlowsAnswer {
@@ -79,7 +81,9 @@ export function setToken(value: string): void {
   sessionStorage.setItem(TOKEN_KEY, value);
 }
 
-export async function get<T>(path: string, params: Record<string, string | number | undefined> = {}): Promise<T> {
+type Params = Record<string, string | number | undefined>;
+
+async function call<T>(method: string, path: string, params: Params = {}, json?: unknown): Promise<T> {
   const query = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
     if (value !== undefined && value !== "") query.set(key, String(value));
@@ -87,12 +91,19 @@ export async function get<T>(path: string, params: Record<string, string | numbe
   const headers: Record<string, string> = {};
   const bearer = token();
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
-  const answer = await fetch(`${path}${query.size ? "?" + query.toString() : ""}`, { headers });
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  const answer = await fetch(`${path}${query.size ? "?" + query.toString() : ""}`, {
+    method, headers, body: json === undefined ? undefined : JSON.stringify(json),
+  });
   const body = await answer.json().catch(() => ({}));
   if (!answer.ok) {
     throw new ApiError(answer.status, body.reason ?? "error", body.error ?? answer.statusText);
   }
   return body as T;
+}
+
+export function get<T>(path: string, params: Params = {}): Promise<T> {
+  return call<T>("GET", path, params);
 }
 
 export interface FlowsParams {
@@ -107,6 +118,31 @@ export interface FlowsParams {
 
 export function flows(params: FlowsParams): Promise<FlowsAnswer> {
   return get<FlowsAnswer>("/api/v0/flows", { ...params });
+}
+
+export interface SankeyLink {
+  source: string;
+  target: string;
+  value: number;
+  forward: number;
+  reverse: number;
+}
+
+export interface GraphAnswer extends FlowsAnswer {
+  type: "series" | "sankey";
+  reverse: FlowsAnswer | null; // its dimensions are the swapped columns (SrcAS → DstAS, ...)
+  previous: (FlowsAnswer & { shift: number }) | null; // times already moved onto the main ones
+  sankey?: { nodes: { name: string }[]; links: SankeyLink[] };
+}
+
+export interface GraphParams extends FlowsParams {
+  type?: "series" | "sankey";
+  bidirectional?: 1;
+  previous?: string;
+}
+
+export function graph(params: GraphParams): Promise<GraphAnswer> {
+  return get<GraphAnswer>("/api/v0/graph", { ...params });
 }
 
 export async function exporters(): Promise<Exporter[]> {
@@ -125,10 +161,46 @@ export function complete(filter: string, cursor: number): Promise<Completions> {
   return get<Completions>("/api/v0/filter/complete", { filter, cursor });
 }
 
-export async function lastFlow(): Promise<Record<string, unknown> | null> {
-  const answer = await get<{ columns: string[]; rows: unknown[][] }>("/api/v0/query", {
-    sql: "SELECT * FROM flows ORDER BY TimeReceived DESC LIMIT 1",
-  });
-  if (!answer.rows.length) return null;
-  return Object.fromEntries(answer.columns.map((name, i) => [name, answer.rows[0][i]]));
+// -- the home page's widgets
+
+export interface FlowRate {
+  from: number;
+  to: number;
+  bps: number;
+  pps: number;
+  flows_per_second: number;
 }
+
+export interface TimeSeries {
+  time: number[];
+  step: number;
+  values: number[];
+}
+
+export interface Top {
+  dimension: string;
+  unit: string;
+  top: { value: string; name: string; rate: number; percent: number }[];
+  other: number;
+  total: number;
+}
+
+export const flowRate = () => get<FlowRate>("/api/v0/widgets/flow-rate");
+export const hourGraph = () => get<{ bps: TimeSeries; flows_per_second: TimeSeries }>("/api/v0/widgets/graph");
+export const top = (dimension: string, limit = 5) => get<Top>(`/api/v0/widgets/top/${encodeURIComponent(dimension)}`, { limit });
+export const lastFlow = async () => (await get<{ flow: Record<string, unknown> | null }>("/api/v0/widgets/last-flow")).flow;
+
+// -- saved filters (the API's only write: one row in the saved_filters table)
+
+export interface SavedFilter {
+  name: string;
+  filter: string;
+  description: string;
+  updated: string;
+}
+
+export const savedFilters = () => get<{ filters: SavedFilter[]; writable: boolean }>("/api/v0/filters");
+export const savedFilter = (name: string) => get<SavedFilter>(`/api/v0/filters/${encodeURIComponent(name)}`);
+export const saveFilter = (name: string, filter: string, description = "") =>
+  call<{ saved: string }>("POST", "/api/v0/filters", {}, { name, filter, description });
+export const deleteFilter = (name: string) => call<{ deleted: string }>("DELETE", `/api/v0/filters/${encodeURIComponent(name)}`);

@@ -14,31 +14,17 @@ export function rate(value: number, unit: string): string {
 }
 
 export function quantity(value: number, unit: string): string {
-  return rate(value, unit.replace(/ps$/, ""));
+  return rate(value, unit);
+}
+
+/** A rate in a graph unit as people read it (bps, pps, flows/s, or a share of interface speed). */
+export function figure(value: number, unit: string): string {
+  if (unit.endsWith("pct")) return `${value.toFixed(Math.abs(value) < 10 ? 2 : 1)} %`;
+  return rate(value, { bps: "bps", l2bps: "bps", pps: "pps", flows: "flows/s" }[unit] ?? unit);
 }
 
 export function time(seconds: number): string {
   return new Date(seconds * 1000).toLocaleString();
-}
-
-/** The p-th percentile (0-100) of values, by linear interpolation between closest ranks. */
-export function percentile(values: number[], p: number): number {
-  if (!values.length) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  const rank = (p / 100) * (sorted.length - 1);
-  const low = Math.floor(rank);
-  const high = Math.ceil(rank);
-  return sorted[low] + (sorted[high] - sorted[low]) * (rank - low);
-}
-
-/** Σ rate × the bucket's seconds inside the window: what the series carried in total. */
-export function total(values: number[], times: number[], step: number, end: number): number {
-  let sum = 0;
-  values.forEach((value, i) => {
-    const next = i + 1 < times.length ? times[i + 1] : Math.min(times[i] + step, end);
-    sum += value * Math.max(0, next - times[i]);
-  });
-  return sum;
 }
 
 /** A dimension's value with the AS name beside an AS number the answer named. */

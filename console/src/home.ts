@@ -3,7 +3,7 @@
 import { echarts } from "./charts";
 
 import * as api from "./api";
-import { escapeHtml, named, rate } from "./format";
+import { escapeHtml, rate } from "./format";
 
 const REFRESH_MS = 30_000;
 
@@ -16,12 +16,14 @@ interface Widget {
 
 function topTable(dimension: string, label: string): Widget["render"] {
   return async (body) => {
-    const answer = await api.flows({ from: "-1h", dimensions: dimension, limit: 5, points: 1 });
-    const rows = answer.series
-      .map((s) => `<tr><td>${escapeHtml(s.dimensions.map((d) => named(d, answer.names)).join(" / "))}</td><td class="num">${rate(s.average, "bps")}</td></tr>`)
+    const answer = await api.top(dimension, 5);
+    const rows = answer.top
+      .map((t) => `<tr><td>${escapeHtml(t.name ? `${t.value} ${t.name}` : t.value)}</td><td class="num">${rate(t.rate, "bps")}</td>` +
+        `<td class="num">${t.percent.toFixed(1)} %</td></tr>`)
       .join("");
-    body.innerHTML = `<table><thead><tr><th scope="col">${label}</th><th scope="col" class="num">last hour</th></tr></thead>` +
-      `<tbody>${rows || '<tr><td colspan="2">no traffic yet</td></tr>'}</tbody></table>`;
+    body.innerHTML = `<table><thead><tr><th scope="col">${label}</th><th scope="col" class="num">last hour</th>` +
+      `<th scope="col" class="num">share</th></tr></thead>` +
+      `<tbody>${rows || '<tr><td colspan="3">no traffic yet</td></tr>'}</tbody></table>`;
   };
 }
 
@@ -30,38 +32,42 @@ const WIDGETS: Widget[] = [
     id: "rate-now",
     title: "Traffic now (last 5 minutes)",
     async render(body) {
-      const [bps, pps] = await Promise.all([
-        api.flows({ from: "-5m", points: 1, unit: "bps" }),
-        api.flows({ from: "-5m", points: 1, unit: "pps" }),
-      ]);
-      const bits = bps.series[0]?.average ?? 0;
-      const packets = pps.series[0]?.average ?? 0;
-      body.innerHTML = `<p class="big" data-value="${bits}">${rate(bits, "bps")}</p><p>${rate(packets, "pps")}</p>`;
+      const now = await api.flowRate();
+      body.innerHTML = `<p class="big" data-value="${now.bps}">${rate(now.bps, "bps")}</p>` +
+        `<p>${rate(now.pps, "pps")} · ${rate(now.flows_per_second, "flows/s")}</p>`;
     },
   },
   {
     id: "rate-hour",
-    title: "bps over the last hour",
+    title: "bps and flows/s over the last hour",
     wide: true,
     async render(body) {
-      const answer = await api.flows({ from: "-1h", points: 60 });
-      const values = answer.series[0]?.values ?? answer.time.map(() => 0);
+      const answer = await api.hourGraph();
+      const line = (series: api.TimeSeries) => series.time.map((t, i) => [t * 1000, series.values[i]]);
       const chart = echarts.getInstanceByDom(body) ?? echarts.init(body, undefined, { renderer: "canvas" });
       chart.setOption({
         animation: false, // (drawn at once: a screenshot or a glance shows the whole hour)
-        grid: { left: 60, right: 10, top: 10, bottom: 24 },
+        legend: { bottom: 0 },
+        grid: { left: 60, right: 60, top: 10, bottom: 40 },
         xAxis: { type: "time" },
-        yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, "bps") } },
-        tooltip: { trigger: "axis", valueFormatter: (v: number) => rate(v, "bps") },
-        series: [{ type: "line", showSymbol: false, areaStyle: {}, data: answer.time.map((t, i) => [t * 1000, values[i]]) }],
+        yAxis: [{ type: "value", axisLabel: { formatter: (v: number) => rate(v, "bps") } },
+                { type: "value", axisLabel: { formatter: (v: number) => rate(v, "flows/s") } }],
+        tooltip: { trigger: "axis" },
+        series: [
+          { name: "bps", type: "line", showSymbol: false, areaStyle: {}, data: line(answer.bps),
+            tooltip: { valueFormatter: (v: number) => rate(v, "bps") } },
+          { name: "flows/s", type: "line", yAxisIndex: 1, showSymbol: false, data: line(answer.flows_per_second),
+            tooltip: { valueFormatter: (v: number) => rate(v, "flows/s") } },
+        ],
       });
-      body.dataset.points = String(answer.time.length);
+      body.dataset.points = String(answer.bps.time.length);
     },
   },
   { id: "top-exporters", title: "Top exporters", render: topTable("ExporterName", "exporter") },
   { id: "top-as", title: "Top source AS", render: topTable("SrcAS", "AS") },
   { id: "top-countries", title: "Top source countries", render: topTable("SrcCountry", "country") },
-  { id: "top-ports", title: "Top protocols and ports", render: topTable("Proto,DstPort", "protocol / port") },
+  { id: "top-protocols", title: "Top protocols", render: topTable("Proto", "protocol") },
+  { id: "top-ports", title: "Top destination ports", render: topTable("DstPort", "port") },
   {
     id: "last-flow",
     title: "Last flow received",

@@ -6,7 +6,7 @@ import { echarts, type SeriesOption } from "./charts";
 
 import * as api from "./api";
 import { filterEditor } from "./filter";
-import { escapeHtml, named, percentile, quantity, rate, total } from "./format";
+import { escapeHtml, figure, named, quantity } from "./format";
 
 export interface State {
   from: string;
@@ -16,13 +16,15 @@ export interface State {
   unit: string;
   graph: string;
   filter: string;
+  saved: string; // a saved filter's name: loaded into the filter when the page opens
   bidirectional: boolean;
   previous: string; // "", "day" or "week"
 }
 
 const PRESETS = [["-15m", "15 minutes"], ["-1h", "1 hour"], ["-6h", "6 hours"], ["-24h", "24 hours"], ["-7d", "7 days"]];
 const GRAPHS = [["stacked", "stacked area"], ["lines", "lines"], ["grid", "grid"], ["sankey", "sankey"]];
-const SHIFT: Record<string, number> = { day: 86400, week: 7 * 86400 };
+const UNITS = [["bps", "L3 bps"], ["l2bps", "L2 bps"], ["pps", "pps"], ["flows", "flows/s"],
+               ["inl2pct", "% of in interface speed"], ["outl2pct", "% of out interface speed"]];
 
 export function readState(query: URLSearchParams): State {
   return {
@@ -30,9 +32,10 @@ export function readState(query: URLSearchParams): State {
     to: query.get("to") || "now",
     dims: (query.get("dims") ?? "SrcAS").split(",").filter(Boolean),
     limit: Number(query.get("limit") || 10),
-    unit: ["pps", "l2bps"].includes(query.get("unit") ?? "") ? query.get("unit")! : "bps",
+    unit: UNITS.some(([u]) => u === query.get("unit")) ? query.get("unit")! : "bps",
     graph: GRAPHS.some(([g]) => g === query.get("graph")) ? query.get("graph")! : "stacked",
     filter: query.get("filter") ?? "",
+    saved: query.get("saved") ?? "",
     bidirectional: query.get("bidirectional") === "1",
     previous: query.get("previous") === "day" || query.get("previous") === "week" ? query.get("previous")! : "",
   };
@@ -45,19 +48,8 @@ function writeState(state: State): void {
   });
   if (state.bidirectional) query.set("bidirectional", "1");
   if (state.previous) query.set("previous", state.previous);
+  if (state.saved) query.set("saved", state.saved); // (shareable: the link opens the saved filter)
   history.replaceState(null, "", `#/visualize?${query.toString()}`);
-}
-
-/** The reverse direction's name of a column: Src ↔ Dst, In ↔ Out. */
-export function reverseName(name: string): string {
-  return name.replace(/^(Src|Dst|In|Out)/, (side) => ({ Src: "Dst", Dst: "Src", In: "Out", Out: "In" })[side]!);
-}
-
-/** The filter for the reverse direction: column names swapped, quoted values left alone. */
-export function reverseFilter(filter: string): string {
-  return filter.split(/('[^']*'|"[^"]*")/).map((part, i) =>
-    i % 2 ? part : part.replace(/\b(Src|Dst|In|Out)(?=[A-Z])/g, (side) => ({ Src: "Dst", Dst: "Src", In: "Out", Out: "In" })[side]!),
-  ).join("");
 }
 
 function absolute(value: string): number {
@@ -91,13 +83,18 @@ export async function showVisualize(page: HTMLElement, query: URLSearchParams): 
         `<option value="${d.name}" title="${escapeHtml(d.description)}">${d.name}</option>`).join("")}</select></label>
       <div class="chosen" aria-label="dimensions in order"></div>
       <label>Top <input type="number" name="limit" min="1" max="50"></label>
-      <label>Unit <select name="unit"><option value="bps">L3 bps</option><option value="l2bps">L2 bps</option>
-        <option value="pps">pps</option></select></label>
+      <label>Unit <select name="unit">${UNITS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select></label>
       <label>Graph <select name="graph">${GRAPHS.map(([v, l]) => `<option value="${v}">${l}</option>`).join("")}</select></label>
       <label><input type="checkbox" name="bidirectional"> bidirectional</label>
       <label>Previous period <select name="previous"><option value="">none</option><option value="day">a day before</option>
         <option value="week">a week before</option></select></label>
       <div class="filter-host"></div>
+      <div class="saved" role="group" aria-label="saved filters">
+        <label>Saved filters <select name="saved"><option value="">—</option></select></label>
+        <button type="button" name="save">Save filter as…</button>
+        <button type="button" name="forget">Delete saved filter</button>
+        <span class="saved-status" role="status"></span>
+      </div>
       <button type="submit">Apply</button>
     </form>
     <div class="graph" role="img" aria-label="traffic graph"></div>
@@ -139,7 +136,15 @@ export async function showVisualize(page: HTMLElement, query: URLSearchParams): 
   field<HTMLSelectElement>("graph").value = state.graph;
   field<HTMLInputElement>("bidirectional").checked = state.bidirectional;
   field<HTMLSelectElement>("previous").value = state.previous;
+  if (state.saved) {
+    try {
+      state.filter = (await api.savedFilter(state.saved)).filter;
+    } catch (err) {
+      state.saved = ""; // (a name nobody saved, or one deleted since: the URL's filter stays)
+    }
+  }
   const editor = filterEditor(page.querySelector<HTMLElement>(".filter-host")!, state.filter, () => form.requestSubmit());
+  savedFilters(form, editor, state.saved);
 
   const collect = (): State => {
     const from = field<HTMLSelectElement>("from").value;
@@ -152,6 +157,7 @@ export async function showVisualize(page: HTMLElement, query: URLSearchParams): 
       unit: field<HTMLSelectElement>("unit").value,
       graph: field<HTMLSelectElement>("graph").value,
       filter: editor.value(),
+      saved: chosenSaved(form, editor.value()),
       bidirectional: field<HTMLInputElement>("bidirectional").checked,
       previous: field<HTMLSelectElement>("previous").value,
     };
@@ -165,30 +171,82 @@ export async function showVisualize(page: HTMLElement, query: URLSearchParams): 
   await draw(page, state, numeric, (text) => { editor.set(text); form.requestSubmit(); });
 }
 
+type Editor = ReturnType<typeof filterEditor>;
+
+/** The saved filter picked, while the editor still holds its text (else none: it was edited). */
+function chosenSaved(form: HTMLFormElement, text: string): string {
+  const select = form.elements.namedItem("saved") as HTMLSelectElement;
+  const option = select.selectedOptions[0];
+  return option?.value && option.dataset.filter === text.trim() ? option.value : "";
+}
+
+/** The saved filters' picker: choose one to load it, save the editor's filter under a name,
+ * delete the one chosen. The list comes from the store each time it changes. */
+function savedFilters(form: HTMLFormElement, editor: Editor, selected: string): void {
+  const select = form.elements.namedItem("saved") as HTMLSelectElement;
+  const status = form.querySelector<HTMLElement>(".saved-status")!;
+  const buttons = ["save", "forget"].map((name) => form.elements.namedItem(name) as HTMLButtonElement);
+  const load = async (pick: string) => {
+    const { filters, writable } = await api.savedFilters();
+    select.innerHTML = `<option value="">—</option>` + filters.map((f) =>
+      `<option value="${escapeHtml(f.name)}" data-filter="${escapeHtml(f.filter)}" title="${escapeHtml(f.description || f.filter)}">` +
+      `${escapeHtml(f.name)}</option>`).join("");
+    select.value = filters.some((f) => f.name === pick) ? pick : "";
+    for (const button of buttons) button.disabled = !writable;
+    if (!writable) status.textContent = "saving is turned off on this server";
+  };
+  const report = (text: string) => { status.textContent = text; };
+  select.addEventListener("change", () => {
+    const option = select.selectedOptions[0];
+    if (option?.value) { editor.set(option.dataset.filter ?? ""); form.requestSubmit(); }
+  });
+  buttons[0].addEventListener("click", async () => {
+    const name = window.prompt("Save the filter as (letters, digits, spaces, . _ -):", select.value)?.trim();
+    if (!name) return;
+    try {
+      await api.saveFilter(name, editor.value());
+      await load(name);
+      report(`saved as ${name}`);
+      form.requestSubmit();
+    } catch (err) {
+      report(`not saved: ${(err as Error).message}`);
+    }
+  });
+  buttons[1].addEventListener("click", async () => {
+    if (!select.value) return;
+    try {
+      await api.deleteFilter(select.value);
+      report(`deleted ${select.value}`);
+      await load("");
+    } catch (err) {
+      report(`not deleted: ${(err as Error).message}`);
+    }
+  });
+  load(selected).catch((err: Error) => report(`saved filters unavailable: ${err.message}`));
+}
+
 async function draw(page: HTMLElement, state: State, numeric: Set<string>, refilter: (text: string) => void): Promise<void> {
   const graph = page.querySelector<HTMLElement>(".graph")!;
   const table = page.querySelector<HTMLElement>(".series-table")!;
   graph.setAttribute("aria-busy", "true");
   const sankey = state.graph === "sankey";
-  const points = sankey ? 1 : 120;
-  const base = { from: state.from, to: state.to, limit: state.limit, unit: state.unit, points };
   try {
-    const main = await api.flows({ ...base, dimensions: state.dims.join(","), filter: state.filter });
-    const reverse = state.bidirectional
-      ? await api.flows({ ...base, dimensions: state.dims.map(reverseName).join(","), filter: reverseFilter(state.filter) })
-      : null;
-    const shift = SHIFT[state.previous];
-    const previous = shift
-      ? await api.flows({ ...base, from: absolute(state.from) - shift, to: absolute(state.to) - shift, filter: state.filter })
-      : null;
-    echarts.getInstanceByDom(graph)?.dispose();
+    const answer = await api.graph({
+      from: state.from, to: state.to, limit: state.limit, unit: state.unit, dimensions: state.dims.join(","),
+      filter: state.filter, type: sankey ? "sankey" : "series", points: sankey ? undefined : 120,
+      bidirectional: state.bidirectional ? 1 : undefined, previous: state.previous || undefined,
+    });
+    for (const element of [graph, ...graph.querySelectorAll<HTMLElement>(".multiple")]) echarts.getInstanceByDom(element)?.dispose();
     graph.innerHTML = "";
-    if (sankey) drawSankey(graph, main, reverse, state);
-    else if (state.graph === "grid") drawGrid(graph, main, state);
-    else drawLines(graph, main, reverse, previous, state, shift ?? 0);
-    drawTable(table, main, reverse, state, numeric, refilter);
-    graph.dataset.series = String(main.series.length);
-    graph.dataset.table = main.table;
+    delete graph.dataset.drawn;
+    graph.dataset.pending = "0";
+    graph.classList.remove("small-multiples");
+    if (sankey) drawSankey(graph, answer, state);
+    else if (state.graph === "grid") drawGrid(graph, answer, state);
+    else drawLines(graph, answer, state);
+    drawTable(table, answer, state, numeric, refilter);
+    graph.dataset.series = String(answer.series.length);
+    graph.dataset.table = answer.table;
   } catch (err) {
     graph.textContent = `unavailable: ${(err as Error).message}`;
     table.innerHTML = "";
@@ -197,126 +255,129 @@ async function draw(page: HTMLElement, state: State, numeric: Set<string>, refil
   }
 }
 
-/** The unit as numbers are printed: L2 and L3 bits per second are both bps. */
-function shown(unit: string): string {
-  return unit === "pps" ? "pps" : "bps";
+/** A series' name in legends and tables: its values, AS numbers with their names. */
+function label(series: api.Series, names: Record<string, string>): string {
+  return series.dimensions.length ? series.dimensions.map((d) => named(d, names)).join(" / ") : "total";
 }
 
-function label(series: api.Series): string {
-  return series.dimensions.length ? series.dimensions.join(" / ") : "total";
+/** A chart in `element` that marks its .graph drawn once every chart in it has rendered (the
+ * handler goes on before the first setOption: ECharts may render within it). */
+function chart(element: HTMLElement) {
+  const instance = echarts.init(element);
+  const graph = element.closest<HTMLElement>(".graph")!;
+  graph.dataset.pending = String(Number(graph.dataset.pending ?? 0) + 1);
+  let counted = false;
+  instance.on("finished", () => {
+    if (counted) return;
+    counted = true;
+    graph.dataset.pending = String(Number(graph.dataset.pending) - 1);
+    if (graph.dataset.pending === "0") graph.dataset.drawn = "true";
+  });
+  return instance;
 }
 
-function drawLines(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsAnswer | null,
-                   previous: api.FlowsAnswer | null, state: State, shift: number): void {
-  const chart = echarts.init(host);
+function axis(unit: string) {
+  return { type: "value" as const, axisLabel: { formatter: (v: number) => figure(v, unit) } };
+}
+
+function drawLines(host: HTMLElement, answer: api.GraphAnswer, state: State): void {
+  const lines = chart(host);
   const stacked = state.graph === "stacked";
-  const series: SeriesOption[] = main.series.map((s) => ({
-    name: label(s), type: "line", showSymbol: false, stack: stacked ? "forward" : undefined,
-    areaStyle: stacked ? {} : undefined, data: main.time.map((t, i) => [t * 1000, s.values[i]]),
+  const line = (a: api.FlowsAnswer, s: api.Series, sign: number) => a.time.map((t, i) => [t * 1000, sign * s.values[i]]);
+  const series: SeriesOption[] = answer.series.map((s) => ({
+    name: label(s, answer.names), type: "line", showSymbol: false, stack: stacked ? "forward" : undefined,
+    areaStyle: stacked ? {} : undefined, data: line(answer, s, 1),
   }));
-  for (const s of reverse?.series ?? []) {
+  const reverse = answer.reverse;
+  for (const s of reverse?.series ?? []) { // drawn below the axis: the other direction
     series.push({
-      name: `${label(s)} (reverse)`, type: "line", showSymbol: false, stack: stacked ? "reverse" : undefined,
-      areaStyle: stacked ? {} : undefined, data: reverse!.time.map((t, i) => [t * 1000, -s.values[i]]),
+      name: `${label(s, reverse!.names)} (reverse)`, type: "line", showSymbol: false, stack: stacked ? "reverse" : undefined,
+      areaStyle: stacked ? {} : undefined, data: line(reverse!, s, -1),
     });
   }
+  const previous = answer.previous;
   if (previous?.series[0]) {
     series.push({
       name: `total, ${state.previous} before`, type: "line", showSymbol: false, lineStyle: { type: "dashed" },
-      data: previous.time.map((t, i) => [(t + shift) * 1000, previous.series[0].values[i]]),
+      data: line(previous, previous.series[0], 1),
     });
   }
-  chart.setOption({
+  lines.setOption({
     animation: false,
     legend: { type: "scroll", bottom: 0 },
-    grid: { left: 70, right: 16, top: 16, bottom: 48 },
-    tooltip: { trigger: "axis", valueFormatter: (v: number) => rate(v, shown(state.unit)) },
+    grid: { left: 80, right: 16, top: 16, bottom: 48 },
+    tooltip: { trigger: "axis", valueFormatter: (v: number) => figure(v, state.unit) },
     xAxis: { type: "time" },
-    yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, shown(state.unit)) } },
+    yAxis: axis(state.unit),
     series,
   });
-  chart.on("click", (event) => host.dispatchEvent(new CustomEvent("pick", { detail: event.seriesName })));
+  lines.on("click", (event) => host.dispatchEvent(new CustomEvent("pick", { detail: event.seriesName })));
 }
 
-function drawGrid(host: HTMLElement, main: api.FlowsAnswer, state: State): void {
+function drawGrid(host: HTMLElement, answer: api.GraphAnswer, state: State): void {
   host.classList.add("small-multiples");
-  for (const s of main.series) {
+  for (const s of answer.series) {
     const cell = document.createElement("div");
     cell.className = "multiple";
-    cell.setAttribute("aria-label", label(s));
+    cell.setAttribute("aria-label", label(s, answer.names));
     host.append(cell);
-    echarts.init(cell).setOption({
+    chart(cell).setOption({
       animation: false,
-      title: { text: label(s), textStyle: { fontSize: 12 } },
-      grid: { left: 50, right: 8, top: 28, bottom: 20 },
+      title: { text: label(s, answer.names), textStyle: { fontSize: 12 } },
+      grid: { left: 60, right: 8, top: 28, bottom: 20 },
       xAxis: { type: "time", axisLabel: { show: false } },
-      yAxis: { type: "value", axisLabel: { formatter: (v: number) => rate(v, shown(state.unit)) } },
-      series: [{ type: "line", showSymbol: false, areaStyle: {}, data: main.time.map((t, i) => [t * 1000, s.values[i]]) }],
+      yAxis: axis(state.unit),
+      series: [{ type: "line", showSymbol: false, areaStyle: {}, data: answer.time.map((t, i) => [t * 1000, s.values[i]]) }],
     });
   }
 }
 
-/** Sankey links between consecutive dimensions, weighted by each series' average. */
-export function sankeyGraph(answer: api.FlowsAnswer, names: string[]): { nodes: { name: string }[]; links: { source: string; target: string; value: number }[] } {
-  const links = new Map<string, number>();
-  const nodes = new Set<string>();
-  for (const s of answer.series) {
-    if (s.dimensions.length < 2) continue;
-    for (let i = 0; i + 1 < s.dimensions.length; i++) {
-      const source = `${names[i]}: ${s.dimensions[i]}`;
-      const target = `${names[i + 1]}: ${s.dimensions[i + 1]}`;
-      nodes.add(source).add(target);
-      links.set(`${source}\u0000${target}`, (links.get(`${source}\u0000${target}`) ?? 0) + s.average);
-    }
-  }
-  return {
-    nodes: [...nodes].map((name) => ({ name })),
-    links: [...links].map(([key, value]) => ({ source: key.split("\u0000")[0], target: key.split("\u0000")[1], value })),
+function drawSankey(host: HTMLElement, answer: api.GraphAnswer, state: State): void {
+  const graph = answer.sankey!;
+  const name = (node: string) => { // "SrcAS: 2906" → "SrcAS: 2906 Netflix"
+    const [dimension, value] = [node.slice(0, node.indexOf(": ")), node.slice(node.indexOf(": ") + 2)];
+    return `${dimension}: ${named(value, answer.names)}`;
   };
-}
-
-function drawSankey(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsAnswer | null, state: State): void {
-  if (state.dims.length < 2) {
-    host.textContent = "a sankey needs two dimensions or more";
-    return;
-  }
-  const graph = sankeyGraph(main, state.dims);
-  if (reverse) {
-    const back = sankeyGraph(reverse, state.dims.map(reverseName));
-    for (const node of back.nodes) if (!graph.nodes.some((n) => n.name === node.name)) graph.nodes.push(node);
-    graph.links.push(...back.links);
-  }
-  echarts.init(host).setOption({
+  chart(host).setOption({
     animation: false,
-    tooltip: { valueFormatter: (v: number) => rate(v, shown(state.unit)) },
+    tooltip: {
+      formatter: (p: { dataType: string; data: api.SankeyLink & { name?: string }; value: number }) =>
+        p.dataType === "edge" && state.bidirectional
+          ? `${escapeHtml(name(p.data.source))} → ${escapeHtml(name(p.data.target))}<br>` +
+            `${figure(p.data.forward, state.unit)} forward, ${figure(p.data.reverse, state.unit)} back`
+          : escapeHtml(p.data.name ? name(p.data.name) : `${name(p.data.source)} → ${name(p.data.target)}`) +
+            `<br>${figure(p.value, state.unit)}`,
+    },
     series: [{ type: "sankey", data: graph.nodes, links: graph.links, emphasis: { focus: "adjacency" },
-               label: { fontSize: 11 } }],
+               label: { fontSize: 11, formatter: (p: { name: string }) => name(p.name) } }],
   });
   host.dataset.links = String(graph.links.length);
 }
 
-function drawTable(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsAnswer | null, state: State,
+function drawTable(host: HTMLElement, answer: api.GraphAnswer, state: State,
                    numeric: Set<string>, refilter: (text: string) => void): void {
-  const rows = [...main.series.map((s) => ({ s, answer: main, reversed: false })),
-                ...(reverse?.series ?? []).map((s) => ({ s, answer: reverse!, reversed: true }))];
+  const reverse = answer.reverse;
+  const rows = [...answer.series.map((s) => ({ s, from: answer as api.FlowsAnswer })),
+                ...(reverse?.series ?? []).map((s) => ({ s, from: reverse! }))];
   const heads = state.dims.length ? state.dims : ["total"];
+  const unitTotal = TOTALS[state.unit];
   host.innerHTML = `<table class="figures"><thead><tr>${heads.map((d) => `<th scope="col">${escapeHtml(d)}</th>`).join("")}
       <th scope="col" class="num">average</th><th scope="col" class="num">max</th><th scope="col" class="num">95th</th>
-      <th scope="col" class="num">total</th></tr></thead><tbody>${rows.map(({ s, answer, reversed }, index) =>
-      `<tr tabindex="0" data-index="${index}" title="add to the filter">` +
+      <th scope="col" class="num">total</th></tr></thead><tbody>${rows.map(({ s, from }, index) =>
+      `<tr tabindex="0" data-index="${index}" data-key="${escapeHtml(s.dimensions.join("/"))}" title="add to the filter">` +
       (s.dimensions.length ? s.dimensions : ["total"]).map((d) =>
-        `<td>${escapeHtml(named(d, answer.names))}${reversed ? " ↩" : ""}</td>`).join("") +
-      `<td class="num" data-raw="${s.average}">${rate(s.average, shown(state.unit))}</td><td class="num">${rate(s.max, shown(state.unit))}</td>` +
-      `<td class="num">${rate(percentile(s.values, 95), shown(state.unit))}</td>` +
-      `<td class="num">${quantity(total(s.values, answer.time, answer.step, Math.min(answer.to, Date.now() / 1000)), state.unit === "pps" ? "p" : "b")}</td></tr>`).join("")}
+        `<td>${escapeHtml(named(d, from.names))}${from === reverse ? " ↩" : ""}</td>`).join("") +
+      `<td class="num" data-figure="average" data-raw="${s.average}">${figure(s.average, state.unit)}</td>` +
+      `<td class="num" data-figure="max" data-raw="${s.max}">${figure(s.max, state.unit)}</td>` +
+      `<td class="num" data-figure="p95" data-raw="${s.p95}">${figure(s.p95, state.unit)}</td>` +
+      `<td class="num" data-figure="total" data-raw="${s.total}">${unitTotal ? quantity(s.total, unitTotal) : ""}</td></tr>`).join("")}
       </tbody></table>`;
   const pick = (index: number) => {
-    const { s, reversed } = rows[index];
+    const { s, from } = rows[index];
     if (!s.dimensions.length || s.dimensions[0] === "Other") return;
-    const names = reversed ? state.dims.map(reverseName) : state.dims;
-    const values = s.dimensions.map((value, i) => quoted(names[i], value, numeric));
+    const values = s.dimensions.map((value, i) => quoted(from.dimensions[i], value, numeric));
     if (values.some((v) => v === null)) return;
-    const terms = values.map((value, i) => `${names[i]} = ${value}`);
+    const terms = values.map((value, i) => `${from.dimensions[i]} = ${value}`);
     refilter([state.filter.trim() && `(${state.filter.trim()})`, ...terms].filter(Boolean).join(" AND "));
   };
   host.querySelectorAll<HTMLElement>("tbody tr").forEach((row) => {
@@ -325,7 +386,10 @@ function drawTable(host: HTMLElement, main: api.FlowsAnswer, reverse: api.FlowsA
   });
   host.closest("main")?.querySelector(".graph")?.addEventListener("pick", (event) => {
     const name = (event as CustomEvent<string>).detail;
-    const index = rows.findIndex(({ s, reversed }) => `${label(s)}${reversed ? " (reverse)" : ""}` === name);
+    const index = rows.findIndex(({ s, from }) => `${label(s, from.names)}${from === reverse ? " (reverse)" : ""}` === name);
     if (index >= 0) pick(index);
   }, { once: true });
 }
+
+/** What a series' total is counted in, per unit (none for the interface-speed shares). */
+const TOTALS: Record<string, string> = { bps: "b", l2bps: "b", pps: "p", flows: " flows" };
