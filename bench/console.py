@@ -7,8 +7,11 @@ filled by their materialized views as the outlet's inserts fill them), built in 
 from the demo's routers, interfaces, peers (AS, country) and services, with its day/night
 shape: INSERT ... SELECT over numbers(), one insert per hour of traffic. Then the outlet's HTTP
 API serves it and each call the console makes is timed over HTTP, `--rounds` times, for a 24 h
-range: the home widgets (traffic now, the hour, five top-N), top-N over 10 dimensions, a 3
-dimension sankey, a filtered graph, filter validation and completion.
+range: the home widgets, top-N over the 10 dimensions the aggregated tables keep (and DstPort,
+which only raw flows keep), a 3-dimension sankey, bidirectional with the previous day, a
+filtered graph, the interface-speed and flows/s units, filter validation and completion.
+
+    --keep DIR  build the store in DIR and keep it (a second run with --reuse skips the fill)
 """
 
 from __future__ import annotations
@@ -74,23 +77,34 @@ def fill(client, database: str, rate: int, now: int) -> int:
     return rows
 
 
+AGGREGATED_DIMENSIONS = ("ExporterName", "SrcAS", "DstAS", "SrcCountry", "DstCountry", "InIfName", "OutIfName",
+                         "InIfDescription", "InIfBoundary", "Proto")
+# The calls the console makes, as it makes them (console/src/home.ts, visualize.ts).
 CALLS = [
-    ("home: traffic now", {"from": "-5m", "points": 1}),
-    ("home: the last hour", {"from": "-1h", "points": 60}),
-    *[(f"top-N 24 h: {d}", {"from": "-24h", "dimensions": d, "limit": 10, "points": 1}) for d in (
-        "ExporterName", "SrcAS", "DstAS", "SrcCountry", "InIfName", "OutIfName", "InIfDescription",
-        "InIfBoundary", "Proto", "DstPort")],
-    ("graph 24 h: SrcAS, 120 points", {"from": "-24h", "dimensions": "SrcAS", "limit": 10, "points": 120}),
-    ("sankey 24 h: SrcAS, InIfName, ExporterName", {"from": "-24h", "dimensions": "SrcAS,InIfName,ExporterName",
-                                                     "limit": 20, "points": 1}),
-    ("graph 24 h, filtered", {"from": "-24h", "dimensions": "ExporterName", "points": 120,
-                              "filter": "InIfBoundary = 'external' AND Proto = 6"}),
-]
-OTHER = [
-    ("exporters", "/api/v0/exporters", {}),
+    ("home: flow-rate", "/api/v0/widgets/flow-rate", {}),
+    ("home: graph (the last hour)", "/api/v0/widgets/graph", {}),
+    *[(f"home: top {d}", f"/api/v0/widgets/top/{d}", {"limit": 5}) for d in
+      ("ExporterName", "SrcAS", "SrcCountry", "Proto")],
+    ("home: last-flow", "/api/v0/widgets/last-flow", {}),
+    ("home: exporters", "/api/v0/exporters", {}),
+    *[(f"top-N 24 h: {d}", "/api/v0/graph", {"from": "-24h", "dimensions": d, "limit": 10, "points": 120})
+      for d in AGGREGATED_DIMENSIONS],
+    ("top-N 24 h: DstPort (raw flows only)", "/api/v0/graph",
+     {"from": "-24h", "dimensions": "DstPort", "limit": 10, "points": 120}),
+    ("sankey 24 h: SrcAS, InIfName, ExporterName", "/api/v0/graph",
+     {"from": "-24h", "dimensions": "SrcAS,InIfName,ExporterName", "limit": 20, "type": "sankey"}),
+    ("graph 24 h: SrcAS, bidirectional + previous day", "/api/v0/graph",
+     {"from": "-24h", "dimensions": "SrcAS", "limit": 10, "points": 120, "bidirectional": 1, "previous": "day"}),
+    ("graph 24 h, filtered", "/api/v0/graph", {"from": "-24h", "dimensions": "ExporterName", "points": 120,
+                                                "filter": "InIfBoundary = 'external' AND Proto = 6"}),
+    ("graph 24 h: % of input speed by InIfName", "/api/v0/graph",
+     {"from": "-24h", "dimensions": "InIfName", "points": 120, "unit": "inl2pct"}),
+    ("graph 1 h: flows/s by ExporterName (raw)", "/api/v0/graph",
+     {"from": "-1h", "dimensions": "ExporterName", "points": 120, "unit": "flows"}),
     ("filter/validate", "/api/v0/filter/validate", {"filter": "SrcAS = 2906 AND ExporterName = 'edge1.par'"}),
     ("filter/complete: a value", "/api/v0/filter/complete", {"filter": "ExporterName = 'edge"}),
     ("filter/complete: an AS", "/api/v0/filter/complete", {"filter": "SrcAS = 29"}),
+    ("saved filters", "/api/v0/filters", {}),
 ]
 
 
@@ -113,26 +127,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=int, default=1000, help="flows/s at the daily peak")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--keep", type=Path, help="build the store in this directory and keep it")
+    parser.add_argument("--reuse", action="store_true", help="the --keep directory is built already")
     args = parser.parse_args()
 
     from connectors import clickhouse, http
     from flows.settings import API, Settings
 
-    with tempfile.TemporaryDirectory() as store:
+    with tempfile.TemporaryDirectory() as scratch:
+        store = str(args.keep or scratch)
         settings = Settings(clickhouse={"dsn": f"chdb:{store}", "database": "bench"},
                             kafka={"brokers": [f"127.0.0.1:{free_port()}"]},
                             api=API(listen=f"127.0.0.1:{free_port()}"))
         clickhouse.migrate(settings.clickhouse)
         client = clickhouse.connect(settings.clickhouse)
         started = time.monotonic()
-        rows = fill(client, "bench", args.rate, int(time.time()))
+        if args.reuse:
+            rows = client.query("SELECT count() FROM bench.flows").result_rows[0][0]
+        else:
+            rows = fill(client, "bench", args.rate, int(time.time()))
         print(f"console benchmark: {rows:,} flows over 24 h ({args.rate:,} flows/s at the peak) built in "
               f"{time.monotonic() - started:.0f} s; {args.rounds} rounds per call, HTTP on this machine")
         assert http.serve_outlet(settings)
         base = http.api_base(settings)
-        calls = [(name, "/api/v0/flows", params) for name, params in CALLS] + OTHER
         print(f"{'call':50} {'p50 ms':>8} {'p95 ms':>8}")
-        for name, path, params in calls:
+        for name, path, params in CALLS:
             url = f"{base}{path}?{urllib.parse.urlencode(params)}"
             timed(url)  # (first call: caches)
             times = sorted(timed(url) for _ in range(args.rounds))
