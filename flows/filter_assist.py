@@ -13,7 +13,7 @@ from typing import Any
 
 from flows import api
 
-# The filter grammar's tokens (flows/api.py FILTER_GRAMMAR), for finding where the cursor is;
+# The filter grammar's tokens (flows/filter.py FILTER_GRAMMAR), for finding where the cursor is;
 # an unterminated string is a value being typed.
 _TOKEN = re.compile(r"""\s*(?:(?P<string>'[^'\n]*'?|"[^"\n]*"?)|(?P<op>!=|<>|<=|>=|=|<|>)|(?P<punct>[(),])
                         |(?P<number>[0-9]+)|(?P<word>[A-Za-z][A-Za-z0-9]*)|(?P<other>\S))""", re.VERBOSE)
