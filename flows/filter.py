@@ -4,11 +4,15 @@ the column. Errors carry the character offset of what is wrong (the console mark
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import LarkError, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
@@ -89,7 +93,7 @@ class _ToSQL(Transformer):
         if not quoted:
             raise QueryError("bad_filter", f"filter: {name} needs a quoted value, got {token!s}")
         if kind == "enum":
-            allowed = [v.split("'")[1] for v in COLUMNS[name].ch_type[6:-1].split(",")]
+            allowed = enum_values(name)
             if text not in allowed:
                 raise QueryError("bad_filter", f"filter: {name} is one of {', '.join(allowed)}")
         return text
@@ -168,13 +172,25 @@ def parse_filter(text: str) -> Filter:
     text = (text or "").strip()
     if not text:
         return Filter()
+    transformer = _ToSQL()
+    transformer.out.sql = _compile(text, transformer)
+    return transformer.out
+
+
+def arrow_filter(text: str) -> pc.Expression | None:
+    """The same filter as an Arrow expression over flow batches (flows/schema.py's Arrow types),
+    for filtering flows in the dataflow without a store; None when the filter is empty."""
+    text = (text or "").strip()
+    return _compile(text, _ToArrow()) if text else None
+
+
+def _compile(text: str, transformer: "_ToSQL") -> Any:
     if len(text) > MAX_FILTER_LENGTH:
         raise QueryError("bad_filter", f"filter: longer than {MAX_FILTER_LENGTH} characters")
     try:
         tree = _parser.parse(text)
         _check_depth(tree)
-        transformer = _ToSQL()
-        sql = transformer.transform(tree)
+        return transformer.transform(tree)
     except VisitError as err:
         if isinstance(err.orig_exc, QueryError):
             if err.orig_exc.position is None:
@@ -186,8 +202,85 @@ def parse_filter(text: str) -> Filter:
     except LarkError as err:
         first = str(err).strip().splitlines()[0]
         raise QueryError("bad_filter", f"filter: cannot parse: {first}") from None
-    transformer.out.sql = sql
-    return transformer.out
+
+
+class _ToArrow(_ToSQL):
+    """The filter as a pyarrow.compute Expression: the same checks as the SQL (inherited), the
+    values in each column's Arrow form (addresses as 16 bytes, enums as their codes, FixedString
+    as bytes)."""
+
+    def _arrow_value(self, name: str, kind: str, token: Token) -> Any:
+        value = self._value(name, kind, token)
+        column = COLUMNS[name]
+        if kind == "enum":
+            return enum_codes(name)[value]
+        if column.ch_type.startswith("FixedString"):
+            return pa.scalar(value.encode().ljust(column.arrow_type.byte_width, b"\0")[:column.arrow_type.byte_width],
+                             column.arrow_type)
+        return value
+
+    def _arrow_ip(self, name: str, op: str, token: Token) -> pc.Expression:
+        text = self._value(name, "string", token)
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise QueryError("bad_filter", f"filter: {name} needs an address or a subnet, got {text!r}") from None
+        lo, hi = (pa.scalar(ipaddress.IPv6Address(_mapped(a)).packed, pa.binary(16))
+                  for a in (net.network_address, net.broadcast_address))
+        inside = (pc.field(name) >= lo) & (pc.field(name) <= hi)
+        return inside if op == "=" else ~inside
+
+    @v_args(inline=True)
+    def compare(self, column: Token, op: Token, value: Token) -> pc.Expression:
+        name, kind = self._column(column)
+        self.position = op.start_pos
+        op = str(op).upper()
+        if kind == "ip":
+            if op not in ("=", "!=", "<>"):
+                raise QueryError("bad_filter", f"filter: {name} compares with = or != only")
+            return self._arrow_ip(name, "=" if op == "=" else "!=", value)
+        if op not in (_INT_OPS if kind == "int" else _STRING_OPS):
+            raise QueryError("bad_filter", f"filter: {name} does not take {op}")
+        field_, literal = pc.field(name), self._arrow_value(name, kind, value)
+        if op in ("LIKE", "ILIKE"):
+            text = field_ if COLUMNS[name].arrow_type == pa.string() else field_.cast(pa.binary())
+            return pc.match_like(text, literal if isinstance(literal, str) else literal.as_py().decode(),
+                                 ignore_case=op == "ILIKE")
+        return {"=": field_ == literal, "!=": field_ != literal, "<>": field_ != literal, "<": field_ < literal,
+                "<=": field_ <= literal, ">": field_ > literal, ">=": field_ >= literal}[op]
+
+    def _within(self, items: list, negate: bool) -> pc.Expression:
+        column, *values = items
+        name, kind = self._column(column)
+        if len(values) > MAX_FILTER_VALUES:
+            raise QueryError("bad_filter", f"filter: at most {MAX_FILTER_VALUES} values in a list")
+        if kind == "ip":
+            inside = functools.reduce(operator.or_, (self._arrow_ip(name, "=", v) for v in values))
+        else:
+            literals = [self._arrow_value(name, kind, v) for v in values]
+            inside = pc.field(name).isin(pa.array([v.as_py() if isinstance(v, pa.Scalar) else v for v in literals],
+                                                  COLUMNS[name].arrow_type))
+        return ~inside if negate else inside
+
+    def and_expr(self, items: list) -> pc.Expression:
+        return functools.reduce(operator.and_, items)
+
+    def or_expr(self, items: list) -> pc.Expression:
+        return functools.reduce(operator.or_, items)
+
+    @v_args(inline=True)
+    def negate(self, item: pc.Expression) -> pc.Expression:
+        return ~item
+
+
+def enum_codes(name: str) -> dict[str, int]:
+    """An Enum8 column's values and their codes (its Arrow form is the code)."""
+    pairs = (item.rsplit("=", 1) for item in COLUMNS[name].ch_type[6:-1].split(","))
+    return {label.strip().strip("'"): int(code) for label, code in pairs}
+
+
+def enum_values(name: str) -> list[str]:
+    return list(enum_codes(name))
 
 
 def lex_filter(text: str) -> Iterator[Token]:

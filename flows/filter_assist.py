@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows import api
+from flows.filter import enum_values
 
 # The filter grammar's tokens (flows/filter.py FILTER_GRAMMAR), for finding where the cursor is;
 # an unterminated string is a value being typed.
@@ -164,7 +165,7 @@ def quote(value: str) -> str | None:
 
 
 def enum_members(column: str) -> list[str]:
-    return [v.split("'")[1] for v in api.COLUMNS[column].ch_type[6:-1].split(",")]
+    return enum_values(column)
 
 
 # Where a column's values are looked up: the exporters table for names, the dictionaries for AS
