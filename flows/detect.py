@@ -1,0 +1,360 @@
+"""Detection rules as pure logic: what a rule measures over which key, and the per-key state
+machine that turns per-second totals into alert events. One implementation for both callers:
+the live dataflow feeds it totals aggregated from flow batches (`batch_totals`), the backtest
+feeds it the same totals read from the store (`totals_sql`), so both fire at the same seconds.
+
+A rule: flows matching `filter`, grouped by `key` (columns, addresses optionally cut to a
+prefix: `DstAddr/24`, `InIfBoundary+DstAddr`), a `measure` (bps, pps, flows/s, distinct source
+addresses, SYN ratio) over a sliding `window`, compared with a `threshold`; it fires when the
+measure stays at or over it for `min_duration`, ends when it stays under it for a window, and a
+key that ended waits `cooldown` before it can fire again. Keys are bounded per rule
+(`max_keys`): beyond, the quietest idle key is evicted (counted).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flows.columns import COLUMNS, QueryError, column_kind
+from flows.filter import arrow_filter, parse_filter
+
+MEASURES = ("bps", "pps", "flows", "distinct_src", "syn_ratio")
+DISTINCT_CAP = 65_536
+"""Distinct source addresses are counted exactly up to this many per key and second (then saturate)."""
+TCP, SYN, ACK = 6, 0x02, 0x10
+
+
+@dataclass(frozen=True)
+class KeyPart:
+    column: str
+    v4_prefix: int | None = None  # addresses: IPv4 (mapped) cut to this many bits
+    v6_prefix: int | None = None  # and IPv6 to this many
+
+    @property
+    def label(self) -> str:
+        if self.v4_prefix is None:
+            return self.column
+        return f"{self.column}/{self.v4_prefix}/{self.v6_prefix}"
+
+
+def parse_key(text: str) -> tuple[KeyPart, ...]:
+    """`DstAddr`, `DstAddr/24` (IPv6 then /64), `DstAddr/24/48`, `InIfBoundary+DstAddr/24`, `DstAS`."""
+    parts = []
+    for item in (text or "").split("+"):
+        name, *prefixes = item.strip().split("/")
+        if name not in COLUMNS:
+            raise QueryError("bad_key", f"key: unknown column {name!r}")
+        if prefixes and column_kind(name) != "ip":
+            raise QueryError("bad_key", f"key: only addresses take a prefix, not {name}")
+        if len(prefixes) > 2 or not all(p.isascii() and p.isdigit() for p in prefixes):
+            raise QueryError("bad_key", f"key: {item.strip()!r} is COLUMN, COLUMN/v4 or COLUMN/v4/v6")
+        v4 = int(prefixes[0]) if prefixes else None
+        v6 = int(prefixes[1]) if len(prefixes) > 1 else (64 if prefixes else None)
+        if (v4 is not None and not 0 <= v4 <= 32) or (v6 is not None and not 0 <= v6 <= 128):
+            raise QueryError("bad_key", f"key: {item.strip()!r}: IPv4 prefixes are 0-32, IPv6 0-128")
+        parts.append(KeyPart(name, v4, v6))
+    if not parts or len({p.column for p in parts}) != len(parts):
+        raise QueryError("bad_key", "key: one or more distinct columns joined by '+'")
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    filter: str
+    key: tuple[KeyPart, ...]
+    measure: str
+    window: int  # seconds
+    threshold: float
+    min_duration: int = 0  # seconds the measure stays over the threshold before it fires
+    cooldown: int = 300  # seconds after an end before the same key may fire again
+    max_keys: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.measure not in MEASURES:
+            raise QueryError("bad_measure", f"measure is one of {', '.join(MEASURES)}")
+        if not 1 <= self.window <= 3600:
+            raise QueryError("bad_window", "window is 1 s to 1 h")
+        parse_filter(self.filter)  # refuses a bad filter, naming where
+
+
+def make_rule(name: str, filter: str, key: str, measure: str, window: int, threshold: float, **rest: Any) -> Rule:
+    return Rule(name, filter, parse_key(key), measure, window, threshold, **rest)
+
+
+# --- per-second totals --------------------------------------------------------------------------
+
+@dataclass
+class Totals:
+    """What one key carried in one second (sampling applied to bytes and packets)."""
+
+    bits: float = 0.0
+    packets: float = 0.0
+    flows: int = 0
+    syn: float = 0.0  # TCP packets with SYN and without ACK
+    tcp: float = 0.0
+    sources: set[bytes] = field(default_factory=set)
+
+    def add(self, other: "Totals") -> None:
+        self.bits += other.bits
+        self.packets += other.packets
+        self.flows += other.flows
+        self.syn += other.syn
+        self.tcp += other.tcp
+        if len(self.sources) < DISTINCT_CAP:
+            self.sources |= other.sources
+
+    def subtract(self, other: "Totals") -> None:
+        self.bits -= other.bits
+        self.packets -= other.packets
+        self.flows -= other.flows
+        self.syn -= other.syn
+        self.tcp -= other.tcp
+
+
+def _cut(values: np.ndarray, part: KeyPart) -> np.ndarray:
+    """16-byte addresses cut to the part's prefixes (IPv4-mapped ones on their last 32 bits)."""
+    raw = values.copy()
+    mapped = (raw[:, :10] == 0).all(axis=1) & (raw[:, 10] == 0xFF) & (raw[:, 11] == 0xFF)
+    for rows, bits in ((mapped, 96 + part.v4_prefix), (~mapped, part.v6_prefix)):
+        mask = np.unpackbits(np.zeros(16, np.uint8))
+        mask[:bits] = 1
+        raw[rows] &= np.packbits(mask)
+    return raw
+
+
+def _key_array(column: pa.Array, part: KeyPart) -> pa.Array:
+    """A key part's values: addresses cut to the part's prefixes (still 16 bytes), the rest as is."""
+    if part.v4_prefix is None:
+        return column
+    raw = np.frombuffer(column.buffers()[1], np.uint8, count=16 * len(column), offset=16 * column.offset)
+    cut = _cut(raw.reshape(-1, 16), part)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(column), [None, pa.py_buffer(cut.tobytes())])
+
+
+def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
+                 expression: pc.Expression | None = None) -> dict[tuple[int, tuple], Totals]:
+    """(second, key) → Totals for the flows of `batch` the rule's filter selects, grouped by
+    Arrow (the per-flow work is vectorised; Python sees one item per group). `expression`: the
+    rule's filter compiled once (arrow_filter(rule.filter))."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    if rule.filter.strip():
+        table = table.filter(expression if expression is not None else arrow_filter(rule.filter))
+    if not table.num_rows:
+        return {}
+    table = table.combine_chunks()
+    rate = pc.max_element_wise(table.column("SamplingRate"), 1).cast(pa.float64())
+    packets = pc.multiply(table.column("Packets").cast(pa.float64()), rate)
+    tcp = pc.equal(table.column("Proto"), TCP)
+    flags = table.column("TCPFlags")
+    syn = pc.and_(tcp, pc.and_(pc.not_equal(pc.bit_wise_and(flags, SYN), 0), pc.equal(pc.bit_wise_and(flags, ACK), 0)))
+    zero = pa.scalar(0.0)
+    columns = {
+        "s": table.column("TimeReceived").cast(pa.int64()),
+        **{f"k{i}": _key_array(table.column(p.column).combine_chunks(), p) for i, p in enumerate(rule.key)},
+        "bits": pc.multiply(pc.multiply(table.column("Bytes").cast(pa.float64()), rate), 8.0),
+        "packets": packets,
+        "syn": pc.if_else(syn, packets, zero),
+        "tcp": pc.if_else(tcp, packets, zero),
+    }
+    aggregations = [("bits", "sum"), ("packets", "sum"), ("bits", "count"), ("syn", "sum"), ("tcp", "sum")]
+    if rule.measure == "distinct_src":
+        columns["src"] = table.column("SrcAddr")
+        aggregations.append(("src", "distinct"))
+    keys = ["s", *(f"k{i}" for i in range(len(rule.key)))]
+    grouped = pa.table(columns).group_by(keys, use_threads=False).aggregate(aggregations).to_pydict()
+    width = len(rule.key)
+    out: dict[tuple[int, tuple], Totals] = {}
+    sources = grouped.get("src_distinct") or [()] * len(grouped["s"])
+    for i, second in enumerate(grouped["s"]):
+        key = tuple(grouped[f"k{j}"][i] for j in range(width))
+        out[(second, key)] = Totals(grouped["bits_sum"][i], grouped["packets_sum"][i], grouped["bits_count"][i],
+                                    grouped["syn_sum"][i], grouped["tcp_sum"][i], set(sources[i][:DISTINCT_CAP]))
+    return out
+
+
+def measure(rule: Rule, window: Totals) -> float:
+    """The rule's measure over a window's totals (per second where it is a rate)."""
+    if rule.measure == "bps":
+        return window.bits / rule.window
+    if rule.measure == "pps":
+        return window.packets / rule.window
+    if rule.measure == "flows":
+        return window.flows / rule.window
+    if rule.measure == "distinct_src":
+        return float(len(window.sources))
+    return window.syn / window.tcp if window.tcp > 0 else 0.0
+
+
+# --- the per-key state machine ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "start" or "end"
+    rule: str
+    key: tuple
+    start: int  # first second over the threshold
+    end: int | None  # first second after the last one over it (end events)
+    value: float  # the measure when it fired, or its peak (end events)
+    peak: float
+
+
+@dataclass
+class _KeyState:
+    seconds: deque = field(default_factory=deque)  # (second, Totals) inside the window
+    window: Totals = field(default_factory=Totals)
+    status: str = "idle"  # idle, pending, active, cooldown
+    since: int = 0  # pending/active: first second over; cooldown: until when
+    last_over: int = 0
+    peak: float = 0.0
+    value: float = 0.0
+
+
+class Detector:
+    """One rule's keys. `add(second, key, totals)` as totals arrive; `advance(second)` evaluates
+    every second up to `second` (exclusive) once and returns the events. Seconds must be advanced
+    in order; totals for a second already advanced past are counted late (`late`) and dropped."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self._keys: dict[tuple, _KeyState] = {}
+        self._pending: dict[int, dict[tuple, Totals]] = {}
+        self.clock: int | None = None  # the next second to evaluate
+        self.late = 0
+        self.evicted = 0
+
+    def add(self, second: int, key: tuple, totals: Totals) -> None:
+        if self.clock is not None and second < self.clock:
+            self.late += 1
+            return
+        self._pending.setdefault(second, {}).setdefault(key, Totals()).add(totals)
+
+    def advance(self, until: int) -> list[Event]:
+        """Evaluate each second in [clock, until): window sums slide, states move."""
+        if self.clock is None:
+            if not self._pending:
+                return []
+            self.clock = min(self._pending)
+        events: list[Event] = []
+        while self.clock < until:
+            events += self._second(self.clock, self._pending.pop(self.clock, {}))
+            self.clock += 1
+            if not self._pending and all(s.status == "idle" and not s.seconds for s in self._keys.values()):
+                self.clock = max(self.clock, until)  # nothing to slide: jump ahead
+        return events
+
+    def _second(self, second: int, arrived: dict[tuple, Totals]) -> Iterator[Event]:
+        for key, totals in arrived.items():
+            state = self._keys.get(key)
+            if state is None:
+                state = self._keys[key] = _KeyState()
+                self._bound()
+            state.seconds.append((second, totals))
+            state.window.add(totals)
+        for key in list(self._keys):
+            state = self._keys[key]
+            while state.seconds and state.seconds[0][0] <= second - self.rule.window:
+                state.window.subtract(state.seconds.popleft()[1])
+            if self.rule.measure == "distinct_src":  # sets do not subtract: rebuilt from the window's seconds
+                state.window.sources = set().union(*(t.sources for _, t in state.seconds)) if state.seconds else set()
+            yield from self._step(key, state, second)
+            if state.status == "idle" and not state.seconds:
+                del self._keys[key]
+
+    def _step(self, key: tuple, state: _KeyState, second: int) -> Iterator[Event]:
+        rule = self.rule
+        state.value = measure(rule, state.window) if state.seconds else 0.0
+        over = state.value >= rule.threshold
+        if state.status == "cooldown" and second >= state.since:
+            state.status = "idle"
+        if state.status == "idle" and over:
+            state.status, state.since, state.peak = "pending", second, 0.0
+        if state.status == "pending":
+            if not over:
+                state.status = "idle"
+            else:
+                state.peak = max(state.peak, state.value)
+                state.last_over = second
+                if second - state.since + 1 >= max(1, rule.min_duration):
+                    state.status = "active"
+                    yield Event("start", rule.name, key, state.since, None, state.value, state.peak)
+        elif state.status == "active":
+            if over:
+                state.peak = max(state.peak, state.value)
+                state.last_over = second
+            elif second - state.last_over >= rule.window:
+                yield Event("end", rule.name, key, state.since, state.last_over + 1, state.peak, state.peak)
+                state.status, state.since = "cooldown", state.last_over + 1 + rule.cooldown
+
+    def _bound(self) -> None:
+        """Over max_keys: evict the idle key with the smallest window (active ones are kept)."""
+        if len(self._keys) <= self.rule.max_keys:
+            return
+        idle = [(measure(self.rule, s.window), k) for k, s in self._keys.items() if s.status == "idle"]
+        if idle:
+            del self._keys[min(idle, key=lambda item: item[0])[1]]
+            self.evicted += 1
+
+    @property
+    def active(self) -> list[tuple]:
+        return [k for k, s in self._keys.items() if s.status == "active"]
+
+
+def feed(detector: Detector, totals: dict[tuple[int, tuple], Totals]) -> None:
+    for (second, key), value in totals.items():
+        detector.add(second, key, value)
+
+
+# --- the backtest's totals, from the store ------------------------------------------------------
+
+def totals_sql(rule: Rule, database: str, start: int, end: int) -> tuple[str, dict[str, Any]]:
+    """Per (second, key) totals of raw flows in [start, end) — the same figures batch_totals
+    makes from flow batches — as SQL with bound parameters."""
+    parsed = parse_filter(rule.filter)
+    keys = ", ".join(f"{_key_sql(p)} AS k{i}" for i, p in enumerate(rule.key))
+    names = ", ".join(f"k{i}" for i in range(len(rule.key)))
+    sources = (f"groupUniqArray({DISTINCT_CAP})(hex(SrcAddr))" if rule.measure == "distinct_src"
+               else "CAST([], 'Array(String)')")
+    rate = "if(SamplingRate = 0, 1, SamplingRate)"
+    syn = f"Proto = {TCP} AND bitAnd(TCPFlags, {SYN}) != 0 AND bitAnd(TCPFlags, {ACK}) = 0"
+    sql = (f"SELECT toUInt32(TimeReceived) AS s, {keys}, sum(Bytes * {rate} * 8), sum(Packets * {rate}), count(), "
+           f"sumIf(Packets * {rate}, {syn}), sumIf(Packets * {rate}, Proto = {TCP}), {sources} "
+           f"FROM `{database}`.`flows` WHERE TimeReceived >= toDateTime({{bt_from:UInt32}}) "
+           f"AND TimeReceived < toDateTime({{bt_to:UInt32}}) AND {parsed.sql} GROUP BY s, {names} ORDER BY s")
+    return sql, {"bt_from": start, "bt_to": end, **parsed.parameters}
+
+
+def _key_sql(part: KeyPart) -> str:
+    """A key part as SQL giving the value batch_totals gives: addresses as hex of their 16 bytes
+    (cut to the prefix), enums as their codes, the rest as stored."""
+    column = f"`{part.column}`"
+    kind = column_kind(part.column)
+    if kind == "ip":
+        if part.v4_prefix is None:
+            return f"hex({column})"
+        mapped = f"{column} BETWEEN toIPv6('::ffff:0.0.0.0') AND toIPv6('::ffff:255.255.255.255')"
+        return (f"hex(tupleElement(IPv6CIDRToRange({column}, toUInt8(if({mapped}, {96 + part.v4_prefix}, "
+                f"{part.v6_prefix}))), 1))")
+    if kind == "enum":
+        return f"CAST({column} AS Int16)"
+    return column
+
+
+def rows_totals(rule: Rule, rows: Iterable[tuple]) -> dict[tuple[int, tuple], Totals]:
+    """The backtest query's rows as batch_totals' mapping."""
+    width = len(rule.key)
+    ips = [column_kind(p.column) == "ip" for p in rule.key]
+    out: dict[tuple[int, tuple], Totals] = {}
+    for row in rows:
+        second = int(row[0])
+        key = tuple(bytes.fromhex(v) if ip else v for v, ip in zip(row[1:1 + width], ips))
+        bits, packets, flows, syn, tcp, sources = row[1 + width:]
+        out[(second, key)] = Totals(float(bits), float(packets), int(flows), float(syn), float(tcp),
+                                    {bytes.fromhex(h) for h in sources})
+    return out
