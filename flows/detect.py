@@ -75,6 +75,7 @@ class Rule:
     min_duration: int = 0  # seconds the measure stays over the threshold before it fires
     cooldown: int = 300  # seconds after an end before the same key may fire again
     max_keys: int = 10_000
+    min_pps: float = 0.0  # and at least this many packets/s in the window (a ratio needs volume to mean much)
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -270,7 +271,7 @@ class Detector:
     def _step(self, key: tuple, state: _KeyState, second: int) -> Iterator[Event]:
         rule = self.rule
         state.value = measure(rule, state.window) if state.seconds else 0.0
-        over = state.value >= rule.threshold
+        over = state.value >= rule.threshold and state.window.packets / rule.window >= rule.min_pps
         if state.status == "cooldown" and second >= state.since:
             state.status = "idle"
         if state.status == "idle" and over:

@@ -96,6 +96,8 @@ def test_syn_ratio_and_distinct_sources() -> None:
     ratio = make_rule("syn", "Proto = 6", "DstAddr", "syn_ratio", window=5, threshold=0.9, min_duration=2)
     events = _live(ratio, _traffic(range(30, 60), seconds=100, syn=True))
     assert [(e.kind, e.key) for e in events] == [("start", (_v4(VICTIM),)), ("end", (_v4(VICTIM),))]
+    floor = make_rule("syn", "Proto = 6", "DstAddr", "syn_ratio", window=5, threshold=0.9, min_pps=1e6)
+    assert _live(floor, _traffic(range(30, 60), seconds=100, syn=True)) == []  # 25,000 pps: under the floor
     sources = make_rule("sources", "Proto = 6", "DstAddr", "distinct_src", window=10, threshold=40)
     events = _live(sources, _traffic(range(30, 60), seconds=100, syn=True))
     assert events[0].kind == "start" and events[0].start - NOW == 37  # 5 new sources a second: 40 in 8 s
@@ -150,3 +152,26 @@ def test_bad_rules_are_refused_naming_what_is_wrong() -> None:
         make_rule("r", "SrcAS =", "DstAddr", "bps", window=10, threshold=1)
     with pytest.raises(QueryError):
         make_rule("r", "", "DstAddr", "furlongs", window=10, threshold=1)
+
+
+def test_the_alerts_section_validates_naming_the_key_and_ships_defaults() -> None:
+    from pydantic import ValidationError
+
+    from flows.alert_rules import DEFAULT_RULES, Alerts
+
+    shipped = Alerts().all_rules()
+    assert [r.name for r in shipped] == [d["name"] for d in DEFAULT_RULES] and len(shipped) == 8
+    assert all(r.rule().window == 10 for r in shipped)
+    mine = Alerts(rules=[{"name": "syn-flood", "filter": "Proto = 6", "measure": "syn_ratio", "threshold": 0.5}])
+    assert [r.threshold for r in mine.all_rules() if r.name == "syn-flood"] == [0.5]
+    for bad, where in [({"name": "x", "threshold": 1, "key": "Nope"}, "unknown column"),
+                       ({"name": "x", "threshold": 1, "filter": "SrcAS ="}, "ends too soon"),
+                       ({"name": "x", "threshold": 1, "measure": "furlongs"}, "measure is one of"),
+                       ({"name": "Bad Name", "threshold": 1}, "name"),
+                       ({"name": "x", "threshold": 1, "mitigation": {"kind": "flowspec", "action": "rate-limit"}},
+                        "rate above 0")]:
+        with pytest.raises(ValidationError) as refused:
+            Alerts(rules=[bad])
+        assert where in str(refused.value) and "rules.0" in str(refused.value), str(refused.value)
+    with pytest.raises(ValidationError):
+        Alerts(rules=[{"name": "x", "threshold": 1}, {"name": "x", "threshold": 2}])
