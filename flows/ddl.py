@@ -176,6 +176,27 @@ def saved_filters_table() -> TableSpec:
     )
 
 
+ALERTS = "alerts"
+
+
+def alerts_table() -> TableSpec:
+    """Alert events: one row per alert, its start row replaced by the end's (the newest
+    `Updated` wins), so the table reads as alerts with their start, end (0 while on) and peak."""
+    def spec(name: str, ch_type: str) -> ColumnSpec:
+        return ColumnSpec(name, f"`{name}` {ch_type}", ch_type)
+    return TableSpec(
+        name=ALERTS,
+        columns=(spec("Rule", "String"), spec("Key", "String"), spec("Start", "DateTime"), spec("End", "DateTime"),
+                 spec("Measure", "String"), spec("Value", "Float64"), spec("Peak", "Float64"),
+                 spec("TopSources", "Array(String)"), spec("TopSourcePorts", "Array(UInt16)"),
+                 spec("TopProtocols", "Array(UInt8)"), spec("Action", "String"), spec("Updated", "DateTime64(3)")),
+        engine="ReplacingMergeTree(Updated)",
+        order_by=("Rule", "Key", "Start"),
+        partition_by="toYYYYMM(Start)",
+        ttl_seconds=None,
+    )
+
+
 def exporters_view() -> ViewSpec:
     exporter = [c.name for c in _exporter_columns()]
     suffixes = schema.interface_attributes()
@@ -227,6 +248,7 @@ def expected_tables(ttls: dict[str, int]) -> list[TableSpec]:
     tables += [aggregate_table(f"flows_{sfx}", part, ttls[f"flows_{sfx}"]) for sfx, _, part in RESOLUTIONS]
     tables.append(exporters_table(ttls["exporters"]))
     tables.append(saved_filters_table())
+    tables.append(alerts_table())
     return tables
 
 

@@ -359,3 +359,53 @@ def rows_totals(rule: Rule, rows: Iterable[tuple]) -> dict[tuple[int, tuple], To
         out[(second, key)] = Totals(float(bits), float(packets), int(flows), float(syn), float(tcp),
                                     {bytes.fromhex(h) for h in sources})
     return out
+
+
+# --- what an alert says -------------------------------------------------------------------------
+
+TOP = 5
+
+
+def key_text(rule: Rule, key: tuple) -> str:
+    """A key as people read it: parts joined by '+', addresses as text (with the key's prefix)."""
+    from flows.mitigation import destination
+
+    parts = []
+    for part, value in zip(rule.key, key):
+        if column_kind(part.column) == "ip":
+            parts.append(destination(value, part.v4_prefix, part.v6_prefix) if part.v4_prefix is not None
+                         else str(_address(value)))
+        elif column_kind(part.column) == "enum":
+            from flows.filter import enum_codes
+            parts.append(next((label for label, code in enum_codes(part.column).items() if code == value), str(value)))
+        else:
+            parts.append(value.decode(errors="replace").rstrip("\0") if isinstance(value, bytes) else str(value))
+    return "+".join(parts)
+
+
+def _address(value: bytes) -> Any:
+    import ipaddress
+
+    ip = ipaddress.IPv6Address(value)
+    return ip.ipv4_mapped or ip
+
+
+def signature(rule: Rule, table: pa.Table, key: tuple, expression: pc.Expression | None = None) -> dict[str, list]:
+    """The top sources, source ports and protocols (by bits) of a key's flows in `table`:
+    what an alert says about the attack, and what a FlowSpec route can match."""
+    if rule.filter.strip():
+        table = table.filter(expression if expression is not None else arrow_filter(rule.filter))
+    for i, part in enumerate(rule.key):
+        column = _key_array(table.column(part.column).combine_chunks(), part)
+        value = pa.scalar(key[i], column.type)
+        table = table.filter(pc.equal(column, value))
+    if not table.num_rows:
+        return {"sources": [], "source_ports": [], "protocols": []}
+    bits = pc.multiply(table.column("Bytes").cast(pa.float64()),
+                       pc.max_element_wise(table.column("SamplingRate"), 1).cast(pa.float64()))
+    def top(name: str) -> list:
+        grouped = pa.table({"v": table.column(name), "b": bits}).group_by("v").aggregate([("b", "sum")])
+        ordered = grouped.sort_by([("b_sum", "descending"), ("v", "ascending")]).column("v").to_pylist()[:TOP]
+        return ordered
+    return {"sources": [str(_address(v)) for v in top("SrcAddr")], "source_ports": top("SrcPort"),
+            "protocols": top("Proto")}

@@ -15,7 +15,7 @@ more are refused and counted), and withdrawn `hold_down` seconds after it ends.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 BLACKHOLE = "65535:666"
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "ipv6-icmp", 132: "sctp"}
@@ -88,32 +88,41 @@ def gobgp_args(route: Route, add: bool) -> list[str]:
 
 @dataclass
 class Mitigator:
-    """Which routes are up for one rule, and when each is due to be withdrawn."""
+    """Which routes are up for one rule (by destination), and when each is due to be withdrawn."""
 
     policy: Policy
-    up: dict[Route, float | None] = field(default_factory=dict)  # route → when to withdraw (None: alert on)
+    up: dict[str, tuple[Route, float | None]] = field(default_factory=dict)  # prefix → (route, withdraw at)
     refused: int = 0
 
-    def start(self, route_prefix: str) -> list[tuple[str, Route]]:
+    def start(self, prefix: str, signature: dict[str, list] | None = None) -> list[tuple[str, Route]]:
+        """A FlowSpec policy that names no protocol or ports matches the attack's signature
+        (its top protocol, and its top source ports when that protocol has ports)."""
         if self.policy.kind == "none":
             return []
-        route = Route(self.policy.kind, route_prefix, self.policy)
-        if route in self.up:  # started again during its hold-down: keep it up
-            self.up[route] = None
+        if prefix in self.up:  # started again during its hold-down: keep it up
+            self.up[prefix] = (self.up[prefix][0], None)
             return []
         if len(self.up) >= self.policy.max_announcements:
             self.refused += 1
             return []
-        self.up[route] = None
+        route = Route(self.policy.kind, prefix, self._matching(signature or {}))
+        self.up[prefix] = (route, None)
         return [("announce", route)]
 
-    def end(self, route_prefix: str, now: float) -> None:
-        route = Route(self.policy.kind, route_prefix, self.policy)
-        if route in self.up:
-            self.up[route] = now + self.policy.hold_down
+    def _matching(self, signature: dict[str, list]) -> Policy:
+        policy = self.policy
+        if policy.kind != "flowspec" or policy.protocol is not None or not signature.get("protocols"):
+            return policy
+        protocol = int(signature["protocols"][0])
+        ports = tuple(int(p) for p in signature.get("source_ports", [])[:5] if p) if protocol in (6, 17, 132) else ()
+        return replace(policy, protocol=protocol, source_ports=policy.source_ports or ports)
+
+    def end(self, prefix: str, now: float) -> None:
+        if prefix in self.up:
+            self.up[prefix] = (self.up[prefix][0], now + self.policy.hold_down)
 
     def due(self, now: float) -> list[tuple[str, Route]]:
-        out = [("withdraw", route) for route, at in self.up.items() if at is not None and at <= now]
-        for _, route in out:
-            del self.up[route]
-        return out
+        out = [(prefix, route) for prefix, (route, at) in self.up.items() if at is not None and at <= now]
+        for prefix, _ in out:
+            del self.up[prefix]
+        return [("withdraw", route) for _, route in out]

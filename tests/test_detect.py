@@ -175,3 +175,16 @@ def test_the_alerts_section_validates_naming_the_key_and_ships_defaults() -> Non
         assert where in str(refused.value) and "rules.0" in str(refused.value), str(refused.value)
     with pytest.raises(ValidationError):
         Alerts(rules=[{"name": "x", "threshold": 1}, {"name": "x", "threshold": 2}])
+
+
+def test_an_alert_names_its_key_and_the_attack_signature() -> None:
+    rule = _amplification()
+    table = pa.Table.from_batches(_traffic(range(0, 5), seconds=5))
+    key = (_v4(VICTIM),)
+    found = detect.signature(rule, table, key)
+    assert found["protocols"] == [17] and found["source_ports"] == [123]
+    assert found["sources"] == [f"100.{j}.0.1" for j in range(5)]
+    assert detect.key_text(rule, key) == VICTIM
+    carpet = make_rule("carpet", AMPLIFIERS, "DstAddr/24+InIfBoundary", "bps", window=10, threshold=1)
+    assert detect.key_text(carpet, (_v4("203.0.113.0"), 1)) == "203.0.113.0/24+external"
+    assert detect.signature(carpet, table, (_v4("203.0.113.0"), 0))["protocols"] == [17]

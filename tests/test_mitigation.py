@@ -70,7 +70,7 @@ def test_flowspec_matches_the_attack_and_discards_or_rate_limits_it(speakers) ->
     assert [a for a in paths6[0]["attrs"] if a.get("type") == 16][0]["value"][0]["rate"] == 125_000
     now = time.time()
     for mitigator in (discard, limit):
-        mitigator.end(next(iter(mitigator.up)).prefix, now)
+        mitigator.end(next(iter(mitigator.up)), now)
         _send(client, mitigator.due(now))
     _wait(lambda: not peer.rib("ipv4-flowspec") and not peer.rib("ipv6-flowspec"), "the withdrawals")
 
@@ -87,6 +87,16 @@ def test_a_rule_keeps_to_its_limit_and_a_dry_run_sends_nothing(speakers) -> None
     assert peer.rib("ipv4") == {} and ours.rib("ipv4") == {}
     with pytest.raises(BGPError):
         GoBGP(port=1, dry_run=False, timeout=3).send("announce", sent[0][0][1])  # nothing listens: an error
+
+
+def test_flowspec_without_a_match_takes_the_attack_signature() -> None:
+    open_policy = Mitigator(Policy(kind="flowspec"))
+    (_, route), = open_policy.start("203.0.113.7/32", {"protocols": [17, 6], "source_ports": [123, 53, 0]})
+    assert (route.policy.protocol, route.policy.source_ports) == (17, (123, 53))
+    (_, icmp), = Mitigator(Policy(kind="flowspec")).start("203.0.113.8/32", {"protocols": [1], "source_ports": [0]})
+    assert (icmp.policy.protocol, icmp.policy.source_ports) == (1, ())
+    open_policy.end("203.0.113.7/32", 0)
+    assert open_policy.due(1e9) == [("withdraw", route)]  # the same route as announced
 
 
 def test_command_lines_and_policies() -> None:

@@ -300,7 +300,7 @@ def test_after_the_attack_the_store_holds_exactly_what_the_migrations_made(stack
     stack.proc.send_signal(signal.SIGINT)
     assert stack.proc.wait(120) == 0, stack.text()
     catalogue = _catalogue(stack.workdir)
-    expected = set(ddl.TABLES) | {ddl.SAVED_FILTERS} | {v.name for v in ddl.expected_views()} | \
+    expected = set(ddl.TABLES) | {ddl.SAVED_FILTERS, ddl.ALERTS} | {v.name for v in ddl.expected_views()} | \
         {d.table for d in ddl.DICTIONARIES} | {d.name for d in ddl.DICTIONARIES}
     assert catalogue["tables"] == sorted(expected)
     assert catalogue["databases"] == ["waxflow"]

@@ -1,0 +1,168 @@
+"""Where alert events go: the store's `alerts` table, Prometheus (`waxflow_alert_active{rule}`),
+a log line each, a signed webhook, and the rule's mitigation routes through GoBGP.
+
+The webhook is sent from a thread of its own through a bounded queue, so a slow or dead
+receiver never holds the dataflow: each event is POSTed as JSON with `X-Waxflow-Signature:
+sha256=<HMAC-SHA256 of the body with webhook.secret>`, retried with exponential backoff
+(tenacity) up to webhook.retries times; an event that finds the queue full, or runs out of
+retries, is counted (`waxflow_alert_webhook_total{result}`) and logged (rate-limited).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from prometheus_client import Counter, Gauge
+from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
+
+from connectors.bgp import BGPError, GoBGP
+from connectors.metrics import RateLimitedLog
+from flows import ddl, detect, mitigation
+from flows.alert_rules import Alerts
+
+log = logging.getLogger(__name__)
+_ratelimited = RateLimitedLog(log)
+ACTIVE = Gauge("waxflow_alert_active", "Alerts on now, by rule", ["rule"])
+EVENTS = Counter("waxflow_alert_events_total", "Alert events, by rule and kind (start, end)", ["rule", "kind"])
+WEBHOOK = Counter("waxflow_alert_webhook_total", "Alert webhook deliveries, by result", ["result"])
+QUEUE_SIZE = 1000
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def event_document(event: detect.Event, rule: detect.Rule, found: dict[str, list], action: str) -> dict[str, Any]:
+    """An event as the webhook, the log and the API show it."""
+    return {"kind": event.kind, "rule": event.rule, "key": detect.key_text(rule, event.key), "measure": rule.measure,
+            "start": event.start, "end": event.end, "value": event.value, "peak": event.peak,
+            "top_sources": found.get("sources", []), "top_source_ports": found.get("source_ports", []),
+            "top_protocols": found.get("protocols", []), "action": action}
+
+
+def alert_row(document: dict[str, Any]) -> list[Any]:
+    """The alerts table's row (ddl.alerts_table's columns, in order) for an event."""
+    def when(seconds: int | None) -> datetime:
+        return datetime.fromtimestamp(seconds or 0, timezone.utc)
+    return [document["rule"], document["key"], when(document["start"]), when(document["end"]), document["measure"],
+            float(document["value"]), float(document["peak"]), document["top_sources"],
+            document["top_source_ports"], document["top_protocols"], document["action"],
+            datetime.now(timezone.utc)]
+
+
+class Webhook:
+    def __init__(self, url: str, secret: str | None, timeout: float, retries: int,
+                 post: Callable[[str, bytes, dict[str, str], float], int] | None = None) -> None:
+        self.url, self.secret, self.timeout, self.retries = url, secret, timeout, retries
+        self._post = post or _post
+        self._queue: queue.Queue[bytes] = queue.Queue(QUEUE_SIZE)
+        threading.Thread(target=self._run, name="alert-webhook", daemon=True).start()
+
+    def send(self, document: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(json.dumps(document, default=str).encode())
+        except queue.Full:
+            WEBHOOK.labels("dropped").inc()
+            _ratelimited(logging.WARNING, "webhook:full", "alerts: webhook queue full (%d): event dropped", QUEUE_SIZE)
+
+    def _run(self) -> None:
+        while True:
+            body = self._queue.get()
+            headers = {"Content-Type": "application/json"}
+            if self.secret:
+                headers["X-Waxflow-Signature"] = sign(self.secret, body)
+            try:
+                for attempt in Retrying(stop=stop_after_attempt(self.retries + 1),
+                                        wait=wait_exponential(multiplier=0.5, max=30)):
+                    with attempt:
+                        status = self._post(self.url, body, headers, self.timeout)
+                        if not 200 <= status < 300:
+                            raise OSError(f"HTTP {status}")
+                WEBHOOK.labels("sent").inc()
+            except RetryError as err:
+                WEBHOOK.labels("failed").inc()
+                _ratelimited(logging.WARNING, "webhook:failed", "alerts: webhook %s failed after %d attempts: %s",
+                             self.url, self.retries + 1, err.last_attempt.exception())
+            finally:
+                self._queue.task_done()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """True once every queued event was handed over (for a clean stop and tests)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self._queue.unfinished_tasks
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+class AlertSink:
+    """Takes the detectors' events with the flows they came from; does what each rule says."""
+
+    def __init__(self, config: Alerts, database: str, client: Any, gobgp: GoBGP | None = None) -> None:
+        self.database, self.client = database, client
+        self.rules = {r.name: r for r in config.all_rules()}
+        self.mitigators = {name: mitigation.Mitigator(r.mitigation.policy()) for name, r in self.rules.items()}
+        hook = config.webhook
+        self.webhook = Webhook(hook.url, hook.secret, hook.timeout.total_seconds(), hook.retries) if hook.url else None
+        needs_bgp = any(r.mitigation.kind != "none" and not r.mitigation.dry_run for r in self.rules.values())
+        self.gobgp = gobgp or GoBGP(config.bgp.host, config.bgp.port, config.bgp.cli, dry_run=not needs_bgp)
+
+    def handle(self, event: detect.Event, found: dict[str, list], now: float) -> dict[str, Any]:
+        rule = self.rules[event.rule]
+        detected = rule.rule()
+        mitigator = self.mitigators[event.rule]
+        prefix = self._prefix(detected, event.key)
+        actions: list[tuple[str, mitigation.Route]] = []
+        if prefix is not None and event.kind == "start":
+            actions = mitigator.start(prefix, found)
+        elif prefix is not None:
+            mitigator.end(prefix, now)
+        action = ", ".join(f"{verb} {route.kind} {route.prefix}" for verb, route in actions) or "none"
+        document = event_document(event, detected, found, action)
+        self.client.insert(ddl.ALERTS, [alert_row(document)], database=self.database)
+        EVENTS.labels(event.rule, event.kind).inc()
+        ACTIVE.labels(event.rule).inc() if event.kind == "start" else ACTIVE.labels(event.rule).dec()
+        log.warning("alert %s: %s %s %s (%s %.4g, peak %.4g)%s", event.kind, event.rule, document["key"],
+                    "since" if event.kind == "start" else "ended", rule.measure, event.value, event.peak,
+                    f"; {action}" if actions else "")
+        self._send(actions)
+        if self.webhook is not None:
+            self.webhook.send(document)
+        return document
+
+    def tick(self, now: float) -> None:
+        """Withdraw the routes whose hold-down has passed."""
+        for mitigator in self.mitigators.values():
+            self._send(mitigator.due(now))
+
+    def _send(self, actions: list[tuple[str, mitigation.Route]]) -> None:
+        for verb, route in actions:
+            try:
+                self.gobgp.send(verb, route)
+            except BGPError:
+                pass  # counted and logged by GoBGP.send; the alert itself stands
+
+    @staticmethod
+    def _prefix(rule: detect.Rule, key: tuple) -> str | None:
+        """The destination a route would cover: the key's address part, if it has one."""
+        for part, value in zip(rule.key, key):
+            if part.column == "DstAddr":
+                return mitigation.destination(value, part.v4_prefix, part.v6_prefix)
+        return None

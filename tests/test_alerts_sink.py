@@ -1,0 +1,75 @@
+"""Alert events leave through every channel: one row per alert in the store's `alerts` table
+(the end replacing the start), `waxflow_alert_active{rule}`, and a webhook signed with the
+shared secret that a real HTTP receiver gets even after refusing the first attempts."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import REGISTRY
+
+from connectors import clickhouse
+from connectors.alerts import AlertSink
+from flows import detect
+from flows.alert_rules import Alerts
+from flows.settings import ClickHouse
+
+SECRET = "webhook-s3cret"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    failures_left = 2
+    received: list[tuple[bytes, str]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.failures_left > 0:
+            Receiver.failures_left -= 1
+            self.send_response(500)
+        else:
+            Receiver.received.append((body, self.headers.get("X-Waxflow-Signature", "")))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+def test_events_reach_the_store_the_metrics_and_a_signed_webhook(chdb_dir, receiver) -> None:
+    cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"alerts_{uuid.uuid4().hex[:8]}")
+    clickhouse.migrate(cfg)
+    client = clickhouse.connect(cfg)
+    config = Alerts(enabled=True, defaults=False, webhook={"url": receiver, "secret": SECRET, "retries": 3},
+                    rules=[{"name": "amp", "filter": "Proto = 17", "threshold": 1e6}])
+    sink = AlertSink(config, cfg.database, client)
+    key = (bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 7]),)
+    found = {"sources": ["100.0.0.1"], "source_ports": [123], "protocols": [17]}
+    before = REGISTRY.get_sample_value("waxflow_alert_active", {"rule": "amp"}) or 0
+    sink.handle(detect.Event("start", "amp", key, 1_800_000_000, None, 2e6, 2e6), found, 0)
+    assert REGISTRY.get_sample_value("waxflow_alert_active", {"rule": "amp"}) == before + 1
+    sink.handle(detect.Event("end", "amp", key, 1_800_000_000, 1_800_000_060, 5e6, 5e6), found, 0)
+    assert REGISTRY.get_sample_value("waxflow_alert_active", {"rule": "amp"}) == before
+    rows = client.query(f"SELECT Rule, Key, toUInt32(Start), toUInt32(End), Peak, TopSourcePorts, Action "
+                        f"FROM `{cfg.database}`.alerts FINAL").result_rows
+    assert rows == [("amp", "203.0.113.7", 1_800_000_000, 1_800_000_060, 5e6, [123], "none")]
+    assert sink.webhook.drain(60)
+    assert len(Receiver.received) == 2  # (the first two attempts were refused: retried)
+    for body, signature in Receiver.received:
+        assert signature == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert [json.loads(body)["kind"] for body, _ in Receiver.received] == ["start", "end"]
+    assert json.loads(Receiver.received[0][0])["top_source_ports"] == [123]
+    client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
