@@ -73,3 +73,33 @@ def test_events_reach_the_store_the_metrics_and_a_signed_webhook(chdb_dir, recei
     assert [json.loads(body)["kind"] for body, _ in Receiver.received] == ["start", "end"]
     assert json.loads(Receiver.received[0][0])["top_source_ports"] == [123]
     client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
+
+
+def test_the_api_lists_alerts_by_time_rule_and_state(chdb_dir) -> None:
+    from connectors import http
+    from flows.settings import API, Settings
+    from tests.conftest import free_port
+    from tests.test_api import get
+
+    settings = Settings(clickhouse={"dsn": f"chdb:{chdb_dir}", "database": f"alertapi_{uuid.uuid4().hex[:8]}"},
+                        kafka={"brokers": [f"127.0.0.1:{free_port()}"]}, api=API(listen=f"127.0.0.1:{free_port()}"))
+    clickhouse.migrate(settings.clickhouse)
+    client = clickhouse.connect(settings.clickhouse)
+    sink = AlertSink(Alerts(defaults=False, rules=[{"name": "amp", "threshold": 1}, {"name": "syn", "threshold": 1}]),
+                     settings.clickhouse.database, client)
+    key = (bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 7]),)
+    now = int(__import__("time").time())
+    sink.handle(detect.Event("start", "amp", key, now - 600, None, 2, 2), {}, 0)
+    sink.handle(detect.Event("end", "amp", key, now - 600, now - 300, 3, 3), {}, 0)
+    sink.handle(detect.Event("start", "syn", key, now - 60, None, 1, 1), {}, 0)
+    assert http.serve_outlet(settings)
+    status, body = get(settings, "/api/v0/alerts", token=None)
+    assert status == 200 and [(a["rule"], a["end"]) for a in body["alerts"]] == [("syn", None), ("amp", now - 300)]
+    assert [a["rule"] for a in get(settings, "/api/v0/alerts", {"active": "1"}, token=None)[1]["alerts"]] == ["syn"]
+    assert [a["rule"] for a in get(settings, "/api/v0/alerts", {"rule": "amp"}, token=None)[1]["alerts"]] == ["amp"]
+    assert get(settings, "/api/v0/alerts", {"from": "-2m"}, token=None)[1]["alerts"][0]["rule"] == "syn"
+    assert [a["rule"] for a in get(settings, "/api/v0/alerts", {"from": "-4m"}, token=None)[1]["alerts"]] == ["syn"]
+    for params, reason in (({"active": "2"}, "bad_active"), ({"rule": "x" * 65}, "bad_rule"),
+                           ({"sql": "1"}, "unknown_parameter"), ({"from": "nope"}, "bad_time")):
+        status, body = get(settings, "/api/v0/alerts", params, token=None)
+        assert (status, body["reason"]) == (400, reason)

@@ -297,3 +297,9 @@ def saved_filters_result(session: ReadOnlySession, settings: Settings, name: str
     if name is None:
         return saved_filters.shape(session.query(saved_filters.list_sql(db)).result_rows)
     return saved_filters.shape(session.query(saved_filters.one_sql(db), parameters={"name": name}).result_rows)
+
+
+def alerts_result(session: ReadOnlySession, settings: Settings, query: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    sql, parameters = query
+    rows = session.query(sql, parameters={**parameters, "db": settings.clickhouse.database}).result_rows
+    return widgets.shape_alerts(rows)

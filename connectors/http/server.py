@@ -16,6 +16,7 @@ that process is the only one allowed to open the data directory:
     /api/v0/filter/complete          what may come at the cursor (?filter=&cursor=), values from the store
     /api/v0/graph                    series or sankey, with reverse direction and previous period (flows/graph.py)
     /api/v0/widgets/flow-rate, graph, top/<dimension>, last-flow    the console's home (flows/widgets.py)
+    /api/v0/alerts                   alert events (the alerts table), by time, rule, still on
     /api/v0/filters[/<name>]         saved filters: GET lists/reads; POST saves, DELETE removes (the API's
                                      only write, one validated row into saved_filters: saved_filters.py)
 
@@ -144,6 +145,7 @@ class API:
             Rule("/api/v0/widgets/graph", endpoint="widget_graph", methods=["GET"]),
             Rule("/api/v0/widgets/top/<dimension>", endpoint="widget_top", methods=["GET"]),
             Rule("/api/v0/widgets/last-flow", endpoint="widget_last_flow", methods=["GET"]),
+            Rule("/api/v0/alerts", endpoint="alerts", methods=["GET"]),
             Rule("/api/v0/filters", endpoint="saved_filters", methods=["GET", "POST"]),
             Rule("/api/v0/filters/<name>", endpoint="saved_filter", methods=["GET", "DELETE"]),
         ])
@@ -245,6 +247,10 @@ class API:
     def on_widget_last_flow(self, request: Request) -> Response:
         _params(request, allowed=set())
         return _json(200, self._store("api", lambda session: queries.last_flow_result(session, self.settings)))
+
+    def on_alerts(self, request: Request) -> Response:
+        query = widgets.alerts_query(_params(request))
+        return _json(200, {"alerts": self._store("api", lambda session: queries.alerts_result(session, self.settings, query))})
 
     def _saved_names(self) -> list[str]:
         return [f["name"] for f in self._store("api", lambda s: queries.saved_filters_result(s, self.settings))]
