@@ -409,3 +409,25 @@ def signature(rule: Rule, table: pa.Table, key: tuple, expression: pc.Expression
         return ordered
     return {"sources": [str(_address(v)) for v in top("SrcAddr")], "source_ports": top("SrcPort"),
             "protocols": top("Proto")}
+
+
+def signature_sql(rule: Rule, database: str, key: tuple, start: int, end: int) -> tuple[str, dict[str, Any]]:
+    """The top sources, source ports and protocols of a key's flows in [start, end) from raw
+    flows — what `signature` finds in batches — as one query (three arrays)."""
+    parsed = parse_filter(rule.filter)
+    parameters: dict[str, Any] = {"sg_from": start, "sg_to": end, **parsed.parameters}
+    conditions = []
+    for i, (part, value) in enumerate(zip(rule.key, key)):
+        parameters[f"sg_k{i}"] = value.hex().upper() if isinstance(value, bytes) and column_kind(part.column) == "ip" \
+            else value
+        kind = "String" if column_kind(part.column) in ("ip", "string") else "Int64"
+        conditions.append(f"{_key_sql(part)} = {{sg_k{i}:{kind}}}")
+    bits = "Bytes * if(SamplingRate = 0, 1, SamplingRate)"
+    where = (f"TimeReceived >= toDateTime({{sg_from:UInt32}}) AND TimeReceived < toDateTime({{sg_to:UInt32}}) "
+             f"AND {parsed.sql} AND {' AND '.join(conditions)}")
+
+    def top(column: str) -> str:  # by bits, ties by value: as signature() orders them
+        return (f"(SELECT arraySlice(arrayMap(t -> t.2, arraySort(t -> (-t.1, t.2), groupArray((b, v)))), 1, {TOP}) "
+                f"FROM (SELECT `{column}` AS v, sum({bits}) AS b FROM `{database}`.`flows` WHERE {where} GROUP BY v))")
+    sources = f"arrayMap(x -> replaceRegexpOne(IPv6NumToString(x), '^::ffff:', ''), {top('SrcAddr')})"
+    return f"SELECT {sources}, {top('SrcPort')}, {top('Proto')}", parameters

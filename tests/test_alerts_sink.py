@@ -103,3 +103,25 @@ def test_the_api_lists_alerts_by_time_rule_and_state(chdb_dir) -> None:
                            ({"sql": "1"}, "unknown_parameter"), ({"from": "nope"}, "bad_time")):
         status, body = get(settings, "/api/v0/alerts", params, token=None)
         assert (status, body["reason"]) == (400, reason)
+
+
+def test_the_backtest_over_the_store_fires_what_the_live_path_fires(chdb_dir) -> None:
+    import pyarrow as pa
+
+    from connectors.alerts import backtest
+    from tests.test_detect import NOW, VICTIM, _amplification, _live, _traffic
+
+    cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"backtest_{uuid.uuid4().hex[:8]}")
+    clickhouse.migrate(cfg)
+    client = clickhouse.connect(cfg)
+    batches = _traffic(range(100, 160))
+    client.insert_arrow(f"{cfg.database}.flows", pa.Table.from_batches(batches))
+    rule = _amplification()
+    found = backtest(lambda sql, parameters: client.query(sql, parameters=parameters).result_rows, rule,
+                     cfg.database, NOW, NOW + 400, chunk=50)
+    live = _live(rule, batches)
+    assert [(d["kind"], d["start"], d["end"], d["peak"]) for d in found] == \
+        [(e.kind, e.start, e.end, e.peak) for e in live]
+    assert found[0]["key"] == VICTIM and found[0]["top_source_ports"] == [123] and found[0]["top_protocols"] == [17]
+    assert found[0]["top_sources"] == [f"100.{j}.0.1" for j in range(5)]
+    client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
