@@ -70,7 +70,10 @@ class DemoExporter:
     """Sends `rate` flows per second (times the day/night shape) spread over the routers."""
 
     def __init__(self, targets: list[Target], rate: float, seed: int | None = None,
-                 shape: bool = True) -> None:
+                 shape: bool = True, attack: str | None = None, attack_rate: float = 50.0) -> None:
+        if attack is not None and attack not in demo.ATTACKS:
+            raise DemoError(f"attack is one of {', '.join(demo.ATTACKS)}")
+        self.attack, self.attack_rate = attack, attack_rate  # (sampled flows/s, from the first router)
         self.targets = targets
         self.rate = rate
         self.shape = shape
@@ -132,6 +135,10 @@ class DemoExporter:
             if not count:
                 continue
             flows = self.traffic.flows(target.router, count, now_ms)
+            if self.attack is not None and target is self.targets[0]:
+                share_of_attack = self.attack_rate * TICK
+                extra = int(share_of_attack) + (1 if self.rng.random() < share_of_attack % 1 else 0)
+                flows += self.traffic.attack(self.attack, target.router, extra, now_ms)
             for datagram in self._datagrams(target.router, flows, now_ms):
                 try:
                     self.sockets[target.router.name].send(datagram)

@@ -13,7 +13,7 @@ The shipped defaults (`DEFAULT_RULES`), each keyed by destination address and me
 | fragment-flood | IP fragments after the first | pps | 50 kpps for 10 s |
 | destination-bps | all | bps | 10 Gbps for 10 s |
 | destination-pps | all | pps | 2 Mpps for 10 s |
-| carpet-bombing | UDP, keyed by destination /24 (IPv6 /64) | bps | 5 Gbps for 10 s |
+| carpet-bombing | as udp-amplification, keyed by destination /24 (IPv6 /64) | bps | 2 Gbps for 10 s |
 | many-sources | TCP and UDP | distinct source addresses | 20,000 for 10 s |
 
 Thresholds are network-specific: tune them with `waxflow alerts backtest` before enabling
@@ -98,7 +98,8 @@ DEFAULT_RULES = (
     _default("fragment-flood", "IPFragmentOffset > 0", "pps", 50_000),
     _default("destination-bps", "", "bps", 10e9),
     _default("destination-pps", "", "pps", 2e6),
-    _default("carpet-bombing", "Proto = 17", "bps", 5e9, key="DstAddr/24/64"),
+    _default("carpet-bombing", f"Proto = 17 AND SrcPort IN ({', '.join(map(str, AMPLIFIER_PORTS))})", "bps", 2e9,
+             key="DstAddr/24/64"),
     _default("many-sources", "Proto IN (6, 17)", "distinct_src", 20_000),
 )
 

@@ -238,6 +238,13 @@ _SERVICES = {
 }
 
 
+ATTACKS = ("amplification", "syn", "carpet")
+"""amplification: UDP from DNS/NTP/memcached ports to one customer address; syn: spoofed TCP
+SYNs to one customer address; carpet: the amplification spread over the customers' /24."""
+AMPLIFIER_SOURCE_PORTS = (53, 123, 11211, 1900, 389)
+VICTIM_HOST = 7  # the attacked address: the 7th of the first router's customer prefix
+
+
 def diurnal(unix_time: float) -> float:
     """Traffic level over the day (UTC): peak 1.0 at 21:00, trough 0.2 at 09:00."""
     hour = (unix_time % 86400) / 3600
@@ -293,6 +300,29 @@ class Traffic:
 
     def flows(self, router: Router, count: int, now_ms: int) -> list[Flow]:
         return [self.flow(router, now_ms) for _ in range(count)]
+
+    def attack(self, kind: str, router: Router, count: int, now_ms: int) -> list[Flow]:
+        """Sampled flows of an attack on the router's customers (see ATTACKS)."""
+        rng = self.rng
+        net = self.nets[router.customers]
+        victim = int(net.network_address) + VICTIM_HOST
+        edge = next(i for i in self.ports[router.name] if i.kind == "transit")
+        customer = next(i for i in self.ports[router.name] if i.kind == "customers")
+        out = []
+        for _ in range(count):
+            source_peer = rng.choices(PEERS, self.peer_weights)[0]
+            source, mask = self._address(source_peer.prefix)
+            if kind == "syn":  # spoofed sources, one SYN each, to a web server
+                flow = Flow(rng.getrandbits(32), victim, 6, rng.randint(1024, 65535), 443, edge.ifindex,
+                            customer.ifindex, 1, 60, 0, LOCAL_AS, 0, 0x02, 0, net.prefixlen, now_ms, now_ms)
+            else:  # reflected answers from open resolvers, NTP, memcached: big UDP packets
+                target = victim if kind == "amplification" else int(net.network_address) + rng.randrange(1, 255)
+                packets = rng.randint(5, 15)
+                flow = Flow(source, target, 17, rng.choice(AMPLIFIER_SOURCE_PORTS), rng.randint(1024, 65535),
+                            edge.ifindex, customer.ifindex, packets, packets * rng.randint(1200, 1468),
+                            source_peer.asn, LOCAL_AS, 0, 0, mask, net.prefixlen, now_ms - 1000, now_ms)
+            out.append(flow)
+        return out
 
 
 # --- encoders ----------------------------------------------------------------------------------
