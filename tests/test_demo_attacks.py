@@ -1,5 +1,5 @@
-"""The demo's attacks (flows/demo.py Traffic.attack), as the flows the outlet would store from the demo
-exporter sends, fire the shipped default rule each is meant for within two windows, while
+"""The demo's attacks (flows/demo.py Traffic.attack), as the flows the outlet would store from
+what the demo exporter sends, fire the shipped default rule each is meant for within two windows, while
 ordinary demo traffic fires none."""
 
 from __future__ import annotations
