@@ -29,7 +29,7 @@ from flows.detect import Detector, Event, Rule, Totals
 LATENESS = 2
 IDLE = 5.0
 HOT_FRACTION = 0.25
-MAX_HOT = 20
+MAX_HOT = 5
 MAX_SIGNATURES = 1000
 
 
@@ -45,7 +45,7 @@ def _hot(rule: Rule, totals: Totals) -> float:
     """How close one second of a key comes to the rule's threshold (1 = at it)."""
     if rule.measure == "distinct_src":
         return len(totals.sources) * rule.window / rule.threshold
-    one_second = detect.measure(Rule(rule.name, rule.filter, rule.key, rule.measure, 1, rule.threshold), totals)
+    one_second = detect.measure(rule, totals, seconds=1)
     if rule.measure == "syn_ratio":
         return one_second / rule.threshold if totals.packets >= HOT_FRACTION * rule.min_pps else 0.0
     return one_second / rule.threshold
@@ -65,10 +65,11 @@ class RuleBank:
         newest = int(pa.compute.max(table.column("TimeReceived")).cast(pa.int64()).as_py())
         out = []
         for rule, expression in zip(self.rules, self.expressions):
-            totals = detect.batch_totals(rule, table, expression)
+            chosen = detect.selected(rule, table, expression).combine_chunks()
+            totals = detect.batch_totals(rule, chosen, filtered=True)
             hot = sorted(((_hot(rule, t), key) for (_, key), t in totals.items()), reverse=True)
             keys = list(dict.fromkeys(key for score, key in hot if score >= HOT_FRACTION))[:MAX_HOT]
-            signatures = {key: detect.signature(rule, table, key, expression) for key in keys}
+            signatures = {key: detect.signature(rule, chosen, key, filtered=True) for key in keys}
             out.append((rule.name, Partial(rule.name, totals, signatures, newest)))
         return out
 

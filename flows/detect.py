@@ -25,6 +25,11 @@ from flows.columns import COLUMNS, QueryError, column_kind
 from flows.filter import arrow_filter, parse_filter
 
 MEASURES = ("bps", "pps", "flows", "distinct_src", "syn_ratio")
+NEGLIGIBLE = 0.01
+"""A key's second counts only when it carries at least this share of the threshold (of the
+packets/s floor for SYN ratios): most keys are far under it, and this keeps them out of Python.
+A window's measure is then under by at most this share of the threshold per source of totals
+(one per worker), the same live and in the backtest."""
 DISTINCT_CAP = 65_536
 """Distinct source addresses are counted exactly up to this many per key and second (then saturate)."""
 TCP, SYN, ACK = 6, 0x02, 0x10
@@ -139,14 +144,20 @@ def _key_array(column: pa.Array, part: KeyPart) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(column), [None, pa.py_buffer(cut.tobytes())])
 
 
-def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
-                 expression: pc.Expression | None = None) -> dict[tuple[int, tuple], Totals]:
-    """(second, key) → Totals for the flows of `batch` the rule's filter selects, grouped by
-    Arrow (the per-flow work is vectorised; Python sees one item per group). `expression`: the
-    rule's filter compiled once (arrow_filter(rule.filter))."""
+def selected(rule: Rule, batch: pa.RecordBatch | pa.Table, expression: pc.Expression | None = None) -> pa.Table:
+    """The flows of `batch` the rule's filter selects (`expression`: the filter compiled once)."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     if rule.filter.strip():
         table = table.filter(expression if expression is not None else arrow_filter(rule.filter))
+    return table
+
+
+def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
+                 expression: pc.Expression | None = None, filtered: bool = False) -> dict[tuple[int, tuple], Totals]:
+    """(second, key) → Totals for the flows of `batch` the rule's filter selects, grouped by
+    Arrow (the per-flow work is vectorised; Python sees one item per group). `expression`: the
+    rule's filter compiled once (arrow_filter(rule.filter)); `filtered`: the batch is selected() already."""
+    table = batch if filtered else selected(rule, batch, expression)
     if not table.num_rows:
         return {}
     table = table.combine_chunks()
@@ -169,7 +180,12 @@ def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
         columns["src"] = table.column("SrcAddr")
         aggregations.append(("src", "distinct"))
     keys = ["s", *(f"k{i}" for i in range(len(rule.key)))]
-    grouped = pa.table(columns).group_by(keys, use_threads=False).aggregate(aggregations).to_pydict()
+    table = pa.table(columns).group_by(keys, use_threads=False).aggregate(aggregations)
+    weight, floor = _weight_column(rule)
+    if floor > 0:
+        values = pc.list_value_length(table.column(weight)) if weight == "src_distinct" else table.column(weight)
+        table = table.filter(pc.greater_equal(values, floor))
+    grouped = table.to_pydict()
     width = len(rule.key)
     out: dict[tuple[int, tuple], Totals] = {}
     sources = grouped.get("src_distinct") or [()] * len(grouped["s"])
@@ -180,14 +196,31 @@ def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
     return out
 
 
-def measure(rule: Rule, window: Totals) -> float:
-    """The rule's measure over a window's totals (per second where it is a rate)."""
+def _weight_column(rule: Rule) -> tuple[str, float]:
+    """The grouped column a second's weight is read from, and the floor under which it is dropped."""
+    if rule.measure == "syn_ratio":
+        return "packets_sum", NEGLIGIBLE * rule.min_pps
+    column = {"bps": "bits_sum", "pps": "packets_sum", "flows": "bits_count", "distinct_src": "src_distinct"}
+    return column[rule.measure], NEGLIGIBLE * rule.threshold * (1 / rule.window if rule.measure == "distinct_src" else 1)
+
+
+def _negligible(rule: Rule, totals: "Totals") -> bool:
+    column, floor = _weight_column(rule)
+    value = {"packets_sum": totals.packets, "bits_sum": totals.bits, "bits_count": totals.flows,
+             "src_distinct": len(totals.sources)}[column]
+    return value < floor
+
+
+def measure(rule: Rule, window: Totals, seconds: int | None = None) -> float:
+    """The rule's measure over totals of `seconds` (default: the rule's window), per second
+    where it is a rate."""
+    seconds = rule.window if seconds is None else seconds
     if rule.measure == "bps":
-        return window.bits / rule.window
+        return window.bits / seconds
     if rule.measure == "pps":
-        return window.packets / rule.window
+        return window.packets / seconds
     if rule.measure == "flows":
-        return window.flows / rule.window
+        return window.flows / seconds
     if rule.measure == "distinct_src":
         return float(len(window.sources))
     return window.syn / window.tcp if window.tcp > 0 else 0.0
@@ -294,12 +327,14 @@ class Detector:
                 state.status, state.since = "cooldown", state.last_over + 1 + rule.cooldown
 
     def _bound(self) -> None:
-        """Over max_keys: evict the idle key with the smallest window (active ones are kept)."""
+        """Over max_keys: evict the quietest idle keys down to 90 % of it in one pass (keys
+        that are pending, on or cooling down are kept)."""
         if len(self._keys) <= self.rule.max_keys:
             return
-        idle = [(measure(self.rule, s.window), k) for k, s in self._keys.items() if s.status == "idle"]
-        if idle:
-            del self._keys[min(idle, key=lambda item: item[0])[1]]
+        idle = sorted((measure(self.rule, s.window), i, k) for i, (k, s) in enumerate(self._keys.items())
+                      if s.status == "idle")
+        for _, _, key in idle[:len(self._keys) - int(self.rule.max_keys * 0.9)]:
+            del self._keys[key]
             self.evicted += 1
 
     @property
@@ -356,8 +391,10 @@ def rows_totals(rule: Rule, rows: Iterable[tuple]) -> dict[tuple[int, tuple], To
         second = int(row[0])
         key = tuple(bytes.fromhex(v) if ip else v for v, ip in zip(row[1:1 + width], ips))
         bits, packets, flows, syn, tcp, sources = row[1 + width:]
-        out[(second, key)] = Totals(float(bits), float(packets), int(flows), float(syn), float(tcp),
-                                    {bytes.fromhex(h) for h in sources})
+        totals = Totals(float(bits), float(packets), int(flows), float(syn), float(tcp),
+                        {bytes.fromhex(h) for h in sources})
+        if not _negligible(rule, totals):
+            out[(second, key)] = totals
     return out
 
 
@@ -390,11 +427,12 @@ def _address(value: bytes) -> Any:
     return ip.ipv4_mapped or ip
 
 
-def signature(rule: Rule, table: pa.Table, key: tuple, expression: pc.Expression | None = None) -> dict[str, list]:
+def signature(rule: Rule, table: pa.Table, key: tuple, expression: pc.Expression | None = None,
+              filtered: bool = False) -> dict[str, list]:
     """The top sources, source ports and protocols (by bits) of a key's flows in `table`:
     what an alert says about the attack, and what a FlowSpec route can match."""
-    if rule.filter.strip():
-        table = table.filter(expression if expression is not None else arrow_filter(rule.filter))
+    if not filtered:
+        table = selected(rule, table, expression)
     for i, part in enumerate(rule.key):
         column = _key_array(table.column(part.column).combine_chunks(), part)
         value = pa.scalar(key[i], column.type)
