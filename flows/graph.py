@@ -19,6 +19,7 @@ PREVIOUS = {"": 0, "day": 86400, "week": 7 * 86400}
 _SIDES = {"Src": "Dst", "Dst": "Src", "In": "Out", "Out": "In"}
 _SIDE = re.compile(r"^(Src|Dst|In|Out)(?=[A-Z0-9])")
 _OWN = frozenset({"type", "bidirectional", "previous"})
+_REVERSE_UNIT = {"inl2pct": "outl2pct", "outl2pct": "inl2pct"}  # the answers leave by the interface it came in
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def parse_graph_query(params: Mapping[str, str], now: float | None = None) -> Gr
     reverse = None
     if _flag(params, "bidirectional"):
         reverse = api.parse_flows_query({**flows_params, "from": str(main.start), "to": str(main.end),
+                                         "unit": _REVERSE_UNIT.get(main.unit, main.unit),
                                          "dimensions": ",".join(reverse_name(d) for d in main.dimensions),
                                          "filter": reverse_filter(flows_params.get("filter", ""))}, now)
     shift = PREVIOUS[previous]
@@ -112,12 +114,36 @@ def shape_graph(query: GraphQuery, main: dict[str, Any], reverse: dict[str, Any]
     sankey, its nodes and links (with the reverse direction's traffic, see _both_ways)."""
     out = {**main, "type": query.kind, "reverse": reverse, "previous": None}
     if previous is not None:
-        out["previous"] = {**previous, "shift": query.shift,
-                           "time": [t + query.shift for t in previous["time"]]}
+        out["previous"] = _on_main_buckets(previous, main, query.shift)
     if query.kind == "sankey":
         out["sankey"] = _both_ways(sankey(main, list(query.main.dimensions)),
                                    sankey(reverse, list(query.main.dimensions)) if reverse else None)
     return out
+
+
+def _edges(answer: Mapping[str, Any], shift: int = 0) -> list[int]:
+    """The buckets' boundaries: each bucket's first second, then the end of the last."""
+    times = [t + shift for t in answer["time"]]
+    if not times:
+        return []
+    return times + [min(answer["to"] + shift, times[-1] + answer["step"])]
+
+
+def _on_main_buckets(previous: dict[str, Any], main: Mapping[str, Any], shift: int) -> dict[str, Any]:
+    """The previous period moved forward by `shift` and re-bucketed onto the main answer's
+    buckets (its own table, hence its step, may differ: a week ago may be past a table's TTL):
+    each of its buckets' totals spread over the main buckets it overlaps, then divided by their
+    seconds."""
+    source, target = _edges(previous, shift), _edges(main)
+    series = []
+    for s in previous["series"]:
+        rates = []
+        for low, high in zip(target, target[1:]):
+            carried = sum(value * max(0, min(high, b) - max(low, a))
+                          for value, a, b in zip(s["values"], source, source[1:]))
+            rates.append(carried / (high - low) if high > low else 0.0)
+        series.append({**s, "values": rates, "max": max(rates, default=0.0)})
+    return {**previous, "shift": shift, "time": list(main["time"]), "step": main["step"], "series": series}
 
 
 def _both_ways(forward: dict[str, list[dict[str, Any]]],

@@ -44,6 +44,9 @@ def parse_saved(body: Any) -> SavedFilter:
     unknown = sorted(set(body) - {"name", "filter", "description"})
     if unknown:
         raise api.QueryError("unknown_field", f"unknown field(s): {', '.join(map(str, unknown))[:200]}")
+    for key in ("name", "filter", "description"):
+        if isinstance(body.get(key), str) and not _encodable(body[key]):
+            raise api.QueryError("bad_text", f"{key} is not valid Unicode text (a lone surrogate)")
     name = check_name(body.get("name"))
     text, description = body.get("filter"), body.get("description", "")
     if not isinstance(text, str) or not text.strip():
@@ -52,6 +55,14 @@ def parse_saved(body: Any) -> SavedFilter:
         raise api.QueryError("bad_description", f"description is text of at most {MAX_DESCRIPTION} characters")
     api.parse_filter(text)  # raises QueryError with the position of what is wrong
     return SavedFilter(name, text.strip(), description.strip())
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def row(saved: SavedFilter, now: float, deleted: bool = False) -> list[Any]:

@@ -71,6 +71,8 @@ def shape_graph(bps: dict[str, Any], flows: dict[str, Any]) -> dict[str, Any]:
 def top_query(dimension: str, params: Mapping[str, str], now: float | None = None) -> api.FlowsQuery:
     """One dimension's top values over a range: from (default -1h), to, limit (1-20), filter, unit."""
     _only(params, {"from", "to", "limit", "filter", "unit"})
+    if len(api.parse_dimensions(dimension)) != 1:
+        raise api.QueryError("bad_dimension", "the path names one dimension: /api/v0/widgets/top/SrcAS")
     limit = params.get("limit") or "5"
     if not (limit.isascii() and limit.isdigit() and len(limit) <= 3 and 1 <= int(limit) <= MAX_TOP):
         raise api.QueryError("bad_limit", f"limit must be a whole number in 1-{MAX_TOP}, got {limit[:20]!r}")

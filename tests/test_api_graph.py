@@ -104,6 +104,30 @@ def test_bidirectional_swaps_the_dimensions_and_the_filter(served) -> None:
     assert reverse["series"][0]["total"] == pytest.approx(expected)
 
 
+def test_the_reverse_of_an_interface_share_is_the_other_interface_s(served) -> None:
+    status, body = get(served, "/api/v0/graph", {**WINDOW, "points": 1, "unit": "inl2pct",
+                                                 "filter": "InIfName = 'et-0/0/1'", "bidirectional": 1})
+    assert status == 200 and body["reverse"]["unit"] == "outl2pct"
+    expected = _sql(served, "(Bytes + 18 * Packets) * SamplingRate * 8 / (OutIfSpeed * 10000)", T0, T0 + 600,
+                    "OutIfName = 'et-0/0/1' AND OutIfSpeed > 0")[""]
+    assert body["reverse"]["series"][0]["average"] == pytest.approx(expected / 600)
+
+
+def test_a_previous_period_from_another_table_is_put_on_the_main_buckets(monkeypatch) -> None:
+    from flows import api
+
+    main = {"time": [1000, 1060, 1120], "step": 60, "to": 1180, "series": []}
+    previous = {"time": [900 - 86400 + i * 30 for i in range(8)], "step": 30, "to": 1140 - 86400, "from": 0,
+                "series": [{"dimensions": [], "values": [1, 1, 2, 2, 3, 3, 4, 4], "average": 0, "max": 4,
+                            "p95": 0, "total": 0}]}
+    query = graph.GraphQuery("series", api.parse_flows_query({}), None, None, 86400)
+    moved = graph.shape_graph(query, main, None, previous)["previous"]
+    assert moved["time"] == main["time"] and moved["step"] == 60
+    # [1000, 1060) overlaps the previous [990, 1020) at 2 for 20 s, [1020, 1050) at 3, [1050, 1080) at 3 for 10 s
+    assert moved["series"][0]["values"] == pytest.approx([(20 * 2 + 30 * 3 + 10 * 3) / 60,
+                                                          (20 * 3 + 30 * 4 + 10 * 4) / 60, (20 * 4) / 60])
+
+
 def test_previous_period_is_the_same_window_a_day_before_on_the_same_times(served) -> None:
     status, body = get(served, "/api/v0/graph", {**WINDOW, "points": 10, "previous": "day"})
     assert status == 200, body
@@ -198,6 +222,9 @@ def test_widgets_answer_what_a_plain_query_gives(served) -> None:
 
 @pytest.mark.parametrize("path, params, status, reason", [
     ("/api/v0/widgets/top/Nope", {}, 400, "unknown_dimension"),
+    ("/api/v0/widgets/top/,", {}, 400, "bad_dimension"),
+    ("/api/v0/widgets/top/%20", {}, 400, "bad_dimension"),
+    ("/api/v0/widgets/top/SrcAS,DstAS", {}, 400, "bad_dimension"),
     ("/api/v0/widgets/top/SrcAS", {"limit": "500"}, 400, "bad_limit"),
     ("/api/v0/widgets/flow-rate", {"window": "0"}, 400, "bad_window"),
     ("/api/v0/widgets/flow-rate", {"window": "9" * 40}, 400, "bad_window"),
@@ -261,6 +288,8 @@ def test_saved_filters_round_trip_and_touch_nothing_else(served) -> None:
     (b"{", "application/json", 400, "bad_json"),
     (b"[" * 50_000, "application/json", 400, "bad_json"),
     (b"name=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    (b'{"name": "x", "filter": "SrcAS = 1", "description": "\\ud800"}', "application/json", 400, "bad_text"),
+    (b'{"name": "x", "filter": "InIfName = \'\\udc80\'"}', "application/json", 400, "bad_text"),
 ])
 def test_a_bad_saved_filter_is_refused_with_a_reason(served, body, content_type, status, reason) -> None:
     before = _store_figures(served)
@@ -284,13 +313,66 @@ def test_writes_are_rate_limited_and_capped(served, monkeypatch) -> None:
     writer = SavedFilterWriter(served)
     monkeypatch.setattr(writer_module, "WRITES_PER_MINUTE", 3)
     for i in range(3):
-        writer.write(SavedFilter(f"f{i}", "SrcAS = 1"), [])
+        writer.write(SavedFilter(f"f{i}", "SrcAS = 1"), list)
     with pytest.raises(APIError) as refused:
-        writer.write(SavedFilter("f3", "SrcAS = 1"), [])
+        writer.write(SavedFilter("f3", "SrcAS = 1"), list)
     assert (refused.value.status, refused.value.reason) == (429, "too_many_writes")
     with pytest.raises(APIError) as full:
-        SavedFilterWriter(served).write(SavedFilter("new", "SrcAS = 1"), [f"n{i}" for i in range(MAX_SAVED)])
+        SavedFilterWriter(served).write(SavedFilter("new", "SrcAS = 1"), lambda: [f"n{i}" for i in range(MAX_SAVED)])
     assert (full.value.status, full.value.reason) == (409, "too_many_saved_filters")
     for i in range(3):
         writer._recent.clear()
-        writer.write(SavedFilter(f"f{i}", ""), [f"f{i}"], deleted=True)
+        writer.write(SavedFilter(f"f{i}", ""), lambda i=i: [f"f{i}"], deleted=True)
+    refusals = SavedFilterWriter(served)
+    for _ in range(writer_module.WRITES_PER_MINUTE + 2):  # refused writes do not use up the rate
+        with pytest.raises(APIError) as missing:
+            refusals.write(SavedFilter("nobody", ""), list, deleted=True)
+        assert missing.value.status == 404
+    refusals.write(SavedFilter("after", "SrcAS = 1"), list)
+    refusals.write(SavedFilter("after", ""), lambda: ["after"], deleted=True)
+
+
+def test_parallel_saves_cannot_pass_the_cap(served, monkeypatch) -> None:
+    """The names are read under the writer's lock: 12 parallel saves with room for 3 make 3."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows import saved_filters
+
+    monkeypatch.setattr(saved_filters, "MAX_SAVED", 3)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda i: _send(served, "POST", "/api/v0/filters",
+                                                {"name": f"race {i}", "filter": "SrcAS = 1"})[0], range(12)))
+    assert sorted(answers) == [201] * 3 + [409] * 9
+    listed = get(served, "/api/v0/filters")[1]["filters"]
+    assert len(listed) == 3
+    for entry in listed:
+        assert _send(served, "DELETE", "/api/v0/filters/" + entry["name"].replace(" ", "%20"))[0] == 200
+
+
+def test_a_request_line_too_long_for_http_server_is_answered_in_json(served) -> None:
+    import socket
+
+    host, port = served.api.listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"GET /api/v0/flows?filter=" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 414") or head.startswith(b"HTTP/1.1 414"), head
+    assert b"application/json" in head and json.loads(body)["reason"] == "bad_request"
+
+
+def test_a_malformed_request_line_with_quotes_is_still_valid_json(served) -> None:
+    import socket
+
+    host, port = served.api.listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b'GET / HTTP/"1\\x\r\nHost: x\r\n\r\n')
+        answer = conn.recv(65536)
+    # (without a version it can read, http.server answers as HTTP/0.9 would: the body alone)
+    assert json.loads(answer) == {"error": "Bad request version ('HTTP/'1''x')", "reason": "bad_request",
+                                  "status": 400}

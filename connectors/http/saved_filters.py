@@ -42,14 +42,15 @@ class SavedFilterWriter:
             self._recent.popleft()
         if len(self._recent) >= WRITES_PER_MINUTE:
             raise APIError(429, "too_many_writes", f"at most {WRITES_PER_MINUTE} saved-filter writes a minute")
-        self._recent.append(now)
 
-    def write(self, saved: SavedFilter, existing: list[str], deleted: bool = False) -> None:
-        """Append the row. `existing`: the names saved now (read by the caller's read-only session),
-        to refuse a new name past the cap and the deletion of a name that is not there."""
+    def write(self, saved: SavedFilter, names: Callable[[], list[str]], deleted: bool = False) -> None:
+        """Append the row. `names()`: the names saved now (read on a read-only session), called
+        under the writer's lock so that parallel writes cannot pass the cap together; only a write
+        that happens counts against the rate limit."""
         now = time.time()
         with self._lock:
             self._admit(now)
+            existing = names()
             if deleted and saved.name not in existing:
                 raise APIError(404, "not_found", f"no saved filter {saved.name!r}")
             if not deleted and saved.name not in existing and len(existing) >= saved_filters.MAX_SAVED:
@@ -64,4 +65,5 @@ class SavedFilterWriter:
             except Exception as err:  # the store's message names what is wrong; a new client next time
                 self._client = None
                 raise APIError(503, "store_unavailable", first_line(err)) from None
+            self._recent.append(now)
         WRITES.labels("delete" if deleted else "save").inc()

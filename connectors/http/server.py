@@ -258,7 +258,7 @@ class API:
     def on_saved_filters(self, request: Request) -> Response:
         if request.method == "POST":
             saved = saved_filters.parse_saved(_body_json(request))
-            self._writer.write(saved, self._saved_names())
+            self._writer.write(saved, self._saved_names)
             return _json(201, {"saved": saved.name})
         _params(request, allowed=set())
         listed = self._store("api", lambda session: queries.saved_filters_result(session, self.settings))
@@ -267,7 +267,7 @@ class API:
     def on_saved_filter(self, request: Request, name: str) -> Response:
         saved_filters.check_name(name)
         if request.method == "DELETE":
-            self._writer.write(saved_filters.SavedFilter(name, ""), self._saved_names(), deleted=True)
+            self._writer.write(saved_filters.SavedFilter(name, ""), self._saved_names, deleted=True)
             return _json(200, {"deleted": name})
         found = self._store("api", lambda session: queries.saved_filters_result(session, self.settings, name))
         if not found:
@@ -384,6 +384,16 @@ class _Handler(WSGIRequestHandler):
 
     def log_request(self, *args: Any) -> None:  # no line per request: /metrics counts them
         pass
+
+    # http.server answers what never reaches the application (a request line over 64 KiB,
+    # malformed headers) with an HTML page: JSON with a reason instead, like every other error.
+    error_content_type = "application/json"
+    error_message_format = '{"error": "%(message)s", "reason": "bad_request", "status": %(code)d}'
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The message may quote the request's own text: keep it a valid JSON string.
+        safe = "".join(c if c.isprintable() and c not in '"\\' else "'" for c in (message or ""))
+        super().send_error(code, safe or None, explain)
 
 
 def _busy_answer() -> bytes:
