@@ -17,10 +17,12 @@ filtered graph, the interface-speed and flows/s units, filter validation and com
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -84,7 +86,7 @@ CALLS = [
     ("home: flow-rate", "/api/v0/widgets/flow-rate", {}),
     ("home: graph (the last hour)", "/api/v0/widgets/graph", {}),
     *[(f"home: top {d}", f"/api/v0/widgets/top/{d}", {"limit": 5}) for d in
-      ("ExporterName", "SrcAS", "SrcCountry", "Proto")],
+      ("ExporterName", "SrcAS", "SrcCountry", "Proto", "DstPort")],
     ("home: last-flow", "/api/v0/widgets/last-flow", {}),
     ("home: exporters", "/api/v0/exporters", {}),
     *[(f"top-N 24 h: {d}", "/api/v0/graph", {"from": "-24h", "dimensions": d, "limit": 10, "points": 120})
@@ -153,7 +155,12 @@ def main() -> None:
         print(f"{'call':50} {'p50 ms':>8} {'p95 ms':>8}")
         for name, path, params in CALLS:
             url = f"{base}{path}?{urllib.parse.urlencode(params)}"
-            timed(url)  # (first call: caches)
+            try:
+                timed(url)  # (first call: caches)
+            except urllib.error.HTTPError as err:  # a refused call is a figure too (e.g. the query timeout)
+                reason = json.loads(err.read() or b"{}").get("error", "")[:60]
+                print(f"{name:50} {'HTTP ' + str(err.code):>17}  {reason}")
+                continue
             times = sorted(timed(url) for _ in range(args.rounds))
             p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
             print(f"{name:50} {statistics.median(times):8.1f} {p95:8.1f}")
