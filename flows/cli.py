@@ -78,7 +78,7 @@ def config_check(ctx: Context, dump: bool) -> None:
 
 @config.command("reference")
 def config_reference() -> None:
-    """Print the configuration reference (Markdown) that the README carries."""
+    """Print the configuration reference (Markdown) that docs/configuration.md carries."""
     from flows.settings import reference_markdown
 
     click.echo(reference_markdown(), nl=False)

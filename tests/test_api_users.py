@@ -1,6 +1,6 @@
 """The ClickHouse accounts compose/clickhouse/users.d gives Grafana and the API: read-only,
 bounded, and allowed to read the waxflow database only. No ClickHouse server runs in the tests,
-so this checks the files against what the server would enforce (see the README's limitations);
+so this checks the files against what the server would enforce (see docs/limitations.md);
 the grants' text is checked with ClickHouse's own parser (chDB)."""
 
 from __future__ import annotations

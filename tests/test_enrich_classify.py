@@ -193,8 +193,8 @@ def test_bad_rule_is_a_startup_error_naming_it(tmp_path: Path, rule: str, key: s
     assert any(line.startswith(f"{key}:") and reason in line for line in lines), str(err.value)
 
 
-def test_readme_example_rules_are_valid(tmp_path: Path) -> None:
-    text = (ROOT / "README.md").read_text()
+def test_documented_example_rules_are_valid(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "enrichment.md").read_text()
     block = text.split("the others show the remaining forms:\n\n```yaml\n", 1)[1].split("```", 1)[0]
     cfg = rules(block, tmp_path)
     out = Enricher(cfg)(flows([("fxp0", "", 1000), ("et-0/0/0", "PNI: Netflix", 100000),
