@@ -23,7 +23,7 @@ READY_TIMEOUT = 180
 
 
 def waxflow(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "-c", "cfg.yaml", *args], cwd=workdir,
+    return subprocess.run([sys.executable, "-m", "waxflow", "-c", "cfg.yaml", *args], cwd=workdir,
                           capture_output=True, text=True, timeout=timeout, env=_env())
 
 
@@ -61,7 +61,7 @@ class Up:
         self.workdir = workdir
         self.output = workdir / "up.out"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "-c", "cfg.yaml", "up", "--demo", "--demo-rate", "400"],
+            [sys.executable, "-m", "waxflow", "-c", "cfg.yaml", "up", "--demo", "--demo-rate", "400"],
             cwd=workdir, stdout=open(self.output, "wb"), stderr=subprocess.STDOUT, env=_env())
         self.children: set[int] = set()
 

@@ -328,10 +328,28 @@ def up(ctx: Context, demo: bool, workers: int, demo_rate: float) -> None:
               help="directory the dashboard JSON files are written to")
 def dashboards_command(output: Path) -> None:
     """Write the Grafana dashboards generated from the flow schema."""
-    from flows.dashboards import write_all
+    from flows.dashboards import DASHBOARDS, render
 
-    for path in write_all(output):
+    output.mkdir(parents=True, exist_ok=True)
+    for name, builder in DASHBOARDS.items():
+        path = output / f"{name}.json"
+        path.write_text(render(builder))
         click.echo(f"wrote {path}")
+
+
+@main.command("demo-block")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("compose/dataflows.yaml"), show_default=True,
+              help="the compose stack's configuration, whose demo block is rewritten")
+def demo_block(path: Path) -> None:
+    """Regenerate the demo block (routers, networks, classifiers) of the compose configuration
+    from flows/demo.py."""
+    from flows.demo import with_compose_block
+
+    path.write_text(with_compose_block(path.read_text()))
+    click.echo(f"wrote the demo block of {path}")
+
+
 # --- eBPF -----------------------------------------------------------------------------------------
 
 @main.group()
@@ -361,7 +379,7 @@ def bpf_clean(ctx: Context, bpffs: Path | None) -> None:
     click.echo(f"{len(removed)} removed, {len(kept)} kept")
 
 
-from flows.decode.cli import decode as _decode_command
+from waxflow.decode_cli import decode as _decode_command
 main.add_command(_decode_command)
 
 
