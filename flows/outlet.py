@@ -24,7 +24,8 @@ from flows.decode.frames import DECAPSULATIONS
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
 from flows.outlet_steps import decode_builder, enrich_step, sink_item, unwrap_messages
-from flows.settings import Settings, dataflow_settings
+from flows.settings import Settings
+from waxflow.process import dataflow_settings
 
 
 def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:

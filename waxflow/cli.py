@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from flows.settings import ConfigError, Settings, load_settings
+from flows.settings import ConfigError, Logging, Settings, load_settings
+from waxflow.process import configure_logging, set_level_override
 
 err_console = Console(stderr=True)
 
@@ -32,6 +32,7 @@ class Context:
                 err_console.print(f"[bold red]configuration error[/]\n{escape(str(err))}", highlight=False,
                                   soft_wrap=True)
                 sys.exit(2)
+            configure_logging(self._settings.logging)
         return self._settings
 
 
@@ -41,12 +42,17 @@ pass_context = click.make_pass_decorator(Context)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", type=click.Path(dir_okay=False), default=None,
               help="configuration file (default: $WAXFLOW_CONFIG, else ./dataflows.yaml)")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default=None,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="override logging.level, for this command and the dataflows it starts")
+@click.version_option(package_name="waxflow", message="waxflow %(version)s")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, log_level: str) -> None:
+def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     """waxflow: NetFlow/IPFIX/sFlow collector on Bytewax, Kafka and ClickHouse."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_level_override(log_level)
+    # Until the configuration is read (its logging section then takes over), and for the
+    # commands that need none.
+    configure_logging(Logging(level=log_level.upper() if log_level else "INFO"))
     ctx.obj = Context(config)
 
 
