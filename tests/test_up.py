@@ -181,6 +181,10 @@ def test_sigint_stops_everything_cleanly_and_loses_nothing(up: Up) -> None:
     # Stopped: `waxflow query` now opens the store directly; every flow sent is there.
     stored = up.query("SELECT count() AS n FROM waxflow.flows")[0]["n"]
     assert stored == sent > 0, up.text()
+    for child in ("inlet", "outlet"):  # an ordinary stop leaves no crash report in the logs
+        text = (up.workdir / "data" / "logs" / f"{child}.log").read_text()
+        assert "Traceback" not in text and "panicked" not in text and "signal received" not in text, text
+        assert "SIGINT: " in text, text
 
 
 def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
