@@ -112,3 +112,15 @@ def test_config_check_names_a_bad_logging_value(tmp_path: Path, text: str, key: 
     done = subprocess.run([sys.executable, "-m", "waxflow", "config", "check"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, env=_env())
     assert done.returncode == 2 and f"  {key}: " in done.stderr, done.stderr
+
+
+def test_a_second_sigterm_ends_a_dataflow_that_does_not_notice_the_first(tmp_path: Path) -> None:
+    """No broker answers: Bytewax waits for the topic's partitions in Rust code that does not
+    look at signals, so the first SIGTERM cannot stop it; the second ends the process."""
+    outlet = Outlet(tmp_path, f"127.0.0.1:{free_port()}", "nowhere", "{level: INFO}")
+    outlet.metrics()
+    time.sleep(2)
+    outlet.proc.send_signal(signal.SIGTERM)
+    time.sleep(2)
+    assert outlet.proc.poll() is None, outlet.text()  # still waiting: the premise of this test
+    assert outlet.stop(signal.SIGTERM) == 128 + signal.SIGTERM, outlet.text()

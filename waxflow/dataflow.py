@@ -17,35 +17,68 @@ import os
 import runpy
 import signal
 import sys
+import threading
 
 log = logging.getLogger("waxflow.dataflow")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+QUIET_SECONDS = 10
+
+
 class QuietStop:
     """The stop signals' handler: stderr (fd 2) goes to /dev/null from the signal until the
     KeyboardInterrupt has come back out of Bytewax (Rust's panic hook writes straight to fd 2),
-    then is restored."""
+    then is restored; at the latest after QUIET_SECONDS, so that a dataflow slow to notice the
+    signal (Bytewax checks for them between steps) does not lose its logs. A second signal
+    ends the process at once."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self.saved: int | None = None
         self.signum: int | None = None
 
     def __call__(self, signum: int, _frame: object) -> None:
-        if self.saved is None:
-            self.signum = signum
-            sys.stderr.flush()
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        sys.stderr.flush()
+        with self.lock:
             self.saved = os.dup(2)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
             os.close(devnull)
+        timer = threading.Timer(QUIET_SECONDS, self.restore)
+        timer.daemon = True  # never holds up the exit
+        timer.start()
         raise KeyboardInterrupt
 
     def restore(self) -> None:
-        if self.saved is not None:
-            os.dup2(self.saved, 2)
-            os.close(self.saved)
-            self.saved = None
+        with self.lock:
+            if self.saved is not None:
+                os.dup2(self.saved, 2)
+                os.close(self.saved)
+                self.saved = None
+
+
+def second_signal_exits() -> None:
+    """A second stop signal ends the process at once, even while Bytewax holds the main thread
+    in Rust code that does not check for signals (a Python handler would then never run):
+    the C-level handler writes each signal to the wakeup pipe, read here by a thread."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        seen = 0
+        while True:
+            for signum in os.read(read, 64):
+                if signum in STOP_SIGNALS:
+                    seen += 1
+                    if seen >= 2:
+                        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="stop-signals", daemon=True).start()
 
 
 def stopped_by_signal(err: BaseException) -> bool:
@@ -61,6 +94,7 @@ def main() -> int:
     handler = QuietStop()
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)
+    second_signal_exits()
     try:
         runpy.run_module("bytewax.run", run_name="__main__", alter_sys=True)
     except BaseException as err:
