@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.metadata import NoPolls, warm_cache  # noqa: E402
+from connectors.geoip import open_geoip  # noqa: E402
 from flows import schema  # noqa: E402
 from flows.enrich import Enricher  # noqa: E402
 from flows.enrich.columns import fixed_values, mark_keyed_by_index  # noqa: E402
@@ -222,7 +223,8 @@ def main() -> None:
     rng = random.Random(42)
     with tempfile.TemporaryDirectory() as directory:
         asn, city = databases(Path(directory), rng)
-        enricher = Enricher(settings(asn, city, rng))
+        cfg = settings(asn, city, rng)
+        enricher = Enricher(cfg, open_geoip(cfg.geoip))
     traffic = Traffic(rng, args.addresses)
     mixed = [traffic.described(args.rows) for _ in range(args.batches + 1)]
     single = [traffic.described(args.rows, exporter=i % EXPORTERS) for i in range(args.batches)]

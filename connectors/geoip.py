@@ -20,7 +20,7 @@ from typing import Any, Callable
 import maxminddb
 from prometheus_client import Counter
 
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows.settings import ConfigError, GeoIP
 
 log = logging.getLogger(__name__)
@@ -135,3 +135,11 @@ class GeoIPDatabases:
             if any(reloaded):
                 self.generation += 1
             return self.generation
+
+
+def open_geoip(cfg: GeoIP) -> GeoIPDatabases | None:
+    """The configured GeoIP databases (None when there are none); a file that does not open
+    is a ConfigError naming its key."""
+    if not (cfg.asn_database or cfg.geo_database):
+        return None
+    return GeoIPDatabases(cfg)

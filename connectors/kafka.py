@@ -16,7 +16,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from connectors import metrics as metrics_mod
-from connectors.metrics import InletMetrics, RateLimitedLog
+from connectors.metrics import InletMetrics
+from flows.ratelimit import RateLimitedLog
 from connectors.spool import Spool
 from flows.envelope import EXPORTER
 from flows.settings import Kafka

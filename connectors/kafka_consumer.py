@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, KafkaEx
 from prometheus_client import Counter, Gauge
 
 from connectors.cluster import recovery_enabled
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows import delivery, envelope
 from flows.settings import Kafka
 

@@ -51,12 +51,13 @@ def ensure_recovery_store(directory: Path, partitions: int = RECOVERY_PARTITIONS
 def dataflow_argv(dataflow: str, *, workers: int = 1, recovery: Path | None = None,
                   snapshot_seconds: float = 30, process_id: int | None = None,
                   addresses: list[str] | None = None) -> list[str]:
-    """The `python -m bytewax.run` command line for one process of a dataflow."""
+    """The command line for one process of a dataflow: `python -m bytewax.run`'s arguments,
+    through waxflow.dataflow (a clean stop without a crash report)."""
     if dataflow not in DATAFLOWS:
         raise LaunchError(f"unknown dataflow {dataflow!r}; one of {', '.join(DATAFLOWS)}")
     if workers < 1:
         raise LaunchError("workers must be at least 1")
-    argv = [sys.executable, "-m", "bytewax.run", DATAFLOWS[dataflow], "-w", str(workers)]
+    argv = [sys.executable, "-m", "waxflow.dataflow", DATAFLOWS[dataflow], "-w", str(workers)]
     if recovery is not None:
         # -b 0: snapshots older than the last complete epoch are not kept around.
         argv += ["-r", str(recovery), "-s", f"{snapshot_seconds:g}", "-b", "0"]

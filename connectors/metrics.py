@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -98,23 +96,3 @@ def serve(host: str, port: int) -> bool:
             return False
         log.info("metrics: serving http://%s:%d/metrics", host, port)
         return True
-
-
-class RateLimitedLog:
-    """At most one line per `interval` seconds per key; the rest are counted and summarised."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.last: dict[str, float] = {}
-        self.suppressed: dict[str, int] = {}
-
-    def __call__(self, level: int, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self.last.get(key, -1e9) < self.interval:
-            self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return
-        skipped = self.suppressed.pop(key, 0)
-        self.last[key] = now
-        suffix = f" ({skipped} similar suppressed)" if skipped else ""
-        self.logger.log(level, message + suffix, *args)

@@ -25,7 +25,7 @@ from pysnmp.proto import errind
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from connectors.cluster import process_id
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows.enrich.metadata import Interface, PollResult
 from flows.enrich.subnets import SubnetMap
 from flows.envelope import address_bytes

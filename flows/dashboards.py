@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from flows import ddl, schema
@@ -477,14 +476,3 @@ DASHBOARDS = {
 
 def render(builder) -> str:
     return json.dumps(builder(), indent=2, ensure_ascii=False) + "\n"
-
-
-def write_all(directory: Path) -> list[Path]:
-    """Write every dashboard as <name>.json into `directory`; returns the paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, builder in DASHBOARDS.items():
-        path = directory / f"{name}.json"
-        path.write_text(render(builder))
-        paths.append(path)
-    return paths

@@ -19,7 +19,8 @@ from connectors.config_checks import exit_on_problems
 from connectors.kafka import ProducerSink
 from connectors.udp import UDPSource, stop_on_signals
 from flows import envelope
-from flows.settings import Settings, dataflow_settings
+from flows.settings import Settings
+from waxflow.process import dataflow_settings
 
 
 def build_flow(settings: Settings, stop: threading.Event | None = None) -> Dataflow:

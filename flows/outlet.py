@@ -16,6 +16,7 @@ from bytewax.dataflow import Dataflow
 from connectors.clickhouse import migrate_or_exit
 from connectors.clickhouse_sink import ClickHouseSink
 from connectors.config_checks import exit_on_problems
+from connectors.geoip import open_geoip
 from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
 from connectors.snmp import cache_file, snmp_poller
@@ -23,7 +24,8 @@ from flows.decode.frames import DECAPSULATIONS
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
 from flows.outlet_steps import decode_builder, enrich_step, sink_item, unwrap_messages
-from flows.settings import Settings, dataflow_settings
+from flows.settings import Settings
+from waxflow.process import dataflow_settings
 
 
 def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
@@ -38,7 +40,7 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
         snmp = settings.enrichment.snmp
         metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
         described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
-        flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment)))
+        flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment, open_geoip(settings.enrichment.geoip))))
     # The sink keeps what it stored per exporter key (exactly-once), so the key goes with each batch.
     items = op.map("to_sink", flows, sink_item)
     op.output("clickhouse", items, ClickHouseSink(settings.clickhouse, settings.data_dir / "delivery"))

@@ -17,7 +17,7 @@ from bytewax.connectors.kafka import KafkaError
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter
 
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows import envelope
 from flows.decode import ExporterState, limits
 from flows.decode.decoder import decode_with_origins

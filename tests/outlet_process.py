@@ -74,7 +74,7 @@ class Outlet:
         line the launcher would build for it."""
         addresses = [f"127.0.0.1:{p}" for p in self.cluster_ports] if self.processes > 1 else None
         if self.dataflow is None:
-            argv = [sys.executable, "-m", "flows.cli", "--config", str(self.config), "run", "outlet",
+            argv = [sys.executable, "-m", "waxflow", "--config", str(self.config), "run", "outlet",
                     "-w", str(self.workers), "-s", f"{self.snapshot_seconds:g}"]
             return argv + (["-i", str(process), "-a", ";".join(addresses)] if addresses else [])
         from connectors.launcher import dataflow_argv, ensure_recovery_store, recovery_dir

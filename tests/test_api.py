@@ -315,13 +315,13 @@ def test_waxflow_query_on_a_stopped_store_has_the_same_guard(served, tmp_path) -
     config = tmp_path / "waxflow.yaml"
     config.write_text(json.dumps({"clickhouse": {"dsn": f"chdb:{tmp_path / 'store'}"},
                                   "api": {"listen": f"127.0.0.1:{free_port()}"}}))
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "query",
+    done = subprocess.run([sys.executable, "-m", "waxflow", "--config", str(config), "query",
                            f"SELECT 1) INTO OUTFILE '{path}' --"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "refused (syntax_error)" in done.stderr and not path.exists()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "query",
+    done = subprocess.run([sys.executable, "-m", "waxflow", "--config", str(config), "query",
                            "SELECT file('/etc/hostname')"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "forbidden_function" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "query", "--format",
+    done = subprocess.run([sys.executable, "-m", "waxflow", "--config", str(config), "query", "--format",
                            "jsonl", "SELECT number AS n FROM numbers(3)"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and done.stdout.split() == ['{"n":', '0}', '{"n":', '1}', '{"n":', '2}']
@@ -376,7 +376,7 @@ def recent(served):
 def test_api_top_and_sql_agree_on_the_last_five_minutes(recent, tmp_path) -> None:
     from click.testing import CliRunner
 
-    from flows.cli import main
+    from waxflow.cli import main
 
     status, body = get(recent, "/api/v0/flows", {"from": "-5m", "dimensions": "ExporterName", "points": 1})
     assert status == 200, body

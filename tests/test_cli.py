@@ -11,7 +11,7 @@ from tests.conftest import free_port
 
 
 def waxflow(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "waxflow", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120, env=env)
 
 

@@ -69,7 +69,7 @@ def settings_of(stack: dict, service: str) -> dict:
     """`waxflow config check --dump` of compose/dataflows.yaml with the service's environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAXFLOW")}
     env.update({k: str(v) for k, v in (stack["services"][service].get("environment") or {}).items()})
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "-c", str(COMPOSE_DIR / "dataflows.yaml"),
+    done = subprocess.run([sys.executable, "-m", "waxflow", "-c", str(COMPOSE_DIR / "dataflows.yaml"),
                            "config", "check", "--dump"], capture_output=True, text=True, env=env, timeout=60,
                           cwd=ROOT)
     assert done.returncode == 0, f"{service}: {done.stdout}{done.stderr}"
@@ -293,7 +293,7 @@ def test_demo_routers_run_one_router_each_at_the_configured_address(stack: dict)
 
 def test_compose_demo_block_is_generated_from_flows_demo() -> None:
     text = (COMPOSE_DIR / "dataflows.yaml").read_text()
-    assert text == demo.with_compose_block(text), "stale demo block: run `python -m flows.demo`"
+    assert text == demo.with_compose_block(text), "stale demo block: run `waxflow demo-block`"
 
 
 def test_compose_demo_flows_get_names_classes_and_countries() -> None:
@@ -447,7 +447,7 @@ def test_service_commands_parse_with_the_waxflow_cli(stack: dict) -> None:
     of it (options checked by click, nothing run)."""
     import shlex
 
-    from flows.cli import main
+    from waxflow.cli import main
 
     assert re.search(r'^ENTRYPOINT \["waxflow"\]$', (COMPOSE_DIR / "Dockerfile").read_text(), re.M)
     for name in (*WAXFLOW_SERVICES, *DEMO_SERVICES):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _check(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     (tmp_path / "dataflows.yaml").write_text(text)
-    return subprocess.run([sys.executable, "-m", "flows.cli", "-c", "dataflows.yaml", "config", "check"],
+    return subprocess.run([sys.executable, "-m", "waxflow", "-c", "dataflows.yaml", "config", "check"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from flows.decode.cli import decode
+from waxflow.decode_cli import decode
 from tests import flowgen
 
 

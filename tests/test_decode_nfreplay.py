@@ -11,7 +11,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from flows.decode.cli import decode
+from waxflow.decode_cli import decode
 from tests import flowgen
 from tests.conftest import free_port
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from connectors import geoip
-from connectors.geoip import GeoIPDatabases
+from connectors.geoip import GeoIPDatabases, open_geoip
 from flows import schema
 from flows.enrich import Enricher
 from flows.envelope import address_bytes
@@ -153,7 +153,7 @@ def test_unreadable_database_is_a_startup_error(tmp_path: Path) -> None:
     config = tmp_path / "dataflows.yaml"
     config.write_text(f"enrichment: {{geoip: {{geo_database: [{tmp_path / 'bad.mmdb'}]}}}}\n")
     with pytest.raises(ConfigError, match=r"enrichment\.geoip\.geo_database\[0\]: .*bad\.mmdb"):
-        Enricher(load_settings(config).enrichment)
+        open_geoip(load_settings(config).enrichment.geoip)
     config.write_text(f"enrichment: {{geoip: {{asn_database: {tmp_path / 'absent.mmdb'}}}}}\n")
     with pytest.raises(ConfigError, match=r"enrichment\.geoip\.asn_database\[0\]: Path does not"):
         load_settings(config)

@@ -74,7 +74,7 @@ def stored(workdir: Path) -> list[dict]:
              "SrcAS, toString(SrcCountry) AS SrcCountry, DstAS, toString(DstCountry) AS DstCountry, "
              "DstGeoCity, InIfConnectivity, InIfProvider, toString(InIfBoundary) AS InIfBoundary, "
              "toString(OutIfBoundary) AS OutIfBoundary FROM waxflow.flows")
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "query", "--format", "jsonl", query],
+    result = subprocess.run([sys.executable, "-m", "waxflow", "query", "--format", "jsonl", query],
                             cwd=workdir, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
@@ -94,7 +94,7 @@ def test_enriched_columns_in_the_store(broker: LocalBroker, topic_name: str, tmp
     produce(producer, topic, 0)
     kept_each = 10 * DATAGRAMS * 2 // 3
     outlet = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "outlet", "-w", "2", "-s", "1"], cwd=tmp_path,
+        [sys.executable, "-m", "waxflow", "run", "outlet", "-w", "2", "-s", "1"], cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         stdout=(tmp_path / "outlet.log").open("ab"), stderr=subprocess.STDOUT)
     try:

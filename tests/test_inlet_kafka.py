@@ -8,7 +8,7 @@ import time
 from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
 
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from connectors import kafka as kafka_mod
 from connectors.broker import LocalBroker
 from connectors.metrics import InletMetrics

@@ -245,7 +245,7 @@ def test_bpf_clean_removes_only_unused_maps() -> None:
     from click.testing import CliRunner
 
     from bpf import syscall
-    from flows.cli import main
+    from waxflow.cli import main
 
     directory = TEST_BPFFS / f"clean-{free_port()}"
     try:

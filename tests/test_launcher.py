@@ -19,7 +19,7 @@ def test_recovery_store_created_once_and_kept(tmp_path):
 def test_dataflow_argv(tmp_path):
     argv = dataflow_argv("outlet", workers=2, recovery=tmp_path, snapshot_seconds=5,
                          process_id=1, addresses=["a:1", "b:2"])
-    assert argv == [sys.executable, "-m", "bytewax.run", "flows.outlet", "-w", "2",
+    assert argv == [sys.executable, "-m", "waxflow.dataflow", "flows.outlet", "-w", "2",
                     "-r", str(tmp_path), "-s", "5", "-b", "0", "-i", "1", "-a", "a:1;b:2"]
     with pytest.raises(LaunchError, match="unknown dataflow"):
         dataflow_argv("sideways")

@@ -132,7 +132,7 @@ def test_empty_token_fails_config_check_naming_the_key(tmp_path: Path) -> None:
     import sys
 
     config = write(tmp_path, "api: {token: ''}\n")
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "--config", str(config), "config", "check"],
+    done = subprocess.run([sys.executable, "-m", "waxflow", "--config", str(config), "config", "check"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "api.token" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr

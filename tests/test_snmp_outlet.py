@@ -100,7 +100,7 @@ def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: Sn
     # As users run it: `waxflow run outlet` (recovery on, snapshots every second).
     log = tmp_path / "outlet.log"
     outlet = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "run", "outlet", "-w", "2", "-s", "1"], cwd=tmp_path,
+        [sys.executable, "-m", "waxflow", "run", "outlet", "-w", "2", "-s", "1"], cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
@@ -127,7 +127,7 @@ def test_outlet_stores_snmp_and_static_names(broker: LocalBroker, snmp_agent: Sn
         assert check.returncode == 0, check.stdout + check.stderr
 
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "query", "--format", "jsonl",
+        [sys.executable, "-m", "waxflow", "query", "--format", "jsonl",
          "SELECT ExporterName, InIfName, InIfDescription, InIfSpeed, OutIfName, OutIfDescription, "
          "OutIfSpeed, count() AS n FROM waxflow.flows GROUP BY ALL ORDER BY ALL"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -23,7 +23,7 @@ READY_TIMEOUT = 180
 
 
 def waxflow(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "-c", "cfg.yaml", *args], cwd=workdir,
+    return subprocess.run([sys.executable, "-m", "waxflow", "-c", "cfg.yaml", *args], cwd=workdir,
                           capture_output=True, text=True, timeout=timeout, env=_env())
 
 
@@ -61,7 +61,7 @@ class Up:
         self.workdir = workdir
         self.output = workdir / "up.out"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "-c", "cfg.yaml", "up", "--demo", "--demo-rate", "400"],
+            [sys.executable, "-m", "waxflow", "-c", "cfg.yaml", "up", "--demo", "--demo-rate", "400"],
             cwd=workdir, stdout=open(self.output, "wb"), stderr=subprocess.STDOUT, env=_env())
         self.children: set[int] = set()
 
@@ -181,6 +181,10 @@ def test_sigint_stops_everything_cleanly_and_loses_nothing(up: Up) -> None:
     # Stopped: `waxflow query` now opens the store directly; every flow sent is there.
     stored = up.query("SELECT count() AS n FROM waxflow.flows")[0]["n"]
     assert stored == sent > 0, up.text()
+    for child in ("inlet", "outlet"):  # an ordinary stop leaves no crash report in the logs
+        text = (up.workdir / "data" / "logs" / f"{child}.log").read_text()
+        assert "Traceback" not in text and "panicked" not in text and "signal received" not in text, text
+        assert "SIGINT: " in text, text
 
 
 def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:

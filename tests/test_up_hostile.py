@@ -46,7 +46,7 @@ class Hostile(Up):
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.output = workdir / "up.out"
-        self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "-c", "cfg.yaml", "up"], cwd=workdir,
+        self.proc = subprocess.Popen([sys.executable, "-m", "waxflow", "-c", "cfg.yaml", "up"], cwd=workdir,
                                      stdout=open(self.output, "wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
         self.children = set()

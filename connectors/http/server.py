@@ -59,7 +59,7 @@ from connectors.http import queries
 from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, filter_completions,
                                      first_line, flows_result, sql_result)
 from connectors.http.saved_filters import SavedFilterWriter
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows import api, ddl, filter_assist, graph, saved_filters, widgets
 from flows.settings import Settings
 

@@ -63,7 +63,7 @@ class Stack:
         self._spawn(Child("outlet", argv_outlet, self.logs / "outlet.log"), env, self._outlet_ready)
         self._spawn(Child("inlet", argv_inlet, self.logs / "inlet.log"), env, self._inlet_ready)
         if self.demo:
-            argv = [sys.executable, "-m", "flows.cli", "demo-exporter", "--rate", f"{self.demo_rate:g}"]
+            argv = [sys.executable, "-m", "waxflow", "demo-exporter", "--rate", f"{self.demo_rate:g}"]
             self._spawn(Child("demo-exporter", argv, self.logs / "demo-exporter.log", signal.SIGTERM), env, None)
 
     def _start_broker(self) -> None:
@@ -79,7 +79,7 @@ class Stack:
 
     def _migrate(self, env: dict[str, str]) -> None:
         # A child process: chDB lets one process own the directory, and that will be the outlet.
-        done = run_once([sys.executable, "-m", "flows.cli", "migrate"], env, timeout=300)
+        done = run_once([sys.executable, "-m", "waxflow", "migrate"], env, timeout=300)
         if done.returncode != 0:
             self.stop()
             raise StackError(f"migrations failed:\n{(done.stderr or done.stdout).strip()[-2000:]}")

@@ -3,7 +3,7 @@
 Steps run in the order the design gives: metadata (exporter and interface names, filled by the
 metadata step before this one; the exporter's address names it until then), classification
 (rejected flows leave here), GeoIP/networks, sampling rate. Providers that talk to the outside
-live in connectors/ (GeoIP files: connectors/geoip.py).
+live in connectors/ and are handed in (GeoIP files: connectors/geoip.py, opened by flows/outlet.py).
 """
 
 from __future__ import annotations
@@ -20,16 +20,6 @@ from flows.enrich.exporters import name_fallback
 from flows.enrich.networks import Networks
 from flows.enrich.sampling import SamplingRates
 from flows.settings import Enrichment
-
-
-def open_geoip(cfg: Enrichment) -> Any:
-    """The configured GeoIP databases (None when there are none); a file that does not open
-    is a ConfigError naming its key."""
-    if not (cfg.geoip.asn_database or cfg.geoip.geo_database):
-        return None
-    from connectors.geoip import GeoIPDatabases
-
-    return GeoIPDatabases(cfg.geoip)
 
 
 class Chain:
@@ -56,12 +46,13 @@ class Enricher:
     worker thread of a process. The GeoIP databases (large) are shared; each thread has its own
     chain of caches, so no lock is taken per batch and no thread sees another's half-built cache.
 
-    `geoip` replaces the databases opened from the settings (tests inject a clock this way).
+    `geoip` is the databases the settings name, opened by the caller (connectors.geoip.open_geoip:
+    the files are I/O); None looks nothing up in GeoIP.
     """
 
     def __init__(self, cfg: Enrichment, geoip: Any = None) -> None:
         self.cfg = cfg
-        self.geoip = geoip if geoip is not None else open_geoip(cfg)
+        self.geoip = geoip
         self.local = threading.local()
         # The constructing thread's chain is built now: a bad setting fails at startup.
         self.local.chain = Chain(cfg, self.geoip)

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from prometheus_client import Counter
 
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows.enrich.columns import (KeyCache, Profiles, combine, drop_rows, encode, first_rows,
                                   keyed_by_index, replace)
 from flows.enrich.subnets import as_v6_network

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from flows.settings import ConfigError, Settings, load_settings
+from flows.settings import ConfigError, Logging, Settings, load_settings
+from waxflow.process import configure_logging, set_level_override
 
 err_console = Console(stderr=True)
 
@@ -32,6 +32,7 @@ class Context:
                 err_console.print(f"[bold red]configuration error[/]\n{escape(str(err))}", highlight=False,
                                   soft_wrap=True)
                 sys.exit(2)
+            configure_logging(self._settings.logging)
         return self._settings
 
 
@@ -41,12 +42,17 @@ pass_context = click.make_pass_decorator(Context)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "-c", type=click.Path(dir_okay=False), default=None,
               help="configuration file (default: $WAXFLOW_CONFIG, else ./dataflows.yaml)")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default=None,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="override logging.level, for this command and the dataflows it starts")
+@click.version_option(package_name="waxflow", message="waxflow %(version)s")
 @click.pass_context
-def main(ctx: click.Context, config: str | None, log_level: str) -> None:
+def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     """waxflow: NetFlow/IPFIX/sFlow collector on Bytewax, Kafka and ClickHouse."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_level_override(log_level)
+    # Until the configuration is read (its logging section then takes over), and for the
+    # commands that need none.
+    configure_logging(Logging(level=log_level.upper() if log_level else "INFO"))
     ctx.obj = Context(config)
 
 
@@ -328,10 +334,28 @@ def up(ctx: Context, demo: bool, workers: int, demo_rate: float) -> None:
               help="directory the dashboard JSON files are written to")
 def dashboards_command(output: Path) -> None:
     """Write the Grafana dashboards generated from the flow schema."""
-    from flows.dashboards import write_all
+    from flows.dashboards import DASHBOARDS, render
 
-    for path in write_all(output):
+    output.mkdir(parents=True, exist_ok=True)
+    for name, builder in DASHBOARDS.items():
+        path = output / f"{name}.json"
+        path.write_text(render(builder))
         click.echo(f"wrote {path}")
+
+
+@main.command("demo-block")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("compose/dataflows.yaml"), show_default=True,
+              help="the compose stack's configuration, whose demo block is rewritten")
+def demo_block(path: Path) -> None:
+    """Regenerate the demo block (routers, networks, classifiers) of the compose configuration
+    from flows/demo.py."""
+    from flows.demo import with_compose_block
+
+    path.write_text(with_compose_block(path.read_text()))
+    click.echo(f"wrote the demo block of {path}")
+
+
 # --- eBPF -----------------------------------------------------------------------------------------
 
 @main.group()
@@ -361,7 +385,7 @@ def bpf_clean(ctx: Context, bpffs: Path | None) -> None:
     click.echo(f"{len(removed)} removed, {len(kept)} kept")
 
 
-from flows.decode.cli import decode as _decode_command
+from waxflow.decode_cli import decode as _decode_command
 main.add_command(_decode_command)
 
 
