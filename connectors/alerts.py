@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge
 from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
 
 from connectors.bgp import BGPError, GoBGP
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows import ddl, detect, mitigation
 from flows.alert_rules import Alerts
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from connectors.metrics import RateLimitedLog
+from flows.ratelimit import RateLimitedLog
 from flows.mitigation import Route, gobgp_args
 
 log = logging.getLogger(__name__)

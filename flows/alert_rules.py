@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from flows import detect, mitigation
 from flows.columns import QueryError
-from flows.settings import Duration, Section
+from flows.settings.types import Duration, Section
 
 AMPLIFIER_PORTS = (19, 53, 123, 161, 389, 1900, 3702, 11211)
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
