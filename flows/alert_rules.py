@@ -60,12 +60,12 @@ class Mitigation(Section):
 
 
 class AlertRule(Section):
-    name: Annotated[str, Field(pattern=_NAME)]
+    name: Annotated[str, Field(pattern=_NAME)] = Field(description="the rule's name (lower case, digits, - and _)")
     filter: str = Field("", description="flows the rule looks at, in the filter language")
     key: str = Field("DstAddr", description="what is counted apart: columns joined by +, addresses with a prefix")
     measure: str = Field("bps", description=f"one of {', '.join(detect.MEASURES)}")
     window: Duration = Field(timedelta(seconds=10), description="sliding window the measure is taken over")
-    threshold: Annotated[float, Field(gt=0)]
+    threshold: Annotated[float, Field(gt=0)] = Field(description="fires at or over this (bps, pps, flows/s, sources, a ratio)")
     min_duration: Duration = Field(timedelta(seconds=10), description="how long the measure stays over it")
     cooldown: Duration = Field(timedelta(minutes=5), description="after an end, before the key fires again")
     min_pps: Annotated[float, Field(ge=0)] = Field(0.0, description="and at least this many packets/s")

@@ -11,6 +11,7 @@ Each is one or two small queries over the tables the flows API reads, with the s
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Mapping
 
 from flows import api
@@ -128,3 +129,31 @@ def shape_alerts(rows: list[tuple]) -> list[dict[str, Any]]:
     names = ("rule", "key", "start", "end", "measure", "value", "peak", "top_sources", "top_source_ports",
              "top_protocols", "action")
     return [{**dict(zip(names, row)), "end": row[3] or None} for row in rows]
+
+
+MAX_BACKTEST_SECONDS = 31 * 86400
+
+
+def backtest_query(params: Mapping[str, str], rules: Mapping[str, Any], now: float | None = None) -> tuple[Any, int, int]:
+    """GET /api/v0/alerts/backtest: the rule (by name, `threshold` to try another one), and
+    [from, to) over raw flows, at most 31 days (default the last day)."""
+    _only(params, {"rule", "from", "to", "threshold"})
+    now = time.time() if now is None else now
+    name = params.get("rule", "")
+    if name not in rules:
+        raise api.QueryError("unknown_rule", f"no rule {name[:64]!r}; rules: {', '.join(sorted(rules))}")
+    rule = rules[name]
+    text = params.get("threshold", "")
+    if text:
+        try:
+            threshold = float(text)
+        except ValueError:
+            threshold = float("nan")
+        if not 0 < threshold < float("inf"):
+            raise api.QueryError("bad_threshold", "threshold is a number above 0")
+        rule = replace(rule, threshold=threshold)
+    end = api.parse_time(params.get("to"), now, now)
+    start = api.parse_time(params.get("from"), now, end - 86400)
+    if not 0 <= start < end < 2**32 or end - start > MAX_BACKTEST_SECONDS:
+        raise api.QueryError("bad_range", "from must be before to, at most 31 days apart")
+    return rule, int(start), int(end)

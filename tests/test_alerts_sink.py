@@ -125,3 +125,54 @@ def test_the_backtest_over_the_store_fires_what_the_live_path_fires(chdb_dir) ->
     assert found[0]["key"] == VICTIM and found[0]["top_source_ports"] == [123] and found[0]["top_protocols"] == [17]
     assert found[0]["top_sources"] == [f"100.{j}.0.1" for j in range(5)]
     client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+FILL = """
+import sys
+import pyarrow as pa
+from connectors import clickhouse
+from flows.settings import ClickHouse
+from tests.test_detect import _second
+cfg, now = ClickHouse(dsn="chdb:" + sys.argv[1]), int(sys.argv[2])
+clickhouse.migrate(cfg)
+batches = [_second(now + t, 100 <= t < 160) for t in range(200)]
+clickhouse.connect(cfg).insert_arrow(cfg.database + ".flows", pa.Table.from_batches(batches))
+"""
+
+
+def test_waxflow_alerts_backtest_on_a_stopped_store(tmp_path) -> None:
+    """`waxflow alerts backtest` straight on the store (nothing answers on api.listen): a
+    configured rule fires once over an amplification in the store, not with a threshold too
+    high, and an unknown rule is refused by name. (chDB allows one data directory per process:
+    the store is built and read by child processes.)"""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import free_port
+    from tests.test_detect import ATTACK_BPS, NOW, VICTIM
+
+    store = tmp_path / "store"
+    config = tmp_path / "dataflows.yaml"
+    config.write_text(yaml.safe_dump({
+        "clickhouse": {"dsn": f"chdb:{store}"}, "kafka": {"brokers": [f"127.0.0.1:{free_port()}"]},
+        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "alerts": {"rules": [{"name": "amp", "filter": "Proto = 17 AND SrcPort = 123", "threshold": ATTACK_BPS / 2,
+                              "window": "10s", "min_duration": "5s"}]}}))
+    subprocess.run([sys.executable, "-c", FILL, str(store), str(NOW)], check=True, cwd=ROOT)
+
+    def backtest(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "waxflow", "-c", str(config), "alerts", "backtest",
+                               "--from", str(NOW - 10), "--to", str(NOW + 400), "--format", "jsonl", *extra],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = backtest("--rule", "amp")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["kind"], r["key"], r["start"]) for r in rows] == [("start", VICTIM, NOW + 104), ("end", VICTIM, NOW + 104)]
+    assert "amp (threshold 1.12e+08): 1 alert(s)" in done.stderr, done.stderr
+    high = backtest("--rule", "amp", "--threshold", "1e12")
+    assert high.returncode == 0 and high.stdout.strip() == "" and "0 alert(s)" in high.stderr, high.stderr
+    unknown = backtest("--rule", "nope")
+    assert unknown.returncode == 1 and "unknown_rule" in unknown.stderr and "udp-amplification" in unknown.stderr

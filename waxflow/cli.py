@@ -278,6 +278,64 @@ def top(ctx: Context, dimensions: str, last: str, limit: int, filter_: str, unit
     _print_rows(columns, rows, fmt)
 
 
+@main.group()
+def alerts() -> None:
+    """Detection rules: when they fired, and when they would have."""
+
+
+@alerts.command("backtest")
+@click.option("--rule", required=True, help="a rule's name (alerts.rules, or a shipped default)")
+@click.option("--from", "start", default="-1d", show_default=True, help="start: -30d, RFC 3339, unix seconds")
+@click.option("--to", "end", default="now", show_default=True)
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="try another threshold than the rule's")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@pass_context
+def alerts_backtest(ctx: Context, rule: str, start: str, end: str, threshold: float | None, fmt: str) -> None:
+    """When RULE would have fired over the stored flows (raw flows, so within their TTL): the
+    live detector's own code fed from the store. Through the running stack's API, else the store."""
+    from connectors.http.queries import backtest_result
+    from flows.widgets import backtest_query
+
+    params = {"rule": rule, "from": start, "to": end, **({"threshold": repr(threshold)} if threshold else {})}
+    rules = {r.name: r.rule() for r in ctx.settings.alerts.all_rules()}
+    body = _look_up(ctx, "/api/v0/alerts/backtest", params, None,
+                    lambda session: backtest_result(session, ctx.settings, backtest_query(params, rules)))
+    when = _when if fmt == "table" else (lambda seconds: seconds)
+    columns = ["kind", "key", "start", "end", "peak", "top_source_ports", "top_protocols"]
+    rows = [[e["kind"], e["key"], when(e["start"]), when(e["end"]), e["peak"], e["top_source_ports"],
+             e["top_protocols"]] for e in body["events"]]
+    _print_rows(columns, rows, fmt)
+    starts = sum(1 for e in body["events"] if e["kind"] == "start")
+    err_console.print(f"{body['rule']} (threshold {body['threshold']:g}): {starts} alert(s) from "
+                      f"{_when(body['from'])} to {_when(body['to'])}", highlight=False)
+
+
+@alerts.command("list")
+@click.option("--from", "start", default="-1d", show_default=True)
+@click.option("--active", is_flag=True, help="only alerts still on")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), default="table", show_default=True)
+@pass_context
+def alerts_list(ctx: Context, start: str, active: bool, fmt: str) -> None:
+    """Alerts that were on since --from (the alerts table)."""
+    from connectors.http.queries import alerts_result
+    from flows.widgets import alerts_query
+
+    params = {"from": start, **({"active": "1"} if active else {})}
+    body = _look_up(ctx, "/api/v0/alerts", params, None,
+                    lambda session: {"alerts": alerts_result(session, ctx.settings, alerts_query(params))})
+    when = _when if fmt == "table" else (lambda seconds: seconds)
+    columns = ["rule", "key", "start", "end", "peak", "action"]
+    _print_rows(columns, [[a["rule"], a["key"], when(a["start"]), when(a["end"]), a["peak"], a["action"]]
+                          for a in body["alerts"]], fmt)
+
+
+def _when(seconds: int | None) -> str:
+    from datetime import datetime, timezone
+
+    return "" if not seconds else datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 @main.command("demo-exporter")
 @click.option("--rate", type=click.FloatRange(0.1, 1_000_000), default=500, show_default=True,
               help="flows per second over all routers (at the daily peak)")

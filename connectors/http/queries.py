@@ -303,3 +303,12 @@ def alerts_result(session: ReadOnlySession, settings: Settings, query: tuple[str
     sql, parameters = query
     rows = session.query(sql, parameters={**parameters, "db": settings.clickhouse.database}).result_rows
     return widgets.shape_alerts(rows)
+
+
+def backtest_result(session: ReadOnlySession, settings: Settings, query: tuple[Any, int, int]) -> dict[str, Any]:
+    from connectors.alerts import backtest
+
+    rule, start, end = query
+    events = backtest(lambda sql, parameters: session.query(sql, parameters=parameters).result_rows, rule,
+                      settings.clickhouse.database, start, end)
+    return {"rule": rule.name, "threshold": rule.threshold, "from": start, "to": end, "events": events}

@@ -17,6 +17,7 @@ that process is the only one allowed to open the data directory:
     /api/v0/graph                    series or sankey, with reverse direction and previous period (flows/graph.py)
     /api/v0/widgets/flow-rate, graph, top/<dimension>, last-flow    the console's home (flows/widgets.py)
     /api/v0/alerts                   alert events (the alerts table), by time, rule, still on
+    /api/v0/alerts/backtest          when a rule would have fired over stored flows (?rule=&from=&to=&threshold=)
     /api/v0/filters[/<name>]         saved filters: GET lists/reads; POST saves, DELETE removes (the API's
                                      only write, one validated row into saved_filters: saved_filters.py)
 
@@ -146,6 +147,7 @@ class API:
             Rule("/api/v0/widgets/top/<dimension>", endpoint="widget_top", methods=["GET"]),
             Rule("/api/v0/widgets/last-flow", endpoint="widget_last_flow", methods=["GET"]),
             Rule("/api/v0/alerts", endpoint="alerts", methods=["GET"]),
+            Rule("/api/v0/alerts/backtest", endpoint="alerts_backtest", methods=["GET"]),
             Rule("/api/v0/filters", endpoint="saved_filters", methods=["GET", "POST"]),
             Rule("/api/v0/filters/<name>", endpoint="saved_filter", methods=["GET", "DELETE"]),
         ])
@@ -251,6 +253,11 @@ class API:
     def on_alerts(self, request: Request) -> Response:
         query = widgets.alerts_query(_params(request))
         return _json(200, {"alerts": self._store("api", lambda session: queries.alerts_result(session, self.settings, query))})
+
+    def on_alerts_backtest(self, request: Request) -> Response:
+        rules = {r.name: r.rule() for r in self.settings.alerts.all_rules()}
+        query = widgets.backtest_query(_params(request), rules)
+        return _json(200, self._store("api", lambda session: queries.backtest_result(session, self.settings, query)))
 
     def _saved_names(self) -> list[str]:
         return [f["name"] for f in self._store("api", lambda s: queries.saved_filters_result(s, self.settings))]

@@ -287,6 +287,7 @@ class Settings(BaseSettings):
     enrichment: Enrichment = Field(default_factory=Enrichment)
     api: API = Field(default_factory=API)
     logging: Logging = Field(default_factory=Logging)
+    alerts: "Alerts" = Field(default_factory=lambda: Alerts(), description="detection rules and their actions")
     data_dir: Path = Field(Path("data"), description="local state: broker pid, recovery, caches")
 
     @classmethod
@@ -303,3 +304,9 @@ class Settings(BaseSettings):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# Last: flows/alert_rules.py builds on this package's types, and Settings on it.
+from flows.alert_rules import Alerts  # noqa: E402
+
+Settings.model_rebuild()
