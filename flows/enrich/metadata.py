@@ -20,7 +20,7 @@ Per exporter address:
 from __future__ import annotations
 
 import logging
-import pickle
+import math
 import threading
 import time
 from concurrent.futures import Future
@@ -93,11 +93,13 @@ class Poller(Protocol):
 
 
 class CacheStore(Protocol):
-    """Where the cache is kept besides Bytewax snapshots: exporter address → pickled cache."""
+    """Where the cache is kept besides Bytewax snapshots: exporter address → its cache as plain
+    data (`ExporterCache.to_plain`), which a file holds as JSON: never a pickle, since whoever
+    can write the file would run code as the outlet."""
 
-    def load(self) -> dict[bytes, bytes]: ...
+    def load(self) -> dict[bytes, "ExporterCache"]: ...
 
-    def save(self, caches: dict[bytes, bytes]) -> None: ...
+    def save(self, caches: dict[bytes, dict]) -> None: ...
 
 
 # --- static metadata ----------------------------------------------------------------------------
@@ -189,6 +191,54 @@ class ExporterCache:
 
     def stale(self, now: float, age: float) -> list[int]:
         return [key for key, entry in self.entries.items() if now - entry.updated >= age]
+
+    def to_plain(self) -> dict:
+        """JSON-ready data (a copy: the worker goes on changing the cache). The sysName entry
+        holds a string, an interface entry [name, description, speed]."""
+        entries = [[key, e.value if isinstance(e.value, str) else
+                    [e.value.name, e.value.description, e.value.speed], e.updated, e.accessed]
+                   for key, e in self.entries.items()]
+        return {"entries": entries, "failures": self.failures, "open_until": self.open_until}
+
+    @classmethod
+    def from_plain(cls, data: object) -> "ExporterCache":
+        """The cache `to_plain` gave; ValueError on anything else (a file may be foreign or
+        hostile, so every type and bound is checked)."""
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+            raise ValueError("an exporter cache is an object with a list of entries")
+        if len(data["entries"]) > MAX_INTERFACES + 1:
+            raise ValueError(f"more than {MAX_INTERFACES} interfaces")
+        cache = cls(failures=_plain_int(data.get("failures", 0), 2**31),
+                    open_until=_plain_time(data.get("open_until", 0.0)))
+        for item in data["entries"]:
+            if not isinstance(item, list) or len(item) != 4:
+                raise ValueError("an entry is [ifIndex, value, updated, accessed]")
+            key, value, updated, accessed = item
+            key = _plain_int(key, 2**32)
+            cache.entries[key] = Entry(_plain_value(key, value), _plain_time(updated), _plain_time(accessed))
+        return cache
+
+
+def _plain_int(value: object, limit: int) -> int:
+    if type(value) is not int or not 0 <= value < limit:
+        raise ValueError(f"{value!r}: not an integer in [0, {limit})")
+    return value
+
+
+def _plain_time(value: object) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{value!r}: not a time")
+    return float(value)
+
+
+def _plain_value(key: int, value: object) -> Interface | str:
+    if key == SYSTEM:
+        if not isinstance(value, str):
+            raise ValueError("the sysName entry holds a string")
+        return value
+    if (not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, str) for v in value[:2])):
+        raise ValueError("an interface entry holds [name, description, speed]")
+    return Interface(value[0], value[1], _plain_int(value[2], 2**32))
 
 
 # --- batches ------------------------------------------------------------------------------------
@@ -302,7 +352,7 @@ class Metadata:
         self.store = store if self.poller is not None else None
         self._lock = threading.Lock()  # worker threads share the seeds and the published caches
         self._seeds = self.store.load() if self.store else {}
-        self._published: dict[bytes, bytes] = {}
+        self._published: dict[bytes, dict] = {}
         self._saved_at = clock()
 
     @property
@@ -312,8 +362,7 @@ class Metadata:
     def seed(self, address: bytes) -> ExporterCache | None:
         """The cache of an exporter read from the store, once."""
         with self._lock:
-            data = self._seeds.pop(address, None)
-        return pickle.loads(data) if data is not None else None
+            return self._seeds.pop(address, None)
 
     def publish(self, caches: dict[bytes, ExporterCache], dropped: Iterable[bytes], now: float) -> None:
         """A key's caches as of its check; the store is rewritten when one interval has passed."""
@@ -321,7 +370,7 @@ class Metadata:
             return
         with self._lock:
             for address, cache in caches.items():
-                self._published[address] = pickle.dumps(cache)  # a copy: the worker goes on changing it
+                self._published[address] = cache.to_plain()
             for address in dropped:
                 self._published.pop(address, None)
             if now - self._saved_at < self.cfg.cache_check_interval.total_seconds():
@@ -330,9 +379,9 @@ class Metadata:
             # Seeds nobody claimed (exporters now handled elsewhere, or silent) are kept until
             # they would have expired.
             unused = self.cfg.cache_duration.total_seconds()
-            self._seeds = {a: d for a, d in self._seeds.items()
-                           if any(now - e.accessed < unused for e in pickle.loads(d).entries.values())}
-            everything = {**self._seeds, **self._published}
+            self._seeds = {a: c for a, c in self._seeds.items()
+                           if any(now - e.accessed < unused for e in c.entries.values())}
+            everything = {**{a: c.to_plain() for a, c in self._seeds.items()}, **self._published}
         self.store.save(everything)
 
 
