@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+from cachetools import LRUCache
 
 from flows.decode import limits, metrics
 from flows.decode.columns import ORIGIN, assemble
@@ -203,6 +203,15 @@ def decode_with_origins(state: ExporterState, datagrams: Iterable[tuple]) -> tup
     return chunk.finish_with_origins()
 
 
+class _CountedLRU(LRUCache):
+    """An LRU cache whose evictions are counted (waxflow_decode_exporter_evictions)."""
+
+    def popitem(self):
+        evicted = super().popitem()
+        metrics.EXPORTER_EVICTIONS.inc()
+        return evicted
+
+
 class FlowDecoder:
     """Decodes datagrams from many exporters, keeping one bounded ExporterState per exporter.
 
@@ -216,19 +225,14 @@ class FlowDecoder:
     def __init__(self, max_exporters: int = MAX_EXPORTERS, max_templates: int = MAX_TEMPLATES) -> None:
         self.max_exporters = max_exporters
         self.max_templates = max_templates
-        self.states: OrderedDict[str, ExporterState] = OrderedDict()
+        # Bounded in count: each state is bounded in bytes itself (flows/decode/state.py).
+        self.states: LRUCache[str, ExporterState] = _CountedLRU(max_exporters)
 
     def state(self, exporter: str) -> ExporterState:
         """The exporter's state, created on first use; the least recently used one is evicted."""
-        states = self.states
-        state = states.get(exporter)
+        state = self.states.get(exporter)
         if state is None:
-            state = states[exporter] = ExporterState(exporter, self.max_templates)
-            while len(states) > self.max_exporters:
-                states.popitem(last=False)
-                metrics.EXPORTER_EVICTIONS.inc()
-        else:
-            states.move_to_end(exporter)
+            state = self.states[exporter] = ExporterState(exporter, self.max_templates)
         return state
 
     def decode_many(self, datagrams: Iterable[Datagram], decapsulation: int = NONE) -> pa.RecordBatch:
