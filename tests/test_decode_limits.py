@@ -206,3 +206,11 @@ def test_options_records_are_read_within_the_one_by_one_budget() -> None:
     FlowDecoder().decode(_ipfix(options + records), "198.51.100.72", EXPORT)
     assert metrics.OPTIONS_RECORDS._value.get() - before == limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM
     assert _errors("limit") > limited
+
+
+def test_the_chunk_has_every_callback_the_walkers_make() -> None:
+    from flows.decode.callbacks import ChunkCallbacks
+    from flows.decode.decoder import Chunk
+
+    assert isinstance(Chunk(), ChunkCallbacks)
+    assert not isinstance(object(), ChunkCallbacks)

@@ -20,6 +20,7 @@ import pyarrow as pa
 from cachetools import LRUCache
 
 from flows.decode import limits, metrics
+from flows.decode.callbacks import Piece, V5Datagram
 from flows.decode.columns import ORIGIN, assemble
 from flows.decode.frames import NONE
 from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
@@ -44,16 +45,17 @@ class _TemplateGroup:
 
     def __init__(self, state: ExporterState, version: int, domain: int) -> None:
         self.state, self.version, self.domain = state, version, domain
-        self.pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pieces: list[Piece] = []
 
 
 class Chunk:
-    """Datagrams queued during one call, decoded together by finish()."""
+    """Datagrams queued during one call, decoded together by finish(). The walkers call it
+    back through callbacks.ChunkCallbacks (data_set, group, v5)."""
 
     def __init__(self) -> None:
         self.groups: dict[object, _TemplateGroup] = {}
         self.netflow = NetflowQueue()
-        self.v5: list = []
+        self.v5: list[V5Datagram] = []
         self.sflow = SflowQueue()
         # Datagram counts go to the metrics once per call: a Prometheus inc() takes a lock.
         self.datagrams = {"netflow_v5": 0, "sflow_v5": 0}
