@@ -10,7 +10,7 @@ import logging
 import threading
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 from cachetools import LRUCache
@@ -23,6 +23,7 @@ from flows import envelope
 from flows.decode import ExporterState, limits
 from flows.decode.decoder import decode_with_origins
 from flows.delivery import origin, with_origins
+from flows.enrich.metadata import Described
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)
@@ -40,6 +41,8 @@ Datagram = tuple[bytes, str, float, int, int]
 IDLE_EXPORTER = timedelta(hours=1)
 """Decoder state of an exporter silent this long is dropped: state stays bounded as exporters
 come and go, and a returning exporter resends its templates."""
+STATE_CHECK = timedelta(seconds=5)
+"""How often an exporter's decode step looks whether its state was evicted or has been idle."""
 
 
 def unwrap_messages(messages: list[Any], decapsulation: tuple[int, ...] = ()) -> Iterable[tuple[str, list[Datagram]]]:
@@ -121,22 +124,22 @@ class _Exporters:
 EXPORTERS = _Exporters()
 
 
-class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, ExporterState]):
+class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch, ExporterState]):
     """Decoder state of one exporter, kept as Bytewax state (snapshotted and recovered).
 
-    Emits one flow batch per activation, and every `tick` a None so the sink can flush a quiet
-    stream on time.
+    Emits one flow batch per activation that decoded flows; every `check_every` it drops its
+    state when evicted or idle (the sink flushes a quiet stream on its own timer).
     """
 
-    def __init__(self, tick: timedelta, state: ExporterState | None) -> None:
+    def __init__(self, check_every: timedelta, state: ExporterState | None) -> None:
         # Bytewax does not pass the key to the builder: a new state starts with the first datagram.
         self.state = state
-        self.tick = tick
-        self.next_tick = _now() + tick
+        self.check_every = check_every
+        self.next_check = _now() + check_every
         self.last_seen = _now()
         self.evicted = False
 
-    def on_batch(self, values: list[list[Datagram]]) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_batch(self, values: list[list[Datagram]]) -> tuple[list[pa.RecordBatch], bool]:
         datagrams = values[0] if len(values) == 1 else [d for group in values for d in group]
         if self.state is None or self.evicted:
             self.state, self.evicted = ExporterState(datagrams[0][1]), False
@@ -149,44 +152,39 @@ class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, Expo
         return [], False
 
     def notify_at(self) -> datetime:
-        return self.next_tick
+        return self.next_check
 
-    def on_notify(self) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_notify(self) -> tuple[list[pa.RecordBatch], bool]:
         now = _now()
-        self.next_tick = now + self.tick
+        self.next_check = now + self.check_every
         if self.evicted or now - self.last_seen > IDLE_EXPORTER:
             EXPORTERS.forget(self)
-            return [None], True
-        return [None], False
-
-    def on_eof(self) -> tuple[list[pa.RecordBatch | None], bool]:
-        return [None], False
+            return [], True
+        return [], False
 
     def snapshot(self) -> ExporterState | None:
         return self.state
 
 
-def decode_builder(tick: timedelta):
+def decode_builder(check_every: timedelta = STATE_CHECK):
     """The `stateful_batch` builder: a new or recovered DecodeLogic for one exporter key."""
     def build(resume: ExporterState | None) -> DecodeLogic:
-        return DecodeLogic(tick, resume)
+        return DecodeLogic(check_every, resume)
 
     # Named for Bytewax's error messages and for readers of the dataflow.
     build.__name__ = "decode_exporter"
     return build
 
 
-def enrich_step(enricher):
-    """Map a flow batch through the enrichment chain; ticks (None) pass through."""
-    def enrich(batch: pa.RecordBatch | None) -> pa.RecordBatch | None:
-        if batch is None:
-            return None
-        return enricher(batch)
+def enrich_step(enricher: Callable[[pa.RecordBatch, bool], pa.RecordBatch]) -> Callable[[Described], pa.RecordBatch]:
+    """The enrichment chain over the metadata step's batches, told which are keyed by index."""
+    def enrich(described: Described) -> pa.RecordBatch:
+        return enricher(described.batch, described.keyed_by_index)
 
     return enrich
 
 
-def sink_item(item: tuple[str, pa.RecordBatch | None]) -> tuple[str, tuple[str, pa.RecordBatch | None]]:
+def sink_item(item: tuple[str, pa.RecordBatch]) -> tuple[str, tuple[str, pa.RecordBatch]]:
     """(exporter, batch) → the same, with the exporter also in the value the sink receives."""
     return item[0], item
 

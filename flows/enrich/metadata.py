@@ -4,7 +4,7 @@ then a cache of SNMP answers kept as Bytewax state per exporter.
 The cache logic is pure and driven by an injectable clock (wall-clock seconds, so that times
 stay meaningful across a restart from a snapshot). The SNMP I/O is a `Poller` handed in from
 connectors/snmp.py: `poll()` returns a Future at once, and the step looks at it on its next
-activation (a batch, the decode step's ticks, or its own short wake-ups while answers are due),
+activation (a batch, or its own wake-ups: while answers are due, at deadlines and checks),
 so a worker never waits on the network.
 
 Per exporter address:
@@ -26,7 +26,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
-from flows.enrich.columns import encode, mark_keyed_by_index, metadata_blank, replace
+from flows.enrich.columns import encode, metadata_blank, replace
 from flows.enrich.subnets import SubnetMap
 from flows.envelope import address_text
 from flows.settings import SNMP, StaticExporter
@@ -243,6 +243,18 @@ def _plain_value(key: int, value: object) -> Interface | str:
 
 # --- batches ------------------------------------------------------------------------------------
 
+class Described(NamedTuple):
+    """A flow batch out of the metadata step, what the enrichment step takes (`enricher(*described)`).
+
+    `keyed_by_index`: ExporterName and In/Out IfName, IfDescription, IfSpeed are functions of
+    (ExporterAddress, In/OutIfIndex), rows with the same exporter and ifIndex holding the same
+    values. The step fills them per unique key and says so when it filled a batch that held none
+    of them; classification then keys interfaces on those integers instead of hashing the
+    strings of every row."""
+
+    batch: pa.RecordBatch
+    keyed_by_index: bool = False
+
 class BatchKeys:
     """The unique (exporter, ifIndex) keys of a batch, found once and used for both the cache
     lookups and the annotation. A key is the exporter's position among the batch's distinct
@@ -276,14 +288,14 @@ class BatchKeys:
 
 def annotate(batch: pa.RecordBatch, name_of: Callable[[bytes], str | None],
              interface_of: Callable[[bytes, int], Interface | None],
-             keys: BatchKeys | None = None) -> pa.RecordBatch:
+             keys: BatchKeys | None = None) -> Described:
     """Fill ExporterName and In/Out IfName, IfDescription, IfSpeed from what is known, looking
     each unique (exporter, ifIndex) up once. Unknown values leave the columns as they are.
 
-    A batch that held none of them (as decoded) comes out marked KEYED_BY_INDEX: every value is
-    then a function of its exporter and ifIndex, which classification relies on."""
+    A batch that held none of them (as decoded) comes out keyed by index: every value is then a
+    function of its exporter and ifIndex, which classification relies on."""
     if batch.num_rows == 0:
-        return batch
+        return Described(batch)
     blank = metadata_blank(batch)
     keys = keys or BatchKeys(batch)
     names = [name_of(address) for address in keys.addresses]
@@ -310,7 +322,7 @@ def annotate(batch: pa.RecordBatch, name_of: Callable[[bytes], str | None],
             filled = pa.array(values, kind).take(rows)
             columns[name] = filled if known is None else pc.if_else(known, filled, batch.column(name))
         batch = replace(batch, columns)
-    return mark_keyed_by_index(batch) if blank else batch
+    return Described(batch, blank)
 
 
 # --- the dataflow step --------------------------------------------------------------------------
@@ -385,7 +397,7 @@ class Metadata:
         self.store.save(everything)
 
 
-class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | None, MetadataState]):
+class MetadataLogic(StatefulBatchLogic[pa.RecordBatch, Described, MetadataState]):
     """Metadata of one exporter key: annotates its batches, holding those that wait for SNMP."""
 
     def __init__(self, shared: Metadata, state: MetadataState | None) -> None:
@@ -405,19 +417,16 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
 
     # --- Bytewax callbacks ---
 
-    def on_batch(self, values: list[pa.RecordBatch | None]) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_batch(self, values: list[pa.RecordBatch]) -> tuple[list[Described], bool]:
         now = self.shared.clock()
         self._collect(now)
-        out: list[pa.RecordBatch | None] = self._release(now)
+        out = self._release(now)
         for batch in values:
-            if batch is not None:
-                out.extend(self._admit(batch, now))
+            out.extend(self._admit(batch, now))
         out.extend(self._release(now))  # a queued batch an overflow brought to the front
-        if any(batch is None for batch in values):
-            out.append(None)  # the decode step's tick goes on to the sink
         return out, False
 
-    def on_notify(self) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_notify(self) -> tuple[list[Described], bool]:
         now = self.shared.clock()
         self._collect(now)
         out = self._release(now)
@@ -426,7 +435,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
         idle = not self.state.exporters and not self.state.held and not self.requests
         return out, idle
 
-    def on_eof(self) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_eof(self) -> tuple[list[Described], bool]:
         now = self.shared.clock()
         self._collect(now)
         return self._release(now, flush=True), False
@@ -459,7 +468,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             return ifindexes | {SYSTEM}
         return {i for i in ifindexes if i not in entry.interfaces}
 
-    def _admit(self, batch: pa.RecordBatch, now: float) -> list[pa.RecordBatch]:
+    def _admit(self, batch: pa.RecordBatch, now: float) -> list[Described]:
         """Annotate a batch now, or hold it while its missing keys are asked for."""
         if self.shared.poller is None:
             return [self._annotate(batch)]
@@ -550,9 +559,9 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
 
     # --- holding and releasing ---
 
-    def _release(self, now: float, flush: bool = False) -> list[pa.RecordBatch | None]:
+    def _release(self, now: float, flush: bool = False) -> list[Described]:
         """The held batches that may go, oldest first, up to the first that still waits."""
-        out: list[pa.RecordBatch | None] = []
+        out: list[Described] = []
         held_list = self.state.held
         while held_list:
             held = held_list[0]
@@ -566,7 +575,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             out.append(self._annotate(held.batch))
         return out
 
-    def _overflow(self) -> list[pa.RecordBatch]:
+    def _overflow(self) -> list[Described]:
         out = []
         while sum(h.batch.num_rows for h in self.state.held) > MAX_HELD_ROWS and len(self.state.held) > 1:
             held = self.state.held.pop(0)
@@ -574,9 +583,9 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             out.append(self._annotate(held.batch))
         return out
 
-    def _annotate(self, batch: pa.RecordBatch, keys: BatchKeys | None = None) -> pa.RecordBatch:
+    def _annotate(self, batch: pa.RecordBatch, keys: BatchKeys | None = None) -> Described:
         if not self.shared.active:
-            return batch
+            return Described(batch)
         static = self.shared.static
         exporters = self.state.exporters
 
@@ -600,5 +609,5 @@ def metadata_builder(shared: Metadata) -> Callable[[MetadataState | None], Metad
     return build
 
 
-__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata",
+__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata", "Described",
            "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "BatchKeys"]
