@@ -1,8 +1,7 @@
 """The outlet's sink: flow batches → ClickHouse `flows`, each row exactly once.
 
-Items are (exporter, batch) with the rows' origins (flows/delivery.py). A partition flushes
-when `batch_rows` are pending, or `batch_wait` after the first of them on a timer of its own
-(Bytewax calls a sink only with items, so a quiet stream needs one).
+Items are (exporter, batch) with the rows' origins (flows/delivery.py), or (exporter, None):
+a tick the decode step sends so that a quiet stream is still flushed after `batch_wait`.
 
 One insert at a time per sink partition, on a thread of its own while the worker goes on
 decoding (chDB and the HTTP client release the GIL); a slow or refusing store stops the worker
@@ -25,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -117,14 +115,10 @@ def _error_reason(err: Exception) -> str:
     return "other"
 
 
-Item = tuple[str, pa.RecordBatch]
+Item = tuple[str, pa.RecordBatch | None]
 
 
 class _ClickHousePartition(StatefulSinkPartition[Item, list]):
-    """One writer. Bytewax's worker thread and the partition's flush timer take `_lock` around
-    every change of what is pending, in flight or acknowledged, so a snapshot sees each row in
-    exactly one of them."""
-
     def __init__(self, cfg: ClickHouse, directory: Path, resume: list | None) -> None:
         self.cfg = cfg
         self.client = connect(cfg)
@@ -139,22 +133,13 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
         self.in_flight: list[tuple[str, pa.RecordBatch]] = []
         self.inserting: Future | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
-        self._lock = threading.RLock()
-        self._timer_failed: Exception | None = None
-        self._stop = threading.Event()
         self.write_batch(resume or [])
-        _start_flush_timer(self)
 
     # --- Bytewax callbacks ---
 
     def write_batch(self, values: list[Item]) -> None:
-        with self._lock:
-            self._raise_timer_failure()
-            self._write(values)
-
-    def _write(self, values: list[Item]) -> None:
         for exporter, batch in values:
-            if not batch.num_rows:
+            if batch is None or not batch.num_rows:
                 continue
             kept = self.marks.unstored(exporter, batch)
             if kept.num_rows < batch.num_rows:
@@ -172,40 +157,17 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
             self.flush()
 
     def snapshot(self) -> list:
-        with self._lock:
-            if self.inserting is not None and self.inserting.done():
-                self.wait_inserted()  # acknowledged rows need not be replayed
-            # The block in flight is in the delivery log too; kept here as well, a restart drops
-            # it by the marks once the log's copy is stored.
-            return self.in_flight + self.pending
+        if self.inserting is not None and self.inserting.done():
+            self.wait_inserted()  # acknowledged rows need not be replayed
+        # The block in flight is in the delivery log too; kept here as well, a restart drops it
+        # by the marks once the log's copy is stored.
+        return self.in_flight + self.pending
 
     def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            self.flush()
-            self.wait_inserted()
+        self.flush()
+        self.wait_inserted()
         self.executor.shutdown()
         self.log.close()
-
-    # --- the flush timer (a thread of its own) ---
-
-    def timer_period(self) -> float:
-        """How often the timer looks: a quarter of batch_wait, within 50 ms and 1 s."""
-        return min(max(self.cfg.batch_wait.total_seconds() / 4, 0.05), 1.0)
-
-    def flush_if_due(self) -> None:
-        """The timer's look: flush when batch_wait has passed; a failure surfaces in the worker."""
-        with self._lock:
-            try:
-                if self._due():
-                    self.flush()
-            except Exception as err:  # raised again by the worker's next write_batch
-                self._timer_failed = err
-
-    def _raise_timer_failure(self) -> None:
-        if self._timer_failed is not None:
-            err, self._timer_failed = self._timer_failed, None
-            raise err
 
     # --- batching ---
 
@@ -218,19 +180,16 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
 
     def flush(self) -> None:
         """Start inserting everything pending, once the previous insert has finished."""
-        with self._lock:
-            self.wait_inserted()
-            if not self.rows:
-                return
-            self.in_flight, rows = self.pending, self.rows
-            self.pending, self.rows, self.first_at = [], 0, None
-            self.inserting = self.executor.submit(self._deliver, self.in_flight, rows)
+        self.wait_inserted()
+        if not self.rows:
+            return
+        self.in_flight, rows = self.pending, self.rows
+        self.pending, self.rows, self.first_at = [], 0, None
+        self.inserting = self.executor.submit(self._deliver, self.in_flight, rows)
 
     def wait_inserted(self) -> None:
         """Block until the insert in flight (with its retries) has been acknowledged."""
-        with self._lock:
-            if self.inserting is None:
-                return
+        if self.inserting is not None:
             reached = self.inserting.result()
             self.marks.advance(reached)
             forgotten = self.marks.take_forgotten()
@@ -299,22 +258,6 @@ class _ClickHousePartition(StatefulSinkPartition[Item, list]):
                 delay = min(delay * 2, BACKOFF_MAX)
                 if kind == "closed":
                     self.client = reconnect(self.cfg)
-
-
-def _start_flush_timer(partition: _ClickHousePartition) -> None:
-    """A daemon thread that flushes the partition on time; it holds the partition weakly and
-    ends with close() or once the partition is gone (a worker that died)."""
-    ref, stop, period = weakref.ref(partition), partition._stop, partition.timer_period()
-
-    def run() -> None:
-        while not stop.wait(period):
-            live = ref()
-            if live is None:
-                return
-            live.flush_if_due()
-            del live
-
-    threading.Thread(target=run, name="clickhouse-flush-timer", daemon=True).start()
 
 
 class ClickHouseSink(FixedPartitionedSink[Item, list]):

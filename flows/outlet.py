@@ -33,14 +33,13 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
     # A listener's decapsulation mode, by its position in inlet.listeners (the envelope's id).
     modes = tuple(DECAPSULATIONS.index(listener.decapsulation) for listener in settings.inlet.listeners)
     by_exporter = op.flat_map_batch("unwrap", messages, partial(unwrap_messages, decapsulation=modes))
-    flows = op.stateful_batch("decode", by_exporter, decode_builder())
+    flows = op.stateful_batch("decode", by_exporter, decode_builder(settings.clickhouse.batch_wait / 2))
     if enrich:
         snmp = settings.enrichment.snmp
         metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
         described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
         flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment)))
-    # The sink keeps what it stored per exporter key (exactly-once), so the key goes with each
-    # batch; it flushes a quiet stream on its own timer, so only flow batches travel the steps.
+    # The sink keeps what it stored per exporter key (exactly-once), so the key goes with each batch.
     items = op.map("to_sink", flows, sink_item)
     op.output("clickhouse", items, ClickHouseSink(settings.clickhouse, settings.data_dir / "delivery"))
     return flow

@@ -41,8 +41,6 @@ Datagram = tuple[bytes, str, float, int, int]
 IDLE_EXPORTER = timedelta(hours=1)
 """Decoder state of an exporter silent this long is dropped: state stays bounded as exporters
 come and go, and a returning exporter resends its templates."""
-STATE_CHECK = timedelta(seconds=5)
-"""How often an exporter's decode step looks whether its state was evicted or has been idle."""
 
 
 def unwrap_messages(messages: list[Any], decapsulation: tuple[int, ...] = ()) -> Iterable[tuple[str, list[Datagram]]]:
@@ -124,22 +122,22 @@ class _Exporters:
 EXPORTERS = _Exporters()
 
 
-class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch, ExporterState]):
+class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch | None, ExporterState]):
     """Decoder state of one exporter, kept as Bytewax state (snapshotted and recovered).
 
-    Emits one flow batch per activation that decoded flows; every `check_every` it drops its
-    state when evicted or idle (the sink flushes a quiet stream on its own timer).
+    Emits one flow batch per activation, and every `tick` a None so the sink can flush a quiet
+    stream on time.
     """
 
-    def __init__(self, check_every: timedelta, state: ExporterState | None) -> None:
+    def __init__(self, tick: timedelta, state: ExporterState | None) -> None:
         # Bytewax does not pass the key to the builder: a new state starts with the first datagram.
         self.state = state
-        self.check_every = check_every
-        self.next_check = _now() + check_every
+        self.tick = tick
+        self.next_tick = _now() + tick
         self.last_seen = _now()
         self.evicted = False
 
-    def on_batch(self, values: list[list[Datagram]]) -> tuple[list[pa.RecordBatch], bool]:
+    def on_batch(self, values: list[list[Datagram]]) -> tuple[list[pa.RecordBatch | None], bool]:
         datagrams = values[0] if len(values) == 1 else [d for group in values for d in group]
         if self.state is None or self.evicted:
             self.state, self.evicted = ExporterState(datagrams[0][1]), False
@@ -152,39 +150,46 @@ class DecodeLogic(StatefulBatchLogic[list[Datagram], pa.RecordBatch, ExporterSta
         return [], False
 
     def notify_at(self) -> datetime:
-        return self.next_check
+        return self.next_tick
 
-    def on_notify(self) -> tuple[list[pa.RecordBatch], bool]:
+    def on_notify(self) -> tuple[list[pa.RecordBatch | None], bool]:
         now = _now()
-        self.next_check = now + self.check_every
+        self.next_tick = now + self.tick
         if self.evicted or now - self.last_seen > IDLE_EXPORTER:
             EXPORTERS.forget(self)
-            return [], True
-        return [], False
+            return [None], True
+        return [None], False
+
+    def on_eof(self) -> tuple[list[pa.RecordBatch | None], bool]:
+        return [None], False
 
     def snapshot(self) -> ExporterState | None:
         return self.state
 
 
-def decode_builder(check_every: timedelta = STATE_CHECK):
+def decode_builder(tick: timedelta):
     """The `stateful_batch` builder: a new or recovered DecodeLogic for one exporter key."""
     def build(resume: ExporterState | None) -> DecodeLogic:
-        return DecodeLogic(check_every, resume)
+        return DecodeLogic(tick, resume)
 
     # Named for Bytewax's error messages and for readers of the dataflow.
     build.__name__ = "decode_exporter"
     return build
 
 
-def enrich_step(enricher: Callable[[pa.RecordBatch, bool], pa.RecordBatch]) -> Callable[[Described], pa.RecordBatch]:
-    """The enrichment chain over the metadata step's batches, told which are keyed by index."""
-    def enrich(described: Described) -> pa.RecordBatch:
+def enrich_step(enricher: Callable[[pa.RecordBatch, bool], pa.RecordBatch]
+                ) -> Callable[[Described | None], pa.RecordBatch | None]:
+    """The enrichment chain over the metadata step's batches, told which are keyed by index;
+    ticks (None) pass through."""
+    def enrich(described: Described | None) -> pa.RecordBatch | None:
+        if described is None:
+            return None
         return enricher(described.batch, described.keyed_by_index)
 
     return enrich
 
 
-def sink_item(item: tuple[str, pa.RecordBatch]) -> tuple[str, tuple[str, pa.RecordBatch]]:
+def sink_item(item: tuple[str, pa.RecordBatch | None]) -> tuple[str, tuple[str, pa.RecordBatch | None]]:
     """(exporter, batch) → the same, with the exporter also in the value the sink receives."""
     return item[0], item
 

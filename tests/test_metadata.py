@@ -110,10 +110,11 @@ def test_held_flows_come_out_with_the_agents_names(make) -> None:
          row(SYS_NAME, NONE, EXPECTED[1])],
         [row(SYS_NAME, EXPECTED[4242], EXPECTED[1])]]
 
-    # Now cached: the next batch goes through at once.
+    # Now cached: the next batch goes through at once, with a tick passed on after it.
     hits = counter(metadata.HITS)
-    out, _ = logic.on_batch([flows([(1, 4343)])])
-    assert [described(b) for b in out] == [[row(SYS_NAME, EXPECTED[1], EXPECTED[4343])]]
+    out, _ = logic.on_batch([flows([(1, 4343)]), None])
+    assert [described(b) for b in out if b is not None] == [[row(SYS_NAME, EXPECTED[1], EXPECTED[4343])]]
+    assert out[-1] is None
     assert counter(metadata.HITS) == hits + 3  # sysName, 1, 4343
     assert counter(snmp.REQUESTS) == requests + 1
 

@@ -121,19 +121,14 @@ def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_
             sent += produce(broker.bootstrap, kafka_topic, v5_messages(range(80, 100), EXPORTERS))
             outlet.wait_for(lambda o: o.value("waxflow_clickhouse_pending_rows") == 600, 30,
                             "rows held")
-            time.sleep(2)  # (the sink's timer flushes 1 s after those rows came, and waits)
-            # ... the next rows read stop the worker at the sink (not added to what it holds)...
+            time.sleep(2)  # (the flush is due 1 s after those rows came)
+            # ... then stops reading: what arrives now waits in Kafka, and the lag says so
             sent += produce(broker.bootstrap, kafka_topic, v5_messages(range(100, 120), EXPORTERS))
-            outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 0, 30, "those read")
-            time.sleep(2)
-            assert outlet.value("waxflow_clickhouse_pending_rows") == 600
-            # ... and then reading stops: what arrives now waits in Kafka, and the lag says so
-            sent += produce(broker.bootstrap, kafka_topic, v5_messages(range(120, 140), EXPORTERS))
             outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 20, 30, "lag of 20")
             assert outlet.value("waxflow_clickhouse_pending_rows") == 600
         outlet.wait_idle(sent)
         outlet.wait_for(lambda o: o.value("waxflow_kafka_consumer_lag") == 0, 30, "lag back to 0")
-        assert outlet.value("waxflow_clickhouse_rows_total") == 1400
+        assert outlet.value("waxflow_clickhouse_rows_total") == 1200
         outlet.wait_for(lambda o: healthz(api_port)[0] == 200, 30, "/healthz healthy again")
         assert outlet.value("waxflow_clickhouse_failing_since_seconds") == 0
         outlet.kill()
@@ -146,8 +141,8 @@ def test_bad_messages_unknown_templates_and_a_store_refusing_writes(broker, tmp_
         "(SELECT sum(Bytes) FROM waxflow.flows_1m0s) AS m1, (SELECT sum(Bytes) FROM waxflow.flows_5m0s) AS m5, "
         "(SELECT sum(Bytes) FROM waxflow.flows_1h0m0s) AS h1")
     pairs = [(row["SrcPort"], row["DstPort"]) for row in stored]
-    assert len(pairs) == len(set(pairs)) == 1400  # nothing lost, nothing twice
-    assert set(pairs) == expected_v5_flows(range(140))
+    assert len(pairs) == len(set(pairs)) == 1200  # nothing lost, nothing twice
+    assert set(pairs) == expected_v5_flows(range(120))
     # a refused insert wrote nothing to the aggregated tables either
     assert totals[0]["raw"] == totals[0]["m1"] == totals[0]["m5"] == totals[0]["h1"]
 

@@ -4,7 +4,7 @@ then a cache of SNMP answers kept as Bytewax state per exporter.
 The cache logic is pure and driven by an injectable clock (wall-clock seconds, so that times
 stay meaningful across a restart from a snapshot). The SNMP I/O is a `Poller` handed in from
 connectors/snmp.py: `poll()` returns a Future at once, and the step looks at it on its next
-activation (a batch, or its own wake-ups: while answers are due, at deadlines and checks),
+activation (a batch, the decode step's ticks, or its own short wake-ups while answers are due),
 so a worker never waits on the network.
 
 Per exporter address:
@@ -397,7 +397,7 @@ class Metadata:
         self.store.save(everything)
 
 
-class MetadataLogic(StatefulBatchLogic[pa.RecordBatch, Described, MetadataState]):
+class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, Described | None, MetadataState]):
     """Metadata of one exporter key: annotates its batches, holding those that wait for SNMP."""
 
     def __init__(self, shared: Metadata, state: MetadataState | None) -> None:
@@ -417,13 +417,16 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch, Described, MetadataState]
 
     # --- Bytewax callbacks ---
 
-    def on_batch(self, values: list[pa.RecordBatch]) -> tuple[list[Described], bool]:
+    def on_batch(self, values: list[pa.RecordBatch | None]) -> tuple[list[Described | None], bool]:
         now = self.shared.clock()
         self._collect(now)
-        out = self._release(now)
+        out: list[Described | None] = list(self._release(now))
         for batch in values:
-            out.extend(self._admit(batch, now))
+            if batch is not None:
+                out.extend(self._admit(batch, now))
         out.extend(self._release(now))  # a queued batch an overflow brought to the front
+        if any(batch is None for batch in values):
+            out.append(None)  # the decode step's tick goes on to the sink
         return out, False
 
     def on_notify(self) -> tuple[list[Described], bool]:
