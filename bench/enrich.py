@@ -10,7 +10,7 @@ from a pool of --addresses IPv4 and IPv6 addresses; generated MaxMind-layout ASN
 databases (2,000 networks each), 60 configured networks, 20 classification rules (4 exporter,
 16 interface). Every batch is a new draw from the same pools, so caches are warm after the
 first batch, as in a running outlet. Prints the cold first batch, then the warm cost per flow,
-in total and per step, and the same batches without the metadata step's KEYED_BY_INDEX mark
+in total and per step, and the same batches without the metadata step's keyed_by_index
 (the path of batches built some other way: interface names and descriptions hashed).
 """
 
@@ -34,7 +34,7 @@ from bench.metadata import NoPolls, warm_cache  # noqa: E402
 from connectors.geoip import open_geoip  # noqa: E402
 from flows import schema  # noqa: E402
 from flows.enrich import Enricher  # noqa: E402
-from flows.enrich.columns import fixed_values, mark_keyed_by_index  # noqa: E402
+from flows.enrich.columns import fixed_values  # noqa: E402
 from flows.enrich.exporters import name_fallback  # noqa: E402
 from flows.enrich.metadata import Interface, Metadata, MetadataLogic, MetadataState  # noqa: E402
 from flows.settings import SNMP, Enrichment  # noqa: E402
@@ -151,9 +151,10 @@ class Traffic:
                              MetadataState(exporters=caches, next_check=now + 3600))
 
     def described(self, rows: int, exporter: int | None = None, new: int = 0) -> pa.RecordBatch:
-        """A batch as the metadata step hands it to the enrich step."""
+        """A batch as the metadata step hands it to the enrich step (keyed by index)."""
         out, _ = self.metadata.on_batch([self.batch(rows, exporter, new)])
-        return out[0]
+        assert out[0].keyed_by_index
+        return out[0].batch
 
     def batch(self, rows: int, exporter: int | None = None, new: int = 0) -> pa.RecordBatch:
         """Flows of every exporter, or of one, as decoded (no names yet); the first `new` flows
@@ -197,15 +198,15 @@ def timed(function, batches: list[pa.RecordBatch]) -> float:
 
 def report(label: str, enricher: Enricher, batches: list[pa.RecordBatch]) -> None:
     flows = sum(b.num_rows for b in batches)
-    total = timed(enricher, batches)
+    total = timed(lambda batch: enricher(batch, keyed_by_index=True), batches)
     # Per step, on batches already through the steps before it (as in the chain).
     chain = enricher.chain
     named = [name_fallback(b) for b in batches]
-    classified = [chain.classification.apply(b) for b in named]
+    classified = [chain.classification.apply(b, True) for b in named]
     located = [chain.addresses.apply(b) for b in classified]
     steps = {
         "exporter name fallback": timed(name_fallback, batches),
-        "classification": timed(chain.classification.apply, named),
+        "classification": timed(lambda batch: chain.classification.apply(batch, True), named),
         "GeoIP + networks": timed(chain.addresses.apply, classified),
         "sampling": timed(chain.sampling.apply, located),
     }
@@ -229,7 +230,7 @@ def main() -> None:
     mixed = [traffic.described(args.rows) for _ in range(args.batches + 1)]
     single = [traffic.described(args.rows, exporter=i % EXPORTERS) for i in range(args.batches)]
     start = time.process_time()
-    first = enricher(mixed[0])
+    first = enricher(mixed[0], keyed_by_index=True)
     cold = time.process_time() - start
     print(f"enrichment, batches of {args.rows:,} rows, {args.addresses:,} addresses in the pool, "
           f"{len(INTERFACE_RULES) + len(EXPORTER_RULES)} rules "
@@ -238,16 +239,15 @@ def main() -> None:
     report(f"warm, {EXPORTERS} exporters mixed in each batch", enricher, mixed[1:])
     report("warm, one exporter per batch (as the outlet's per-exporter decode step emits)",
            enricher, single)
-    unmarked = [mark_keyed_by_index(batch, False) for batch in single]
-    print(f"  the same without the metadata step's mark (names hashed): "
-          f"{timed(enricher, unmarked) * 1e6 / (args.rows * args.batches):.3f} us/flow")
+    print(f"  the same without the metadata step's keyed_by_index (names hashed): "
+          f"{timed(enricher, single) * 1e6 / (args.rows * args.batches):.3f} us/flow")
     # Not warm: new addresses in every batch reach the GeoIP readers. Each pass of timed() draws
     # the same addresses again, so only the first pass pays: time one pass of fresh batches.
     for new in (1_000, 10_000):
         fresh = [traffic.described(args.rows, exporter=i % EXPORTERS, new=new) for i in range(args.batches)]
         start = time.process_time()
         for batch in fresh:
-            enricher(batch)
+            enricher(batch, keyed_by_index=True)
         seconds = time.process_time() - start
         print(f"  {new:,} new addresses in each batch (one exporter per batch): "
               f"{seconds * 1e6 / (args.rows * args.batches):.3f} us/flow")

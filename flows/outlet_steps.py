@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+from cachetools import LRUCache
 from bytewax.connectors.kafka import KafkaError
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter
@@ -22,6 +23,7 @@ from flows import envelope
 from flows.decode import ExporterState, limits
 from flows.decode.decoder import decode_with_origins
 from flows.delivery import origin, with_origins
+from flows.enrich.metadata import Described
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)
@@ -75,32 +77,43 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class _LiveStates(LRUCache):
+    """id(logic) → (logic, its state's bytes), least recently active first, bounded in bytes
+    (cachetools' getsizeof) and, past MAX_EXPORTERS_PER_PROCESS, in count. An evicted logic is
+    marked, counted, and drops its state at its next activation or tick."""
+
+    def __init__(self) -> None:
+        super().__init__(maxsize=limits.MAX_STATE_BYTES_PER_PROCESS, getsizeof=lambda entry: entry[1])
+
+    def __setitem__(self, key: int, value: tuple["DecodeLogic", int]) -> None:
+        super().__setitem__(key, value)
+        while len(self) > limits.MAX_EXPORTERS_PER_PROCESS:  # read here: tests lower it
+            self.popitem()
+
+    def popitem(self) -> tuple[int, tuple["DecodeLogic", int]]:
+        key, entry = super().popitem()
+        entry[0].evicted = True
+        EVICTED.inc()
+        return key, entry
+
+
 class _Exporters:
-    """The decoder states alive in this process, least recently active first, with their bytes:
-    past MAX_EXPORTERS_PER_PROCESS or MAX_STATE_BYTES_PER_PROCESS the oldest is marked evicted
-    (its logic drops its state at its next activation or tick)."""
+    """The decoder states alive in this process (shared by its worker threads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._live: OrderedDict[int, tuple["DecodeLogic", int]] = OrderedDict()
-        self._bytes = 0
+        self._live = _LiveStates()
 
     def touch(self, logic: "DecodeLogic", size: int) -> None:
         with self._lock:
-            _, old = self._live.pop(id(logic), (None, 0))
-            self._live[id(logic)] = (logic, size)
-            self._bytes += size - old
-            while len(self._live) > 1 and (len(self._live) > limits.MAX_EXPORTERS_PER_PROCESS
-                                           or self._bytes > limits.MAX_STATE_BYTES_PER_PROCESS):
-                _, (oldest, oldest_size) = self._live.popitem(last=False)
-                self._bytes -= oldest_size
-                oldest.evicted = True
-                EVICTED.inc()
+            live = self._live
+            live.get(id(logic))  # most recently active first, so that its own growth never evicts it
+            # One state over the whole bound is kept alone (every other one evicted), not refused.
+            live[id(logic)] = (logic, min(size, live.maxsize))
 
     def forget(self, logic: "DecodeLogic") -> None:
         with self._lock:
-            _, size = self._live.pop(id(logic), (None, 0))
-            self._bytes -= size
+            self._live.pop(id(logic), None)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -164,12 +177,14 @@ def decode_builder(tick: timedelta):
     return build
 
 
-def enrich_step(enricher):
-    """Map a flow batch through the enrichment chain; ticks (None) pass through."""
-    def enrich(batch: pa.RecordBatch | None) -> pa.RecordBatch | None:
-        if batch is None:
+def enrich_step(enricher: Callable[[pa.RecordBatch, bool], pa.RecordBatch]
+                ) -> Callable[[Described | None], pa.RecordBatch | None]:
+    """The enrichment chain over the metadata step's batches, told which are keyed by index;
+    ticks (None) pass through."""
+    def enrich(described: Described | None) -> pa.RecordBatch | None:
+        if described is None:
             return None
-        return enricher(batch)
+        return enricher(described.batch, described.keyed_by_index)
 
     return enrich
 

@@ -39,9 +39,9 @@ create_venv() {
         log "creating .venv with $python"
         "$python" -m venv .venv
     fi
-    log "installing waxflow and test tools into .venv"
+    log "installing waxflow, the local broker and test tools into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[dev,test]"
 }
 
 build_console() {

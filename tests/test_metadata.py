@@ -4,6 +4,7 @@ refresh, query_timeout and the breaker run on an injected clock, not sleeps."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from typing import Iterator
@@ -41,8 +42,10 @@ def flows(pairs: list[tuple[int, int]], exporter: str = EXPORTER) -> pa.RecordBa
                               "Bytes": list(range(1, n + 1))}, n)
 
 
-def described(batch: pa.RecordBatch) -> list[tuple]:
-    """(exporter name, in name/description/speed, out name/description/speed) per row."""
+def described(item: metadata.Described) -> list[tuple]:
+    """(exporter name, in name/description/speed, out name/description/speed) per row of a
+    batch out of the metadata step."""
+    batch = item.batch
     columns = ["ExporterName", "InIfName", "InIfDescription", "InIfSpeed",
                "OutIfName", "OutIfDescription", "OutIfSpeed"]
     return list(zip(*(batch.column(c).to_pylist() for c in columns)))
@@ -269,8 +272,58 @@ def test_cache_file_carries_the_cache_to_a_fresh_start(make, snmp_agent: SnmpAge
     assert counter(snmp.REQUESTS) == requests and not fresh.requests
 
 
+class _Exploit:
+    """Unpickling this creates `marker`: what a pickled cache file would let its writer do."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def _ignored(path, errors_before: float) -> bool:
+    return (snmp.CacheFile(path).load() == {}
+            and counter(snmp.CACHE_FILE_ERRORS, "load") == errors_before + 1)
+
+
+def test_cache_file_round_trips_as_versioned_json(tmp_path) -> None:
+    cache = metadata.ExporterCache(failures=1, open_until=5.0)
+    cache.store(metadata.PollResult("edge-1", {7: metadata.Interface("xe-0/0/7", "to core", 10_000)}),
+                [metadata.SYSTEM, 7], 1_700_000_000.0)
+    store = snmp.CacheFile(tmp_path / "snmp-cache")
+    store.save({address_bytes("2001:db8::1"): cache.to_plain()})
+    document = json.loads(store.path.read_text())
+    assert document["version"] == snmp.CACHE_FILE_VERSION
+    assert snmp.CacheFile(tmp_path / "snmp-cache").load() == {address_bytes("2001:db8::1"): cache}
+
+
 def test_unreadable_cache_file_starts_empty(tmp_path) -> None:
-    (tmp_path / "snmp-cache.0").write_bytes(b"not a pickle")
-    errors = counter(snmp.CACHE_FILE_ERRORS, "load")
-    assert snmp.CacheFile(tmp_path / "snmp-cache").load() == {}
-    assert counter(snmp.CACHE_FILE_ERRORS, "load") == errors + 1
+    path = tmp_path / "snmp-cache"
+    (tmp_path / "snmp-cache.0").write_bytes(b"not json")
+    assert _ignored(path, counter(snmp.CACHE_FILE_ERRORS, "load"))
+
+
+def test_pickled_cache_file_is_not_executed(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    (tmp_path / "snmp-cache.0").write_bytes(pickle.dumps({b"x": _Exploit(marker)}))
+    assert _ignored(tmp_path / "snmp-cache", counter(snmp.CACHE_FILE_ERRORS, "load"))
+    assert not marker.exists()
+
+
+def test_truncated_or_foreign_cache_file_is_ignored(tmp_path) -> None:
+    store = snmp.CacheFile(tmp_path / "snmp-cache")
+    cache = metadata.ExporterCache()
+    cache.store(metadata.PollResult("edge-1", {}), [metadata.SYSTEM], 1.0)
+    store.save({address_bytes(EXPORTER): cache.to_plain()})
+    whole = store.path.read_bytes()
+    store.path.write_bytes(whole[:len(whole) // 2])
+    assert _ignored(tmp_path / "snmp-cache", counter(snmp.CACHE_FILE_ERRORS, "load"))
+    document = json.loads(whole)
+    for foreign in ({**document, "version": 2},
+                    {**document, "exporters": {"00": document["exporters"][address_bytes(EXPORTER).hex()]}},
+                    {**document, "exporters": {address_bytes(EXPORTER).hex(): {"entries": [[0, 1, 1.0, 1.0]]}}},
+                    {**document, "exporters": {address_bytes(EXPORTER).hex(): {"entries": [[-1, "x", 1.0, 1.0]]}}},
+                    [document]):
+        store.path.write_text(json.dumps(foreign))
+        assert _ignored(tmp_path / "snmp-cache", counter(snmp.CACHE_FILE_ERRORS, "load")), foreign

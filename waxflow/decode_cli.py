@@ -9,8 +9,10 @@ receive time. IP fragments are not reassembled: capture with a large enough MTU.
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import json
+import socket
 import sys
 from datetime import datetime, timezone
 from typing import Iterator
@@ -40,19 +42,60 @@ ADDRESSES = {"ExporterAddress", "SrcAddr", "DstAddr", "NextHop", "SrcAddrNAT", "
 
 
 def pcap_datagrams(path: str) -> Iterator[tuple[bytes, str, float]]:
-    """(UDP payload, source address, capture time) for every UDP datagram of a pcap."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.inet6 import IPv6
-    from scapy.utils import PcapReader
+    """(UDP payload, source address, capture time) for every UDP datagram of a pcap or pcapng
+    capture (Ethernet with VLAN tags, Linux cooked v1/v2, loopback or raw IP frames)."""
+    import dpkt
 
-    with PcapReader(path) as reader:
-        for packet in reader:
-            if UDP not in packet:
+    with open(path, "rb") as file:
+        try:
+            reader = dpkt.pcap.UniversalReader(file)
+        except (ValueError, dpkt.Error) as err:
+            raise click.ClickException(f"{path}: not a pcap or pcapng capture ({err})") from err
+        frame_of = _frames().get(reader.datalink())
+        if frame_of is None:
+            raise click.ClickException(f"{path}: link type {reader.datalink()} is not one waxflow reads "
+                                       "(Ethernet, Linux cooked, loopback, raw IP)")
+        for when, frame in reader:
+            try:
+                network = _network(frame_of(frame))
+            except dpkt.Error:  # a truncated or malformed frame: not an exporter datagram
                 continue
-            network = packet[IP] if IP in packet else packet[IPv6] if IPv6 in packet else None
-            if network is None:
-                continue
-            yield bytes(packet[UDP].payload), network.src, float(packet.time)
+            if network is not None and isinstance(network.data, dpkt.udp.UDP):
+                yield bytes(network.data.data), _source(network), float(when)
+
+
+def _raw_ip(frame: bytes):
+    import dpkt
+
+    return dpkt.ip6.IP6(frame) if frame[:1] and frame[0] >> 4 == 6 else dpkt.ip.IP(frame)
+
+
+def _loopback(frame: bytes):
+    return _raw_ip(frame[4:])  # a 4-byte address family in the host's byte order, then IP
+
+
+@functools.cache
+def _frames() -> dict:
+    """Link type (pcap LINKTYPE_*) → the frame's parser (dpkt imported by the first read, not by
+    `waxflow --help`)."""
+    import dpkt
+    import dpkt.sll2
+
+    return {1: dpkt.ethernet.Ethernet, 113: dpkt.sll.SLL, 276: dpkt.sll2.SLL2, 0: _loopback,
+            108: _loopback, 101: _raw_ip, 12: _raw_ip, 14: _raw_ip, 228: _raw_ip, 229: _raw_ip}
+
+
+def _network(frame):
+    import dpkt
+
+    if isinstance(frame, (dpkt.ip.IP, dpkt.ip6.IP6)):
+        return frame
+    inner = getattr(frame, "data", None)
+    return inner if isinstance(inner, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
+
+
+def _source(network) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(network.src) == 16 else socket.AF_INET, network.src)
 
 
 def decode_pcap(path: str, decapsulation: str = "none", counted: list[int] | None = None) -> Iterator[pa.RecordBatch]:

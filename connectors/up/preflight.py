@@ -74,10 +74,11 @@ def preflight(settings: Settings, broker_running: bool) -> list[str]:
         why = _unavailable(host, port, socket.SOCK_STREAM)
         if why:
             problems.append(f"TCP port {port} on {host} is {why} ({key})")
-    try:
-        broker_mod.broker_binary()
-    except broker_mod.BrokerError as err:
-        problems.append(f"{err} (run ./scripts/bootstrap.sh)")
+    if not broker_running:  # a running broker (a local one, or Kafka) needs no tansu
+        try:
+            broker_mod.broker_binary()
+        except broker_mod.BrokerError as err:
+            problems.append(str(err))
     # what every dataflow checks at its start (files, Kafka client settings, addresses, directories)
     problems.extend(environment_problems(settings))
     return problems

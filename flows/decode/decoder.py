@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+from cachetools import LRUCache
 
 from flows.decode import limits, metrics
+from flows.decode.callbacks import Piece, V5Datagram
 from flows.decode.columns import ORIGIN, assemble
 from flows.decode.frames import NONE
 from flows.decode.netflow import NetflowQueue, apply_options, walk_netflow
@@ -44,16 +45,17 @@ class _TemplateGroup:
 
     def __init__(self, state: ExporterState, version: int, domain: int) -> None:
         self.state, self.version, self.domain = state, version, domain
-        self.pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pieces: list[Piece] = []
 
 
 class Chunk:
-    """Datagrams queued during one call, decoded together by finish()."""
+    """Datagrams queued during one call, decoded together by finish(). The walkers call it
+    back through callbacks.ChunkCallbacks (data_set, group, v5)."""
 
     def __init__(self) -> None:
         self.groups: dict[object, _TemplateGroup] = {}
         self.netflow = NetflowQueue()
-        self.v5: list = []
+        self.v5: list[V5Datagram] = []
         self.sflow = SflowQueue()
         # Datagram counts go to the metrics once per call: a Prometheus inc() takes a lock.
         self.datagrams = {"netflow_v5": 0, "sflow_v5": 0}
@@ -203,6 +205,15 @@ def decode_with_origins(state: ExporterState, datagrams: Iterable[tuple]) -> tup
     return chunk.finish_with_origins()
 
 
+class _CountedLRU(LRUCache):
+    """An LRU cache whose evictions are counted (waxflow_decode_exporter_evictions)."""
+
+    def popitem(self):
+        evicted = super().popitem()
+        metrics.EXPORTER_EVICTIONS.inc()
+        return evicted
+
+
 class FlowDecoder:
     """Decodes datagrams from many exporters, keeping one bounded ExporterState per exporter.
 
@@ -216,19 +227,14 @@ class FlowDecoder:
     def __init__(self, max_exporters: int = MAX_EXPORTERS, max_templates: int = MAX_TEMPLATES) -> None:
         self.max_exporters = max_exporters
         self.max_templates = max_templates
-        self.states: OrderedDict[str, ExporterState] = OrderedDict()
+        # Bounded in count: each state is bounded in bytes itself (flows/decode/state.py).
+        self.states: LRUCache[str, ExporterState] = _CountedLRU(max_exporters)
 
     def state(self, exporter: str) -> ExporterState:
         """The exporter's state, created on first use; the least recently used one is evicted."""
-        states = self.states
-        state = states.get(exporter)
+        state = self.states.get(exporter)
         if state is None:
-            state = states[exporter] = ExporterState(exporter, self.max_templates)
-            while len(states) > self.max_exporters:
-                states.popitem(last=False)
-                metrics.EXPORTER_EVICTIONS.inc()
-        else:
-            states.move_to_end(exporter)
+            state = self.states[exporter] = ExporterState(exporter, self.max_templates)
         return state
 
     def decode_many(self, datagrams: Iterable[Datagram], decapsulation: int = NONE) -> pa.RecordBatch:

@@ -15,6 +15,7 @@ import struct
 import numpy as np
 
 from flows.decode import limits, metrics
+from flows.decode.callbacks import ChunkCallbacks
 from flows.decode.columns import strided_view
 from flows.decode.elements import IE
 from flows.decode.walk import count, joined, lock_step
@@ -80,7 +81,7 @@ class RowBudget:
         # records read in Python one by one (variable-length, options) have a budget of their own
         self.variable_left = np.full(datagrams, limits.MAX_VARIABLE_RECORDS_PER_DATAGRAM, np.int64)
 
-    def take_set(self, chunk, state: ExporterState, key: tuple, body: bytes, meta: tuple,
+    def take_set(self, chunk: ChunkCallbacks, state: ExporterState, key: tuple, body: bytes, meta: tuple,
                  received: float | None, datagram: int) -> None:
         """Decode (or hold) one data set on its own, charged to `datagram`: its flows to the
         datagram's rows; variable-length and options records also to the records read one by one."""
@@ -115,7 +116,7 @@ class RowBudget:
         return out
 
 
-def walk_netflow(queue: NetflowQueue, chunk) -> None:
+def walk_netflow(queue: NetflowQueue, chunk: ChunkCallbacks) -> None:
     """Walk the sets of all queued v9/IPFIX messages at once and queue their records in the chunk.
 
     The datagrams are joined into one buffer and walked in lock step with numpy: step k reads
@@ -198,7 +199,7 @@ def _walk_sets(queue: NetflowQueue) -> _Sets | None:
                  queue.decapsulation)
 
 
-def _data_sets(chunk, sets: _Sets, rows: np.ndarray) -> None:
+def _data_sets(chunk: ChunkCallbacks, sets: _Sets, rows: np.ndarray) -> None:
     """Queue the data sets `rows` (indices into sets) under their templates, one gather per template."""
     if not rows.size:
         return
@@ -267,7 +268,7 @@ class TemplateBudget:
                 or self.built >= limits.MAX_NEW_TEMPLATES_PER_DATAGRAM)
 
 
-def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
+def _guarded_template_set(chunk: ChunkCallbacks, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
                           options: bool, budget: TemplateBudget, rows: RowBudget, datagram: int, origin: int,
                           decapsulation: int) -> None:
     try:
@@ -277,7 +278,7 @@ def _guarded_template_set(chunk, state: ExporterState, version: int, domain: int
         metrics.error("malformed")
 
 
-def _template_set(chunk, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
+def _template_set(chunk: ChunkCallbacks, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
                   options: bool, budget: TemplateBudget, rows: RowBudget, datagram: int, origin: int,
                   decapsulation: int) -> None:
     seen_key = (version, domain, set_id, body)

@@ -7,7 +7,9 @@ import struct
 import numpy as np
 
 from flows.decode import metrics
+from flows.decode.callbacks import ChunkCallbacks
 from flows.decode.columns import ORIGIN, mapped_v4
+from flows.decode.state import ExporterState
 
 HEADER = struct.Struct("!HHIIIIBBH")  # version count uptime secs nsecs sequence engine type/id sampling
 RECORD = np.dtype([
@@ -21,7 +23,7 @@ MAX_COUNT = 30  # Cisco's limit; a larger count is believed only when the length
 CLOCK_SKEW_MS = 1000  # how far after sysUptime a record's times may lie
 
 
-def walk_v5(chunk, state, data: bytes, received: float, origin: int = 0) -> None:
+def walk_v5(chunk: ChunkCallbacks, state: ExporterState, data: bytes, received: float, origin: int = 0) -> None:
     """Queue the records of one v5 datagram; whole records of a cut datagram are kept."""
     if len(data) < HEADER.size:
         metrics.error("truncated")

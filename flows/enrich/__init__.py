@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from flows.enrich.addresses import AddressEnricher
 from flows.enrich.classify import Classification
-from flows.enrich.columns import keyed_by_index, mark_keyed_by_index, metadata_blank
+from flows.enrich.columns import metadata_blank
 from flows.enrich.exporters import name_fallback
 from flows.enrich.networks import Networks
 from flows.enrich.sampling import SamplingRates
@@ -30,15 +30,15 @@ class Chain:
         self.addresses = AddressEnricher(Networks(cfg.networks), geoip, cfg.geoip)
         self.sampling = SamplingRates(cfg.sampling)
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        if not keyed_by_index(batch) and metadata_blank(batch):
-            batch = mark_keyed_by_index(batch)  # nothing filled: trivially a function of the keys
-        batch = name_fallback(batch)
+    def __call__(self, batch: pa.RecordBatch, keyed_by_index: bool = False) -> pa.RecordBatch:
+        """`keyed_by_index`: what the metadata step says of the batch (metadata.Described); a
+        batch with no metadata at all is keyed by index trivially."""
+        keyed_by_index = keyed_by_index or metadata_blank(batch)
+        batch = name_fallback(batch)  # the address as the name: still a function of the address
         if self.classification:
-            batch = self.classification.apply(batch)
+            batch = self.classification.apply(batch, keyed_by_index)
         batch = self.addresses.apply(batch)
-        batch = self.sampling.apply(batch)
-        return mark_keyed_by_index(batch, False)  # the sink gets the plain schema
+        return self.sampling.apply(batch)
 
 
 class Enricher:
@@ -64,5 +64,5 @@ class Enricher:
             chain = self.local.chain = Chain(self.cfg, self.geoip)
         return chain
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        return self.chain(batch)
+    def __call__(self, batch: pa.RecordBatch, keyed_by_index: bool = False) -> pa.RecordBatch:
+        return self.chain(batch, keyed_by_index)

@@ -7,7 +7,7 @@ A rule matches when all its conditions hold (regexes are searched; their named g
 matching `reject` drops the flows (counted). Nothing is evaluated as code. Decisions are cached
 per distinct exporter (address, name) and per distinct interface (exporter, name,
 description, speed), so a batch costs a few hash passes plus the rules for keys never seen.
-A batch from the metadata step (columns.KEYED_BY_INDEX) finds its distinct interfaces by hashing
+A batch the metadata step says is keyed by index (metadata.Described) finds its distinct interfaces by hashing
 (exporter, ifIndex) integers once rather than the name and description strings of every row.
 """
 
@@ -22,9 +22,8 @@ import numpy as np
 import pyarrow as pa
 from prometheus_client import Counter
 
+from flows.enrich.columns import KeyCache, Profiles, combine, drop_rows, encode, first_rows, replace
 from flows.ratelimit import RateLimitedLog
-from flows.enrich.columns import (KeyCache, Profiles, combine, drop_rows, encode, first_rows,
-                                  keyed_by_index, replace)
 from flows.enrich.subnets import as_v6_network
 from flows.regex import Pattern, compile_regex
 from flows.schema import BOUNDARIES
@@ -123,10 +122,11 @@ def values_at(distinct: pa.Array, index: np.ndarray, rows: np.ndarray) -> list:
 
 
 class Exporters:
-    """The distinct (exporter address, exporter name) keys of a batch, shared by both classifiers."""
+    """The distinct (exporter address, exporter name) keys of a batch, shared by both classifiers;
+    `by_index`: the batch's metadata columns are functions of its exporter and ifIndexes."""
 
-    def __init__(self, batch: pa.RecordBatch) -> None:
-        self.by_index = keyed_by_index(batch)
+    def __init__(self, batch: pa.RecordBatch, by_index: bool = False) -> None:
+        self.by_index = by_index
         addresses, address_values = encode(batch.column("ExporterAddress"))
         if self.by_index:  # the name is a function of the address
             self.inverse, first = addresses, first_rows(addresses, len(address_values))
@@ -287,13 +287,13 @@ class Classification:
     def __bool__(self) -> bool:
         return bool(self.exporters) or bool(self.interfaces)
 
-    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def apply(self, batch: pa.RecordBatch, keyed_by_index: bool = False) -> pa.RecordBatch:
         """Rows are rejected before the classes are written: the drop then copies the batch
-        with fewer filled columns."""
+        with fewer filled columns. `keyed_by_index`: see metadata.Described."""
         n = batch.num_rows
         if n == 0:
             return batch
-        exporters = Exporters(batch)
+        exporters = Exporters(batch, keyed_by_index)
         rejected = np.zeros(n, bool)
         if self.exporters:
             exporter_ids = self.exporters.ids(exporters)

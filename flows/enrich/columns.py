@@ -21,11 +21,6 @@ LOOKUPS = Counter("waxflow_enrich_lookups_total",
                   "(address, exporter, interface) and result (hit, miss)", ["cache", "result"])
 
 
-KEYED_BY_INDEX = b"waxflow.keyed_by_index"
-"""Schema metadata key of a batch whose ExporterName and In/Out IfName, IfDescription, IfSpeed
-are functions of (ExporterAddress, In/OutIfIndex): rows with the same exporter and ifIndex hold
-the same values. The metadata step fills them per unique key and says so; classification then
-keys interfaces on those integers instead of hashing the strings of every row."""
 METADATA_STRINGS = ("ExporterName", "InIfName", "OutIfName", "InIfDescription", "OutIfDescription")
 METADATA_NUMBERS = ("InIfSpeed", "OutIfSpeed")
 
@@ -36,21 +31,6 @@ def metadata_blank(batch: pa.RecordBatch) -> bool:
     return (all(holds_nothing(batch.column(name)) for name in METADATA_STRINGS)
             and not any(np.any(batch.column(name).to_numpy(zero_copy_only=False))
                         for name in METADATA_NUMBERS))
-
-
-def keyed_by_index(batch: pa.RecordBatch) -> bool:
-    metadata = batch.schema.metadata
-    return bool(metadata) and KEYED_BY_INDEX in metadata
-
-
-def mark_keyed_by_index(batch: pa.RecordBatch, keyed: bool = True) -> pa.RecordBatch:
-    """The batch with the KEYED_BY_INDEX mark set (or removed: the sink gets the plain schema)."""
-    metadata = {k: v for k, v in (batch.schema.metadata or {}).items() if k != KEYED_BY_INDEX}
-    if keyed:
-        metadata[KEYED_BY_INDEX] = b"1"
-    elif metadata == (batch.schema.metadata or {}):
-        return batch
-    return batch.replace_schema_metadata(metadata or None)
 
 
 def _constant_index(array: pa.Array) -> bool:

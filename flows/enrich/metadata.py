@@ -20,13 +20,13 @@ Per exporter address:
 from __future__ import annotations
 
 import logging
-import pickle
+import math
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import Counter, Gauge
 
-from flows.enrich.columns import encode, mark_keyed_by_index, metadata_blank, replace
+from flows.enrich.columns import encode, metadata_blank, replace
 from flows.enrich.subnets import SubnetMap
 from flows.envelope import address_text
 from flows.settings import SNMP, StaticExporter
@@ -93,11 +93,13 @@ class Poller(Protocol):
 
 
 class CacheStore(Protocol):
-    """Where the cache is kept besides Bytewax snapshots: exporter address → pickled cache."""
+    """Where the cache is kept besides Bytewax snapshots: exporter address → its cache as plain
+    data (`ExporterCache.to_plain`), which a file holds as JSON: never a pickle, since whoever
+    can write the file would run code as the outlet."""
 
-    def load(self) -> dict[bytes, bytes]: ...
+    def load(self) -> dict[bytes, "ExporterCache"]: ...
 
-    def save(self, caches: dict[bytes, bytes]) -> None: ...
+    def save(self, caches: dict[bytes, dict]) -> None: ...
 
 
 # --- static metadata ----------------------------------------------------------------------------
@@ -190,8 +192,68 @@ class ExporterCache:
     def stale(self, now: float, age: float) -> list[int]:
         return [key for key, entry in self.entries.items() if now - entry.updated >= age]
 
+    def to_plain(self) -> dict:
+        """JSON-ready data (a copy: the worker goes on changing the cache). The sysName entry
+        holds a string, an interface entry [name, description, speed]."""
+        entries = [[key, e.value if isinstance(e.value, str) else
+                    [e.value.name, e.value.description, e.value.speed], e.updated, e.accessed]
+                   for key, e in self.entries.items()]
+        return {"entries": entries, "failures": self.failures, "open_until": self.open_until}
+
+    @classmethod
+    def from_plain(cls, data: object) -> "ExporterCache":
+        """The cache `to_plain` gave; ValueError on anything else (a file may be foreign or
+        hostile, so every type and bound is checked)."""
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+            raise ValueError("an exporter cache is an object with a list of entries")
+        if len(data["entries"]) > MAX_INTERFACES + 1:
+            raise ValueError(f"more than {MAX_INTERFACES} interfaces")
+        cache = cls(failures=_plain_int(data.get("failures", 0), 2**31),
+                    open_until=_plain_time(data.get("open_until", 0.0)))
+        for item in data["entries"]:
+            if not isinstance(item, list) or len(item) != 4:
+                raise ValueError("an entry is [ifIndex, value, updated, accessed]")
+            key, value, updated, accessed = item
+            key = _plain_int(key, 2**32)
+            cache.entries[key] = Entry(_plain_value(key, value), _plain_time(updated), _plain_time(accessed))
+        return cache
+
+
+def _plain_int(value: object, limit: int) -> int:
+    if type(value) is not int or not 0 <= value < limit:
+        raise ValueError(f"{value!r}: not an integer in [0, {limit})")
+    return value
+
+
+def _plain_time(value: object) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{value!r}: not a time")
+    return float(value)
+
+
+def _plain_value(key: int, value: object) -> Interface | str:
+    if key == SYSTEM:
+        if not isinstance(value, str):
+            raise ValueError("the sysName entry holds a string")
+        return value
+    if (not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, str) for v in value[:2])):
+        raise ValueError("an interface entry holds [name, description, speed]")
+    return Interface(value[0], value[1], _plain_int(value[2], 2**32))
+
 
 # --- batches ------------------------------------------------------------------------------------
+
+class Described(NamedTuple):
+    """A flow batch out of the metadata step, what the enrichment step takes (`enricher(*described)`).
+
+    `keyed_by_index`: ExporterName and In/Out IfName, IfDescription, IfSpeed are functions of
+    (ExporterAddress, In/OutIfIndex), rows with the same exporter and ifIndex holding the same
+    values. The step fills them per unique key and says so when it filled a batch that held none
+    of them; classification then keys interfaces on those integers instead of hashing the
+    strings of every row."""
+
+    batch: pa.RecordBatch
+    keyed_by_index: bool = False
 
 class BatchKeys:
     """The unique (exporter, ifIndex) keys of a batch, found once and used for both the cache
@@ -226,14 +288,14 @@ class BatchKeys:
 
 def annotate(batch: pa.RecordBatch, name_of: Callable[[bytes], str | None],
              interface_of: Callable[[bytes, int], Interface | None],
-             keys: BatchKeys | None = None) -> pa.RecordBatch:
+             keys: BatchKeys | None = None) -> Described:
     """Fill ExporterName and In/Out IfName, IfDescription, IfSpeed from what is known, looking
     each unique (exporter, ifIndex) up once. Unknown values leave the columns as they are.
 
-    A batch that held none of them (as decoded) comes out marked KEYED_BY_INDEX: every value is
-    then a function of its exporter and ifIndex, which classification relies on."""
+    A batch that held none of them (as decoded) comes out keyed by index: every value is then a
+    function of its exporter and ifIndex, which classification relies on."""
     if batch.num_rows == 0:
-        return batch
+        return Described(batch)
     blank = metadata_blank(batch)
     keys = keys or BatchKeys(batch)
     names = [name_of(address) for address in keys.addresses]
@@ -260,7 +322,7 @@ def annotate(batch: pa.RecordBatch, name_of: Callable[[bytes], str | None],
             filled = pa.array(values, kind).take(rows)
             columns[name] = filled if known is None else pc.if_else(known, filled, batch.column(name))
         batch = replace(batch, columns)
-    return mark_keyed_by_index(batch) if blank else batch
+    return Described(batch, blank)
 
 
 # --- the dataflow step --------------------------------------------------------------------------
@@ -302,7 +364,7 @@ class Metadata:
         self.store = store if self.poller is not None else None
         self._lock = threading.Lock()  # worker threads share the seeds and the published caches
         self._seeds = self.store.load() if self.store else {}
-        self._published: dict[bytes, bytes] = {}
+        self._published: dict[bytes, dict] = {}
         self._saved_at = clock()
 
     @property
@@ -312,8 +374,7 @@ class Metadata:
     def seed(self, address: bytes) -> ExporterCache | None:
         """The cache of an exporter read from the store, once."""
         with self._lock:
-            data = self._seeds.pop(address, None)
-        return pickle.loads(data) if data is not None else None
+            return self._seeds.pop(address, None)
 
     def publish(self, caches: dict[bytes, ExporterCache], dropped: Iterable[bytes], now: float) -> None:
         """A key's caches as of its check; the store is rewritten when one interval has passed."""
@@ -321,7 +382,7 @@ class Metadata:
             return
         with self._lock:
             for address, cache in caches.items():
-                self._published[address] = pickle.dumps(cache)  # a copy: the worker goes on changing it
+                self._published[address] = cache.to_plain()
             for address in dropped:
                 self._published.pop(address, None)
             if now - self._saved_at < self.cfg.cache_check_interval.total_seconds():
@@ -330,13 +391,13 @@ class Metadata:
             # Seeds nobody claimed (exporters now handled elsewhere, or silent) are kept until
             # they would have expired.
             unused = self.cfg.cache_duration.total_seconds()
-            self._seeds = {a: d for a, d in self._seeds.items()
-                           if any(now - e.accessed < unused for e in pickle.loads(d).entries.values())}
-            everything = {**self._seeds, **self._published}
+            self._seeds = {a: c for a, c in self._seeds.items()
+                           if any(now - e.accessed < unused for e in c.entries.values())}
+            everything = {**{a: c.to_plain() for a, c in self._seeds.items()}, **self._published}
         self.store.save(everything)
 
 
-class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | None, MetadataState]):
+class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, Described | None, MetadataState]):
     """Metadata of one exporter key: annotates its batches, holding those that wait for SNMP."""
 
     def __init__(self, shared: Metadata, state: MetadataState | None) -> None:
@@ -356,10 +417,10 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
 
     # --- Bytewax callbacks ---
 
-    def on_batch(self, values: list[pa.RecordBatch | None]) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_batch(self, values: list[pa.RecordBatch | None]) -> tuple[list[Described | None], bool]:
         now = self.shared.clock()
         self._collect(now)
-        out: list[pa.RecordBatch | None] = self._release(now)
+        out: list[Described | None] = list(self._release(now))
         for batch in values:
             if batch is not None:
                 out.extend(self._admit(batch, now))
@@ -368,7 +429,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             out.append(None)  # the decode step's tick goes on to the sink
         return out, False
 
-    def on_notify(self) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_notify(self) -> tuple[list[Described], bool]:
         now = self.shared.clock()
         self._collect(now)
         out = self._release(now)
@@ -377,7 +438,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
         idle = not self.state.exporters and not self.state.held and not self.requests
         return out, idle
 
-    def on_eof(self) -> tuple[list[pa.RecordBatch | None], bool]:
+    def on_eof(self) -> tuple[list[Described], bool]:
         now = self.shared.clock()
         self._collect(now)
         return self._release(now, flush=True), False
@@ -410,7 +471,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             return ifindexes | {SYSTEM}
         return {i for i in ifindexes if i not in entry.interfaces}
 
-    def _admit(self, batch: pa.RecordBatch, now: float) -> list[pa.RecordBatch]:
+    def _admit(self, batch: pa.RecordBatch, now: float) -> list[Described]:
         """Annotate a batch now, or hold it while its missing keys are asked for."""
         if self.shared.poller is None:
             return [self._annotate(batch)]
@@ -501,9 +562,9 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
 
     # --- holding and releasing ---
 
-    def _release(self, now: float, flush: bool = False) -> list[pa.RecordBatch | None]:
+    def _release(self, now: float, flush: bool = False) -> list[Described]:
         """The held batches that may go, oldest first, up to the first that still waits."""
-        out: list[pa.RecordBatch | None] = []
+        out: list[Described] = []
         held_list = self.state.held
         while held_list:
             held = held_list[0]
@@ -517,7 +578,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             out.append(self._annotate(held.batch))
         return out
 
-    def _overflow(self) -> list[pa.RecordBatch]:
+    def _overflow(self) -> list[Described]:
         out = []
         while sum(h.batch.num_rows for h in self.state.held) > MAX_HELD_ROWS and len(self.state.held) > 1:
             held = self.state.held.pop(0)
@@ -525,9 +586,9 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, pa.RecordBatch | N
             out.append(self._annotate(held.batch))
         return out
 
-    def _annotate(self, batch: pa.RecordBatch, keys: BatchKeys | None = None) -> pa.RecordBatch:
+    def _annotate(self, batch: pa.RecordBatch, keys: BatchKeys | None = None) -> Described:
         if not self.shared.active:
-            return batch
+            return Described(batch)
         static = self.shared.static
         exporters = self.state.exporters
 
@@ -551,5 +612,5 @@ def metadata_builder(shared: Metadata) -> Callable[[MetadataState | None], Metad
     return build
 
 
-__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata",
+__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata", "Described",
            "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "BatchKeys"]
