@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50_000)
     args = parser.parse_args()
 
-    from flows.alert_rules import Alerts
+    from flows.settings.alerts import Alerts
     from flows.alerts_step import DetectLogic, RuleBank
 
     rules = [r.rule() for r in Alerts().all_rules()]

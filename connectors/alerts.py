@@ -21,19 +21,23 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
 
 from connectors.bgp import BGPError, GoBGP
 from flows.ratelimit import RateLimitedLog
 from flows import ddl, detect, mitigation
-from flows.alert_rules import Alerts
+from flows.settings.alerts import Alerts
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)
 ACTIVE = Gauge("waxflow_alert_active", "Alerts on now, by rule", ["rule"])
 EVENTS = Counter("waxflow_alert_events_total", "Alert events, by rule and kind (start, end)", ["rule", "kind"])
 WEBHOOK = Counter("waxflow_alert_webhook_total", "Alert webhook deliveries, by result", ["result"])
+FAILED = Counter("waxflow_alert_events_failed_total", "Alert events that could not be stored")
+STORE_SKIPPED = Counter("waxflow_alert_events_not_stored_total",
+                        "Alert events of a process that does not own the embedded store (not stored)")
 QUEUE_SIZE = 1000
 
 
@@ -117,6 +121,7 @@ class AlertSink:
 
     def __init__(self, config: Alerts, database: str, client: Any, gobgp: GoBGP | None = None) -> None:
         self.database, self.client = database, client
+        self.active: dict[str, set[tuple]] = {}  # rule → keys on
         self.rules = {r.name: r for r in config.all_rules()}
         self.mitigators = {name: mitigation.Mitigator(r.mitigation.policy()) for name, r in self.rules.items()}
         hook = config.webhook
@@ -124,9 +129,14 @@ class AlertSink:
         needs_bgp = any(r.mitigation.kind != "none" and not r.mitigation.dry_run for r in self.rules.values())
         self.gobgp = gobgp or GoBGP(config.bgp.host, config.bgp.port, config.bgp.cli, dry_run=not needs_bgp)
 
-    def handle(self, event: detect.Event, found: dict[str, list], now: float) -> dict[str, Any]:
+    def handle(self, event: detect.Event, found: dict[str, list], now: float) -> dict[str, Any] | None:
         rule = self.rules[event.rule]
         detected = rule.rule()
+        on = self.active.setdefault(event.rule, set())
+        if event.kind == "on":  # after a restart: already stored and acted on, only counted again
+            on.add(event.key)
+            ACTIVE.labels(event.rule).set(len(on))
+            return None
         mitigator = self.mitigators[event.rule]
         prefix = self._prefix(detected, event.key)
         actions: list[tuple[str, mitigation.Route]] = []
@@ -138,7 +148,8 @@ class AlertSink:
         document = event_document(event, detected, found, action)
         self.client.insert(ddl.ALERTS, [alert_row(document)], database=self.database)
         EVENTS.labels(event.rule, event.kind).inc()
-        ACTIVE.labels(event.rule).inc() if event.kind == "start" else ACTIVE.labels(event.rule).dec()
+        (on.add if event.kind == "start" else on.discard)(event.key)
+        ACTIVE.labels(event.rule).set(len(on))
         log.warning("alert %s: %s %s %s (%s %.4g, peak %.4g)%s", event.kind, event.rule, document["key"],
                     "since" if event.kind == "start" else "ended", rule.measure, event.value, event.peak,
                     f"; {action}" if actions else "")
@@ -190,3 +201,52 @@ def backtest(query: Callable[[str, dict[str, Any]], list[tuple]], rule: detect.R
             found = {"sources": list(sources), "source_ports": list(ports), "protocols": list(protocols)}
         out.append(event_document(event, rule, found, "backtest"))
     return out
+
+
+class AlertsOutput(DynamicSink):
+    """The outlet's alerts output: each worker's partition handles the events of the rules it
+    owns. With the embedded store only process 0 may write it: a partition elsewhere acts on its
+    events (log, metrics, webhook, routes) without storing them, and says so once."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> "_AlertsPartition":
+        from connectors.cluster import process_id
+
+        store = not (self.settings.clickhouse.embedded and process_id() != 0)
+        if not store:
+            log.warning("alerts: this process does not own the embedded store; its alerts are not stored")
+        client = clickhouse_connect_client(self.settings) if store else _NoStore()
+        return _AlertsPartition(AlertSink(self.settings.alerts, self.settings.clickhouse.database, client))
+
+
+class _NoStore:
+    def insert(self, *args: Any, **kwargs: Any) -> None:
+        STORE_SKIPPED.inc()
+
+
+def clickhouse_connect_client(settings: Any) -> Any:
+    from connectors.clickhouse import connect
+
+    return connect(settings.clickhouse)
+
+
+class _AlertsPartition(StatelessSinkPartition):
+    def __init__(self, sink: AlertSink) -> None:
+        self.sink = sink
+
+    def write_batch(self, items: list[tuple[str, tuple[detect.Event, dict]]]) -> None:
+        now = time.time()
+        for _, (event, found) in items:
+            try:
+                self.sink.handle(event, found, now)
+            except Exception as err:  # the store refusing must not stop detection: counted, logged
+                FAILED.inc()
+                _ratelimited(logging.ERROR, "alerts:handle", "alerts: %s %s not recorded: %s", event.kind,
+                             event.rule, err)
+        self.sink.tick(now)
+
+    def close(self) -> None:
+        if self.sink.webhook is not None:
+            self.sink.webhook.drain(10)

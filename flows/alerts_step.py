@@ -92,6 +92,7 @@ class DetectLogic(StatefulLogic):
             resumed.detector.rule = rules[resumed.detector.rule.name]
         self._clock = clock
         self._last_item = clock()
+        self._restate = resumed is not None  # alerts on at the snapshot: said again once, as "on"
 
     def on_item(self, value: Partial) -> tuple[list[tuple[Event, dict]], bool]:
         if self.state is None:
@@ -116,7 +117,12 @@ class DetectLogic(StatefulLogic):
         return self._advance(self.state.watermark - LATENESS + 1), StatefulLogic.RETAIN
 
     def _advance(self, until: int) -> list[tuple[Event, dict]]:
-        events = self.state.detector.advance(until)
+        restated: list[Event] = []
+        if self._restate:
+            self._restate = False
+            restated = [Event("on", self.state.detector.rule.name, key, state.since, None, state.value, state.peak)
+                        for key, state in self.state.detector.states() if state.status == "active"]
+        events = restated + self.state.detector.advance(until)
         return [(event, self.state.signatures.get(event.key, {})) for event in events]
 
     def notify_at(self) -> datetime:

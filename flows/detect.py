@@ -230,7 +230,7 @@ def measure(rule: Rule, window: Totals, seconds: int | None = None) -> float:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "start" or "end"
+    kind: str  # "start" or "end"; "on": an alert on when the state was snapshotted, said again on resume
     rule: str
     key: tuple
     start: int  # first second over the threshold
@@ -336,6 +336,9 @@ class Detector:
         for _, _, key in idle[:len(self._keys) - int(self.rule.max_keys * 0.9)]:
             del self._keys[key]
             self.evicted += 1
+
+    def states(self) -> list[tuple[tuple, "_KeyState"]]:
+        return list(self._keys.items())
 
     @property
     def active(self) -> list[tuple]:

@@ -1,4 +1,5 @@
-"""The outlet dataflow: Kafka → decode per exporter → metadata per exporter → enrich → ClickHouse.
+"""The outlet dataflow: Kafka → decode per exporter → metadata per exporter → enrich → ClickHouse,
+and with alerts.enabled → detection per rule → alerts.
 
     python -m bytewax.run flows.outlet -w 4 [-r DIR -s 30 -b 0]
 
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
+from connectors.alerts import AlertsOutput
 from connectors.clickhouse import migrate_or_exit
 from connectors.clickhouse_sink import ClickHouseSink
 from connectors.config_checks import exit_on_problems
@@ -20,6 +23,7 @@ from connectors.geoip import open_geoip
 from connectors.http import serve_outlet
 from connectors.kafka_consumer import kafka_source
 from connectors.snmp import cache_file, snmp_poller
+from flows.alerts_step import DetectLogic, RuleBank
 from flows.decode.frames import DECAPSULATIONS
 from flows.enrich import Enricher
 from flows.enrich.metadata import Metadata, metadata_builder
@@ -41,10 +45,22 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
         metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
         described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
         flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment, open_geoip(settings.enrichment.geoip))))
+    if settings.alerts.enabled:
+        _detection(flows, settings)
     # The sink keeps what it stored per exporter key (exactly-once), so the key goes with each batch.
     items = op.map("to_sink", flows, sink_item)
     op.output("clickhouse", items, ClickHouseSink(settings.clickhouse, settings.data_dir / "delivery"))
     return flow
+
+
+def _detection(flows: Any, settings: Settings) -> None:
+    """Alerts: each worker's batches to per-rule partials, one detector per rule (keyed by its
+    name, snapshotted), its events to the store, metrics, webhook and routes."""
+    rules = {r.name: r.rule() for r in settings.alerts.all_rules()}
+    bank = RuleBank(rules.values())
+    partials = op.flat_map("alerts_partials", flows, lambda item: bank.partials(item[1]) if item[1] is not None else [])
+    events = op.stateful("alerts_detect", partials, lambda resumed: DetectLogic(rules, resumed))
+    op.output("alerts", events, AlertsOutput(settings))
 
 
 def main_flow(enrich: bool = True) -> Dataflow:

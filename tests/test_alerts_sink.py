@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from connectors import clickhouse
 from connectors.alerts import AlertSink
 from flows import detect
-from flows.alert_rules import Alerts
+from flows.settings.alerts import Alerts
 from flows.settings import ClickHouse
 
 SECRET = "webhook-s3cret"

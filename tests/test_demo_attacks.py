@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from flows import demo
-from flows.alert_rules import Alerts
+from flows.settings.alerts import Alerts
 from flows.alerts_step import DetectLogic, RuleBank
 from tests.test_alerts_step import Clock
 

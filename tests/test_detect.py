@@ -157,7 +157,7 @@ def test_bad_rules_are_refused_naming_what_is_wrong() -> None:
 def test_the_alerts_section_validates_naming_the_key_and_ships_defaults() -> None:
     from pydantic import ValidationError
 
-    from flows.alert_rules import DEFAULT_RULES, Alerts
+    from flows.settings.alerts import DEFAULT_RULES, Alerts
 
     shipped = Alerts().all_rules()
     assert [r.name for r in shipped] == [d["name"] for d in DEFAULT_RULES] and len(shipped) == 8

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, ByteSize, Field, FilePath,
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flows.decode.frames import DECAPSULATIONS
+from flows.settings.alerts import Alerts
 from flows.settings.enrichment import Enrichment
 from flows.settings.types import Duration, HostPort, Identifier, Port, Section, Size, _split_list
 
@@ -287,7 +288,7 @@ class Settings(BaseSettings):
     enrichment: Enrichment = Field(default_factory=Enrichment)
     api: API = Field(default_factory=API)
     logging: Logging = Field(default_factory=Logging)
-    alerts: "Alerts" = Field(default_factory=lambda: Alerts(), description="detection rules and their actions")
+    alerts: Alerts = Field(default_factory=Alerts, description="detection rules and their actions")
     data_dir: Path = Field(Path("data"), description="local state: broker pid, recovery, caches")
 
     @classmethod
@@ -305,8 +306,3 @@ class Settings(BaseSettings):
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-
-# Last: flows/alert_rules.py builds on this package's types, and Settings on it.
-from flows.alert_rules import Alerts  # noqa: E402
-
-Settings.model_rebuild()
