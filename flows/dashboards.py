@@ -320,13 +320,25 @@ def common_variables() -> list[dict[str, Any]]:
     ]
 
 
+ALERTS_ANNOTATION = {
+    "name": "Alerts", "enable": True, "iconColor": "red", "datasource": CLICKHOUSE,
+    "target": {"refId": "Alerts", "datasource": CLICKHOUSE, "editorType": "sql", "format": 1, "queryType": "table",
+               "rawSql": ("SELECT toUnixTimestamp(Start) * 1000 AS time, "
+                          "toUnixTimestamp(if(End = toDateTime(0), now(), End)) * 1000 AS timeEnd, "
+                          "concat(Rule, ': ', Key, ' (', Measure, ' peak ', toString(round(Peak)), ')') AS text, "
+                          "[Rule] AS tags FROM ${database}.alerts FINAL "
+                          "WHERE Start <= $__toTime AND (End = toDateTime(0) OR End >= $__fromTime)")},
+}
+"""The alerts table as an annotation source: every dashboard shows alerts over its graphs."""
+
+
 def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]],
               *, tags: Iterable[str] = (), time_from: str = "now-6h") -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "tags": ["waxflow", *tags], "timezone": "browser",
         "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True, "graphTooltip": 1,
         "time": {"from": time_from, "to": "now"}, "refresh": "1m",
-        "annotations": {"list": []}, "links": [
+        "annotations": {"list": [ALERTS_ANNOTATION]}, "links": [
             {"type": "dashboards", "tags": ["waxflow"], "asDropdown": True, "title": "waxflow"}],
         "templating": {"list": variables}, "panels": panels,
     }

@@ -553,3 +553,28 @@ def test_addresses_and_countries_read_as_text(loaded: ClickHouse) -> None:
     _, _, rows = run_panel(loaded, panel, panel["targets"][0], values, start, end)
     countries = {row[0] for row in rows}
     assert "FR" in countries and countries <= {c.decode() for _, c in REMOTE + LOCAL}
+
+
+def test_alerts_show_as_annotations_on_every_dashboard(loaded: ClickHouse) -> None:
+    """The annotation query, as Grafana expands it, gives each alert on in the range with its
+    start, end (now while on) and text; one ended before the range is left out."""
+    from connectors.alerts import AlertSink
+    from flows import detect
+    from flows.settings.alerts import Alerts
+
+    sink = AlertSink(Alerts(defaults=False, rules=[{"name": "amp", "threshold": 1}]), loaded.database,
+                     clickhouse.connect(loaded))
+    key = (bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 7]),)
+    sink.handle(detect.Event("start", "amp", key, NOW - 900, None, 2e9, 2e9), {}, 0)
+    sink.handle(detect.Event("start", "amp", key, NOW - 5 * HOUR, None, 1e9, 1e9), {}, 0)
+    sink.handle(detect.Event("end", "amp", key, NOW - 5 * HOUR, NOW - 4 * HOUR, 3e9, 3e9), {}, 0)
+    for name, build in dashboards.DASHBOARDS.items():
+        (annotation,) = build()["annotations"]["list"]
+        board = build()
+        values = resolve_variables(board, loaded, NOW - 3 * HOUR, NOW) if board["templating"]["list"] else {}
+        values.setdefault("database", loaded.database)
+        sql = Grafana(values, NOW - 3 * HOUR, NOW, 60).expand(annotation["target"]["rawSql"])
+        columns, rows = query(loaded, sql)
+        assert columns == ["time", "timeEnd", "text", "tags"], name
+        assert len(rows) == 1 and rows[0][0] == (NOW - 900) * 1000 and rows[0][1] >= rows[0][0], (name, rows)
+        assert rows[0][2].startswith("amp: 203.0.113.7") and rows[0][3] == ["amp"]

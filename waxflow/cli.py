@@ -345,9 +345,13 @@ def _when(seconds: int | None) -> str:
 @click.option("--target", default=None, help="inlet host (default: the listeners' addresses on this machine)")
 @click.option("--router", "routers", multiple=True, metavar="NAME",
               help="run only this router, e.g. edge1.par (repeatable; default: all three); the rate is theirs")
+@click.option("--attack", type=click.Choice(["amplification", "syn", "carpet"]), default=None,
+              help="mix an attack on the first router's customers into the traffic")
+@click.option("--attack-rate", type=click.FloatRange(0.1, 100_000), default=50, show_default=True,
+              help="the attack's sampled flows per second")
 @pass_context
 def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int | None, flat: bool,
-                  target: str | None, routers: tuple[str, ...]) -> None:
+                  target: str | None, routers: tuple[str, ...], attack: str | None, attack_rate: float) -> None:
     """Simulated routers exporting NetFlow v9, IPFIX and sFlow to the inlet's listeners."""
     import signal
     import threading
@@ -355,7 +359,8 @@ def demo_exporter(ctx: Context, rate: float, duration: float | None, seed: int |
     from connectors.demo_exporter import DemoError, DemoExporter, targets
 
     try:
-        exporter = DemoExporter(targets(ctx.settings, target, routers), rate, seed=seed, shape=not flat)
+        exporter = DemoExporter(targets(ctx.settings, target, routers), rate, seed=seed, shape=not flat,
+                                attack=attack, attack_rate=attack_rate)
     except DemoError as err:
         err_console.print(f"[bold red]demo exporter:[/] {err}", highlight=False)
         sys.exit(2)
