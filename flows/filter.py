@@ -110,18 +110,22 @@ class _ToSQL(Transformer):
                   f"AND toIPv6({self._param('ip', hi)}))")
         return inside if op == "=" else f"NOT {inside}"
 
-    @v_args(inline=True)
-    def compare(self, column: Token, op: Token, value: Token) -> str:
+    def _comparison(self, column: Token, op: Token) -> tuple[str, str, str]:
+        """(column, its kind, operator) once the column takes that operator."""
         name, kind = self._column(column)
         self.position = op.start_pos
-        op = str(op).upper()
+        text = str(op).upper()
+        if kind == "ip" and text not in ("=", "!=", "<>"):
+            raise QueryError("bad_filter", f"filter: {name} compares with = or != only")
+        if kind != "ip" and text not in (_INT_OPS if kind == "int" else _STRING_OPS):
+            raise QueryError("bad_filter", f"filter: {name} does not take {text}")
+        return name, kind, text
+
+    @v_args(inline=True)
+    def compare(self, column: Token, op: Token, value: Token) -> str:
+        name, kind, op = self._comparison(column, op)
         if kind == "ip":
-            if op not in ("=", "!=", "<>"):
-                raise QueryError("bad_filter", f"filter: {name} compares with = or != only")
             return self._ip_condition(name, op, self._value(name, "string", value))
-        allowed = _INT_OPS if kind == "int" else _STRING_OPS
-        if op not in allowed:
-            raise QueryError("bad_filter", f"filter: {name} does not take {op}")
         return f"`{name}` {'!=' if op == '<>' else op} {self._param(kind, self._value(name, kind, value))}"
 
     def _within(self, items: list, negate: bool) -> str:
@@ -232,15 +236,9 @@ class _ToArrow(_ToSQL):
 
     @v_args(inline=True)
     def compare(self, column: Token, op: Token, value: Token) -> pc.Expression:
-        name, kind = self._column(column)
-        self.position = op.start_pos
-        op = str(op).upper()
+        name, kind, op = self._comparison(column, op)
         if kind == "ip":
-            if op not in ("=", "!=", "<>"):
-                raise QueryError("bad_filter", f"filter: {name} compares with = or != only")
             return self._arrow_ip(name, "=" if op == "=" else "!=", value)
-        if op not in (_INT_OPS if kind == "int" else _STRING_OPS):
-            raise QueryError("bad_filter", f"filter: {name} does not take {op}")
         field_, literal = pc.field(name), self._arrow_value(name, kind, value)
         if op in ("LIKE", "ILIKE"):
             text = field_ if COLUMNS[name].arrow_type == pa.string() else field_.cast(pa.binary())
