@@ -49,8 +49,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50_000)
     args = parser.parse_args()
 
-    from flows.settings.alerts import Alerts
     from flows.alerts_step import DetectLogic, RuleBank
+    from flows.settings.alerts import Alerts
 
     rules = [r.rule() for r in Alerts().all_rules()]
     batches = demo_batches(args.flows, args.batch, int(time.time()))

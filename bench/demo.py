@@ -24,9 +24,15 @@ def rate(count: int, work) -> float:
 
 
 def scapy_v9(flows: list[demo.Flow], router: demo.Router, now_ms: int) -> list[bytes]:
-    from scapy.layers.netflow import (NetflowDataflowsetV9, NetflowFlowsetV9, NetflowHeader,
-                                      NetflowHeaderV9, NetflowRecordV9, NetflowTemplateFieldV9,
-                                      NetflowTemplateV9)
+    from scapy.layers.netflow import (
+        NetflowDataflowsetV9,
+        NetflowFlowsetV9,
+        NetflowHeader,
+        NetflowHeaderV9,
+        NetflowRecordV9,
+        NetflowTemplateFieldV9,
+        NetflowTemplateV9,
+    )
 
     fields = [NetflowTemplateFieldV9(fieldType=t, fieldLength=n) for t, n in demo._V9_FIELDS]
     template = NetflowFlowsetV9(templates=[NetflowTemplateV9(template_fields=fields, templateID=256,

@@ -98,8 +98,8 @@ def run_layout(processes: int, workers: int, rates: list[int], seconds: float, w
                                         receive_buffer=receive_buffer)
     inlets = inlet_process.start_cluster(config, logs, metrics_port, processes, workers,
                                          f"bench{name}-v1", broker.bootstrap)
-    mode = next((l.split("balancing ", 1)[1].split(" ")[0] for l in inlets[0].text().splitlines()
-                 if "balancing " in l), "?")
+    mode = next((line.split("balancing ", 1)[1].split(" ")[0] for line in inlets[0].text().splitlines()
+                 if "balancing " in line), "?")
     best: dict = {}
     try:
         before, drops_before = cluster_totals(inlets), inlet_process.socket_drops(port)

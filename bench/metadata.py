@@ -24,7 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 from flows import schema  # noqa: E402
 from flows.enrich.metadata import (  # noqa: E402
-    SYSTEM, Entry, ExporterCache, Interface, Metadata, MetadataLogic, MetadataState, PollResult)
+    SYSTEM,
+    Entry,
+    ExporterCache,
+    Interface,
+    Metadata,
+    MetadataLogic,
+    MetadataState,
+    PollResult,
+)
 from flows.envelope import address_bytes  # noqa: E402
 from flows.settings import SNMP  # noqa: E402
 

@@ -71,7 +71,8 @@ def fill_topic(bootstrap: str, topic: str, partitions: int, sequences, flows_wan
             for payload in payloads:
                 while True:
                     try:
-                        producer.produce(topic, key=key, value=envelope.encode("netflow", 0, now, exporter, 2055, payload))
+                        value = envelope.encode("netflow", 0, now, exporter, 2055, payload)
+                        producer.produce(topic, key=key, value=value)
                         break
                     except BufferError:
                         producer.poll(0.05)

@@ -221,12 +221,13 @@ def run_waxflow(sources: list[dict], rates: list[int], seconds: float, workers: 
             exact = got == want
             # kept up: everything stored within LATENCY of the last datagram sent
             lossless = exact and drops == 0 and stored_after <= elapsed + LATENCY
+            same = "=" if got[1] == want[1] else "≠"
             line = (f"  waxflow -w {workers} target {rate:>7,} flows/s: sent {want[0]:,} flows in {sent:,} datagrams "
-                    f"({want[0] / elapsed:,.0f} flows/s); stored {got[0]:,} rows (bytes {'=' if got[1] == want[1] else '≠'} "
-                    f"sent), the last {stored_after - elapsed:.1f}s after the last datagram; kernel drops {drops}; CPU s per "
+                    f"({want[0] / elapsed:,.0f} flows/s); stored {got[0]:,} rows (bytes {same} sent), the last "
+                    f"{stored_after - elapsed:.1f}s after the last datagram; kernel drops {drops}; CPU s per "
                     f"million flows: inlet {per_million(cpu['inlet'], want[0]):.2f} broker "
-                    f"{per_million(cpu['broker'], want[0]):.2f} outlet {per_million(cpu['outlet'], want[0]):.2f} sender "
-                    f"{per_million(sender_cpu, want[0]):.2f}; {'lossless' if lossless else 'NOT lossless'}")
+                    f"{per_million(cpu['broker'], want[0]):.2f} outlet {per_million(cpu['outlet'], want[0]):.2f} "
+                    f"sender {per_million(sender_cpu, want[0]):.2f}; {'lossless' if lossless else 'NOT lossless'}")
             print(line, flush=True)
             if not lossless:
                 break
@@ -357,9 +358,9 @@ def main() -> None:
                   f"{best['cpu']:.2f} CPU s per million flows")
         else:
             total = best["inlet"] + best["broker"] + best["outlet"]
-            print(f"  {name}: {best['rate']:,} flows/s (the last row stored {best['lag']:.1f}s after the last datagram); CPU s per million "
-                  f"flows: inlet {best['inlet']:.2f}, broker {best['broker']:.2f}, outlet {best['outlet']:.2f} "
-                  f"(total {total:.2f})")
+            print(f"  {name}: {best['rate']:,} flows/s (the last row stored {best['lag']:.1f}s after the last "
+                  f"datagram); CPU s per million flows: inlet {best['inlet']:.2f}, broker {best['broker']:.2f}, "
+                  f"outlet {best['outlet']:.2f} (total {total:.2f})")
 
 
 if __name__ == "__main__":

@@ -18,16 +18,17 @@ import queue
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
 
 from connectors.bgp import BGPError, GoBGP
-from flows.ratelimit import RateLimitedLog
 from flows import ddl, detect, mitigation
+from flows.ratelimit import RateLimitedLog
 from flows.settings.alerts import Alerts
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,11 @@ def event_document(event: detect.Event, rule: detect.Rule, found: dict[str, list
 def alert_row(document: dict[str, Any]) -> list[Any]:
     """The alerts table's row (ddl.alerts_table's columns, in order) for an event."""
     def when(seconds: int | None) -> datetime:
-        return datetime.fromtimestamp(seconds or 0, timezone.utc)
+        return datetime.fromtimestamp(seconds or 0, UTC)
     return [document["rule"], document["key"], when(document["start"]), when(document["end"]), document["measure"],
             float(document["value"]), float(document["peak"]), document["top_sources"],
             document["top_source_ports"], document["top_protocols"], document["action"],
-            datetime.now(timezone.utc)]
+            datetime.now(UTC)]
 
 
 class Webhook:
@@ -211,7 +212,7 @@ class AlertsOutput(DynamicSink):
     def __init__(self, settings: Any) -> None:
         self.settings = settings
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> "_AlertsPartition":
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _AlertsPartition:
         from connectors.cluster import process_id
 
         store = not (self.settings.clickhouse.embedded and process_id() != 0)

@@ -14,8 +14,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from flows.ratelimit import RateLimitedLog
 from flows.mitigation import Route, gobgp_args
+from flows.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)

@@ -18,7 +18,6 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from connectors import process
-
 from flows.settings import split_host_port
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import logging
 import threading
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import clickhouse_connect

@@ -36,9 +36,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from connectors.clickhouse import connect, reconnect
 from connectors.cluster import process_id
 from connectors.delivery_log import DeliveryLog
-from flows.ratelimit import RateLimitedLog
 from flows import schema
 from flows.delivery import Marks, coverage, with_origins, without_origins
+from flows.ratelimit import RateLimitedLog
 from flows.settings import ClickHouse
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from flows import demo
 from flows.settings import Settings

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -17,9 +18,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, Ne
 
 from connectors import metrics as metrics_mod
 from connectors.metrics import InletMetrics
-from flows.ratelimit import RateLimitedLog
 from connectors.spool import Spool
 from flows.envelope import EXPORTER
+from flows.ratelimit import RateLimitedLog
 from flows.settings import Kafka
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,8 @@ class ProducerPartition(StatelessSinkPartition[Envelopes]):
                 self._chunk_kept = True
                 return
             spool.advance(position, len(values), size)
-            self.metrics.kafka_replayed.labels(self.worker).inc(len(values) - min(self.failed - failed_before, len(values)))
+            failed = min(self.failed - failed_before, len(values))
+            self.metrics.kafka_replayed.labels(self.worker).inc(len(values) - failed)
             self.metrics.spool_bytes.labels(self.worker).set(spool.bytes)
 
     def _wait_for_room(self, key: bytes | None, value: bytes) -> bool:

@@ -14,8 +14,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, KafkaEx
 from prometheus_client import Counter, Gauge
 
 from connectors.cluster import recovery_enabled
-from flows.ratelimit import RateLimitedLog
 from flows import delivery, envelope
+from flows.ratelimit import RateLimitedLog
 from flows.settings import Kafka
 
 CONSUMER_LAG = Gauge(
@@ -180,7 +180,7 @@ class _LagReporter:
     growing on the gauge, which is when it matters.
     """
 
-    _parts: "weakref.WeakSet[_Partition]" = weakref.WeakSet()
+    _parts: weakref.WeakSet[_Partition] = weakref.WeakSet()
     _thread: threading.Thread | None = None
     _lock = threading.Lock()
 

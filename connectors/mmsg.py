@@ -15,6 +15,7 @@ import errno
 import mmap
 import os
 import socket
+
 import numpy as np
 
 MMSGHDR = np.dtype({"names": ["name", "namelen", "iov", "iovlen", "control", "controllen",

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cachetools import LRUCache
 from prometheus_client import Counter
@@ -26,9 +27,9 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from connectors.cluster import process_id
 from flows.enrich.metadata import ExporterCache, Interface, PollResult
-from flows.ratelimit import RateLimitedLog
 from flows.enrich.subnets import SubnetMap
 from flows.envelope import address_bytes
+from flows.ratelimit import RateLimitedLog
 from flows.settings import SNMP, SNMPCredentials
 
 log = logging.getLogger(__name__)
@@ -303,4 +304,5 @@ def _classify(indication: Any, status: Any) -> SNMPError:
     return SNMPError("agent_error", status.prettyPrint() if hasattr(status, "prettyPrint") else str(status))
 
 
-__all__ = ["SNMPPoller", "snmp_poller", "CacheFile", "cache_file", "PollResult", "Interface", "interface_from", "ERROR_REASONS"]
+__all__ = ["SNMPPoller", "snmp_poller", "CacheFile", "cache_file", "PollResult", "Interface", "interface_from",
+           "ERROR_REASONS"]

@@ -29,10 +29,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
@@ -279,7 +279,7 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
     def _wake(self) -> datetime:
         """When to read next after a read that did not fill max_batch."""
         pause = min([self.max_pause] + [ls.safe_pause() for ls in self.sockets])
-        return datetime.now(timezone.utc) + timedelta(seconds=pause)
+        return datetime.now(UTC) + timedelta(seconds=pause)
 
     def next_batch(self) -> list[Envelopes]:
         if self.closed:
@@ -287,7 +287,7 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
         stopping = self.stop.is_set()
         if self.idle and not stopping and not self._poll.poll(self.max_pause * 1000):
             # Still nothing. An explicit "now": Bytewax would wait 1 ms after an empty batch.
-            self._awake = datetime.now(timezone.utc)
+            self._awake = datetime.now(UTC)
             return []
         limit = _STOP_DRAIN_LIMIT if stopping else self.max_batch
         batches = []
@@ -303,7 +303,7 @@ class UDPPartition(StatelessSourcePartition[Envelopes]):
         elif batches:
             self._awake = self._wake()
         else:
-            self._awake = datetime.now(timezone.utc)   # to poll() at once (see above)
+            self._awake = datetime.now(UTC)   # to poll() at once (see above)
         if stopping:
             self.close()  # what was drained is emitted; the next call ends the partition
         return batches

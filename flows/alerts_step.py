@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
-
 from bytewax.operators import StatefulLogic
+
 from flows import detect
 from flows.detect import Detector, Event, Rule, Totals
 
@@ -126,7 +127,7 @@ class DetectLogic(StatefulLogic):
         return [(event, self.state.signatures.get(event.key, {})) for event in events]
 
     def notify_at(self) -> datetime:
-        return datetime.now(timezone.utc) + timedelta(seconds=1)
+        return datetime.now(UTC) + timedelta(seconds=1)
 
     def snapshot(self) -> DetectState | None:
         return copy.deepcopy(self.state)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from flows import ddl
 from flows.columns import AGGREGATED_NAMES, AS_COLUMNS, COLUMNS, QueryError, column_kind, column_sql
@@ -65,7 +66,7 @@ def parse_time(value: str | None, now: float, default: float) -> float:
     except (ValueError, OverflowError):
         raise refused from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -289,7 +290,8 @@ def shape_flows(built: BuiltQuery, query: FlowsQuery, rows: list[tuple[int, list
     """Rows (bucket, group, total) → per group a rate per bucket (total / the seconds of the
     bucket inside [from, min(to, now))), the average over those seconds, the largest and 95th
     percentile bucket rates, the total carried (bits, packets or flows; for the interface-speed
-    units, percent-seconds), the top-N by total (Other last). Buckets wholly after now are left out; `time` gives each bucket's first
+    units, percent-seconds), the top-N by total (Other last). Buckets wholly after now are left
+    out; `time` gives each bucket's first
     second inside the window."""
     origins = list(range(built.origin, math.ceil(built.covered_end), built.step))
     times = [max(t, built.start) for t in origins]

@@ -21,8 +21,9 @@ Which table a panel reads:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from flows import ddl, schema
 

@@ -23,8 +23,8 @@ Pure logic; the durable copy of the marks and the insert log live in connectors/
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +65,7 @@ class Mark:
     position: int
     received: int
 
-    def joined(self, other: "Mark") -> "Mark":
+    def joined(self, other: Mark) -> Mark:
         return Mark(max(self.position, other.position), max(self.received, other.received))
 
 

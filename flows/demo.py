@@ -24,8 +24,9 @@ import ipaddress
 import math
 import random
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import yaml
 

@@ -14,8 +14,9 @@ key that ended waits `cooldown` before it can fire again. Keys are bounded per r
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,7 +108,7 @@ class Totals:
     tcp: float = 0.0
     sources: set[bytes] = field(default_factory=set)
 
-    def add(self, other: "Totals") -> None:
+    def add(self, other: Totals) -> None:
         self.bits += other.bits
         self.packets += other.packets
         self.flows += other.flows
@@ -116,7 +117,7 @@ class Totals:
         if len(self.sources) < DISTINCT_CAP:
             self.sources |= other.sources
 
-    def subtract(self, other: "Totals") -> None:
+    def subtract(self, other: Totals) -> None:
         self.bits -= other.bits
         self.packets -= other.packets
         self.flows -= other.flows
@@ -201,10 +202,11 @@ def _weight_column(rule: Rule) -> tuple[str, float]:
     if rule.measure == "syn_ratio":
         return "packets_sum", NEGLIGIBLE * rule.min_pps
     column = {"bps": "bits_sum", "pps": "packets_sum", "flows": "bits_count", "distinct_src": "src_distinct"}
-    return column[rule.measure], NEGLIGIBLE * rule.threshold * (1 / rule.window if rule.measure == "distinct_src" else 1)
+    per_second = 1 / rule.window if rule.measure == "distinct_src" else 1
+    return column[rule.measure], NEGLIGIBLE * rule.threshold * per_second
 
 
-def _negligible(rule: Rule, totals: "Totals") -> bool:
+def _negligible(rule: Rule, totals: Totals) -> bool:
     column, floor = _weight_column(rule)
     value = {"packets_sum": totals.packets, "bits_sum": totals.bits, "bits_count": totals.flows,
              "src_distinct": len(totals.sources)}[column]
@@ -337,7 +339,7 @@ class Detector:
             del self._keys[key]
             self.evicted += 1
 
-    def states(self) -> list[tuple[tuple, "_KeyState"]]:
+    def states(self) -> list[tuple[tuple, _KeyState]]:
         return list(self._keys.items())
 
     @property

@@ -21,6 +21,7 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+
 import numpy as np
 
 ENVELOPE_VERSION = 1

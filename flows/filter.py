@@ -8,8 +8,9 @@ import functools
 import ipaddress
 import operator
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -188,7 +189,7 @@ def arrow_filter(text: str) -> pc.Expression | None:
     return _compile(text, _ToArrow()) if text else None
 
 
-def _compile(text: str, transformer: "_ToSQL") -> Any:
+def _compile(text: str, transformer: _ToSQL) -> Any:
     if len(text) > MAX_FILTER_LENGTH:
         raise QueryError("bad_filter", f"filter: longer than {MAX_FILTER_LENGTH} characters")
     try:

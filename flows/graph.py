@@ -9,8 +9,9 @@ one point and turns the top-N groups into links between consecutive dimensions.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from flows import api
 

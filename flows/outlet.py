@@ -44,7 +44,8 @@ def build_flow(settings: Settings, enrich: bool = True) -> Dataflow:
         snmp = settings.enrichment.snmp
         metadata = Metadata(snmp, settings.enrichment.static, snmp_poller(snmp), store=cache_file(snmp))
         described = op.stateful_batch("metadata", flows, metadata_builder(metadata))
-        flows = op.map_value("enrich", described, enrich_step(Enricher(settings.enrichment, open_geoip(settings.enrichment.geoip))))
+        enricher = Enricher(settings.enrichment, open_geoip(settings.enrichment.geoip))
+        flows = op.map_value("enrich", described, enrich_step(enricher))
     if settings.alerts.enabled:
         _detection(flows, settings)
     # The sink keeps what it stored per exporter key (exactly-once), so the key goes with each batch.

@@ -9,21 +9,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
-from cachetools import LRUCache
 from bytewax.connectors.kafka import KafkaError
 from bytewax.operators import StatefulBatchLogic
+from cachetools import LRUCache
 from prometheus_client import Counter
 
-from flows.ratelimit import RateLimitedLog
 from flows import envelope
 from flows.decode import ExporterState, limits
 from flows.decode.decoder import decode_with_origins
 from flows.delivery import origin, with_origins
 from flows.enrich.metadata import Described
+from flows.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 _ratelimited = RateLimitedLog(log)
@@ -74,7 +75,7 @@ def unwrap_messages(messages: list[Any], decapsulation: tuple[int, ...] = ()) ->
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _LiveStates(LRUCache):
@@ -85,12 +86,12 @@ class _LiveStates(LRUCache):
     def __init__(self) -> None:
         super().__init__(maxsize=limits.MAX_STATE_BYTES_PER_PROCESS, getsizeof=lambda entry: entry[1])
 
-    def __setitem__(self, key: int, value: tuple["DecodeLogic", int]) -> None:
+    def __setitem__(self, key: int, value: tuple[DecodeLogic, int]) -> None:
         super().__setitem__(key, value)
         while len(self) > limits.MAX_EXPORTERS_PER_PROCESS:  # read here: tests lower it
             self.popitem()
 
-    def popitem(self) -> tuple[int, tuple["DecodeLogic", int]]:
+    def popitem(self) -> tuple[int, tuple[DecodeLogic, int]]:
         key, entry = super().popitem()
         entry[0].evicted = True
         EVICTED.inc()
@@ -104,14 +105,14 @@ class _Exporters:
         self._lock = threading.Lock()
         self._live = _LiveStates()
 
-    def touch(self, logic: "DecodeLogic", size: int) -> None:
+    def touch(self, logic: DecodeLogic, size: int) -> None:
         with self._lock:
             live = self._live
             live.get(id(logic))  # most recently active first, so that its own growth never evicts it
             # One state over the whole bound is kept alone (every other one evicted), not refused.
             live[id(logic)] = (logic, min(size, live.maxsize))
 
-    def forget(self, logic: "DecodeLogic") -> None:
+    def forget(self, logic: DecodeLogic) -> None:
         with self._lock:
             self._live.pop(id(logic), None)
 

@@ -10,9 +10,10 @@ ever SQL.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from flows import api, ddl
 
@@ -40,7 +41,8 @@ def parse_saved(body: Any) -> SavedFilter:
     """A JSON body {"name", "filter", "description"?}: every field checked, the filter parsed
     with the filter language (so a saved filter always runs)."""
     if not isinstance(body, Mapping):
-        raise api.QueryError("bad_request", 'the body is a JSON object {"name": ..., "filter": ..., "description": ...}')
+        raise api.QueryError("bad_request",
+                             'the body is a JSON object {"name": ..., "filter": ..., "description": ...}')
     unknown = sorted(set(body) - {"name", "filter", "description"})
     if unknown:
         raise api.QueryError("unknown_field", f"unknown field(s): {', '.join(map(str, unknown))[:200]}")
@@ -67,7 +69,7 @@ def _encodable(text: str) -> bool:
 
 def row(saved: SavedFilter, now: float, deleted: bool = False) -> list[Any]:
     """The row a write appends, in COLUMNS order."""
-    return [saved.name, saved.filter, saved.description, datetime.fromtimestamp(now, timezone.utc), int(deleted)]
+    return [saved.name, saved.filter, saved.description, datetime.fromtimestamp(now, UTC), int(deleted)]
 
 
 def list_sql(database: str) -> str:

@@ -13,8 +13,8 @@ Enum8 columns travel as their uint8 code, FixedString(2) as 2-byte binaries.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa

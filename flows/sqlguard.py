@@ -84,7 +84,7 @@ class Node:
     depth: int
     kind: str
     name: str
-    parent: "Node | None"
+    parent: Node | None
     position: int  # its place among its parent's children, from 0
 
 

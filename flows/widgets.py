@@ -11,8 +11,9 @@ Each is one or two small queries over the tables the flows API reads, with the s
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from flows import api
 
@@ -134,7 +135,8 @@ def shape_alerts(rows: list[tuple]) -> list[dict[str, Any]]:
 MAX_BACKTEST_SECONDS = 31 * 86400
 
 
-def backtest_query(params: Mapping[str, str], rules: Mapping[str, Any], now: float | None = None) -> tuple[Any, int, int]:
+def backtest_query(params: Mapping[str, str], rules: Mapping[str, Any],
+                   now: float | None = None) -> tuple[Any, int, int]:
     """GET /api/v0/alerts/backtest: the rule (by name, `threshold` to try another one), and
     [from, to) over raw flows, at most 31 days (default the last day)."""
     _only(params, {"rule", "from", "to", "threshold"})

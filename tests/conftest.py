@@ -6,8 +6,8 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from confluent_kafka import Consumer, KafkaError
@@ -15,7 +15,6 @@ from confluent_kafka import Consumer, KafkaError
 from connectors import clickhouse
 from connectors.broker import LocalBroker
 from flows.settings import ClickHouse
-
 
 # Ports handed to services are drawn below the kernel's ephemeral range, so the outgoing
 # connections of Kafka clients and the like cannot take them between the check and the bind.

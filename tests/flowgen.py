@@ -132,7 +132,7 @@ class Collector:
         while not self._stop.is_set():
             try:
                 payload, address = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -166,7 +166,7 @@ def _run(command: list[str], timeout: float, cwd: str) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
-        raise RuntimeError(f"{command[0]} did not finish in {timeout}s: {output[-2000:]!r}")
+        raise RuntimeError(f"{command[0]} did not finish in {timeout}s: {output[-2000:]!r}") from None
     finally:
         if process.poll() is None:
             process.kill()

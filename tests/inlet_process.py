@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 from confluent_kafka.admin import AdminClient
@@ -54,7 +54,7 @@ class Inlet:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
-            raise AssertionError(f"inlet did not stop within {timeout}s:\n{self.text()[-3000:]}")
+            raise AssertionError(f"inlet did not stop within {timeout}s:\n{self.text()[-3000:]}") from None
 
     def totals(self) -> dict[str, int]:
         """Sum of the per-worker summary lines the Kafka sink logs at a clean stop."""

@@ -4,8 +4,8 @@ IPinfo layouts (IPv6 trees holding IPv4 too, as the real files do)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,7 +86,7 @@ class Outlet:
         argv[argv.index("flows.outlet")] = self.dataflow
         return argv
 
-    def start(self) -> "Outlet":
+    def start(self) -> Outlet:
         for i in range(self.processes):
             argv = self.argv(i)
             env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
@@ -125,7 +126,7 @@ class Outlet:
         wanted = set(labels.items())
         return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
-    def wait_for(self, condition: Callable[["Outlet"], bool], timeout: float = 120,
+    def wait_for(self, condition: Callable[[Outlet], bool], timeout: float = 120,
                  what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

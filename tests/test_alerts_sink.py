@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 from connectors import clickhouse
 from connectors.alerts import AlertSink
 from flows import detect
-from flows.settings.alerts import Alerts
 from flows.settings import ClickHouse
+from flows.settings.alerts import Alerts
 
 SECRET = "webhook-s3cret"
 

@@ -141,7 +141,7 @@ def test_volumes_are_declared_and_data_is_kept(stack: dict) -> None:
     declared = set(stack.get("volumes", {}))
     used = set()
     for name, service in stack["services"].items():
-        for target, (kind, source) in mounts(service).items():
+        for _target, (kind, source) in mounts(service).items():
             if kind == "volume":
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)

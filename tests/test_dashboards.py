@@ -9,6 +9,7 @@ import ipaddress
 import json
 import re
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -332,7 +333,6 @@ def test_time_buckets_are_whole_table_buckets_and_keep_every_bit(loaded: ClickHo
                                                                   points: int) -> None:
     """Time series on an aggregated table use buckets that are whole multiples of the table's
     resolution, and rate × bucket over all buckets gives back the raw flows' bits."""
-    from datetime import timezone
 
     start, end = RANGES[range_name]
     board = dashboards.traffic_overview()
@@ -342,7 +342,7 @@ def test_time_buckets_are_whole_table_buckets_and_keep_every_bit(loaded: ClickHo
     _, _, rows = run_panel(loaded, panel, panel["targets"][0], values, start, end)
     resolution = int(values["resolution"])
     bucket = -(-max(interval_for(start, end, points), resolution) // resolution) * resolution
-    times = {int(row[0].replace(tzinfo=timezone.utc).timestamp()) for row in rows}
+    times = {int(row[0].replace(tzinfo=UTC).timestamp()) for row in rows}
     assert all(t % bucket == 0 for t in times) and bucket % resolution == 0
     _, raw = query(loaded, f"SELECT sum(Bytes * SamplingRate) * 8 FROM `{loaded.database}`.flows WHERE "
                            f"toStartOfInterval(TimeReceived, toIntervalSecond({resolution})) "
@@ -486,6 +486,8 @@ def test_a_schema_column_that_is_not_aggregated_is_refused() -> None:
 def exposed_names() -> set[str]:
     """Every sample name the code's metrics expose (counters as _total, histograms as
     _bucket/_sum/_count), including labelled metrics that have no child yet."""
+    from prometheus_client import REGISTRY
+
     import connectors.clickhouse_sink  # noqa: F401  (registers its metrics)
     import connectors.http  # noqa: F401
     import connectors.kafka_consumer  # noqa: F401
@@ -495,7 +497,6 @@ def exposed_names() -> set[str]:
     import flows.enrich.sampling  # noqa: F401
     import flows.outlet_steps  # noqa: F401
     from connectors.metrics import InletMetrics
-    from prometheus_client import REGISTRY
 
     inlet = CollectorRegistry()
     InletMetrics(inlet)

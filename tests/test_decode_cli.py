@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from waxflow.decode_cli import decode
 from tests import flowgen
+from waxflow.decode_cli import decode
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,9 @@ def test_an_unknown_field_is_refused_naming_it(export_capture):
 
 
 def test_summary_line_counts_datagrams_flows_and_errors(tmp_path):
-    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
-    from scapy.layers.inet import UDP
 
     from tests.test_decode_sflow import _datagram, _flow_sample, _raw_header
 

@@ -47,7 +47,7 @@ def _warm(datagrams) -> FlowDecoder:
 
 def test_truncation_at_every_offset(real_datagrams):
     before = _errors()
-    for kind, datagrams in real_datagrams.items():
+    for _kind, datagrams in real_datagrams.items():
         decoder = _warm(datagrams)
         for payload, _, received in datagrams:
             for cut in range(len(payload)):

@@ -11,9 +11,9 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from waxflow.decode_cli import decode
 from tests import flowgen
 from tests.conftest import free_port
+from waxflow.decode_cli import decode
 
 pytestmark = pytest.mark.skipif(
     not all(flowgen.have(binary) for binary in ("softflowd", "nfcapd", "nfreplay")),

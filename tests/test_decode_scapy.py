@@ -9,9 +9,18 @@ import pickle
 import struct
 
 import pytest
-from scapy.layers.netflow import (GetNetflowRecordV9, NetflowDataflowsetV9, NetflowFlowsetV9,
-                                  NetflowHeader, NetflowHeaderV5, NetflowHeaderV9, NetflowHeaderV10,
-                                  NetflowRecordV5, NetflowTemplateFieldV9, NetflowTemplateV9)
+from scapy.layers.netflow import (
+    GetNetflowRecordV9,
+    NetflowDataflowsetV9,
+    NetflowFlowsetV9,
+    NetflowHeader,
+    NetflowHeaderV5,
+    NetflowHeaderV9,
+    NetflowHeaderV10,
+    NetflowRecordV5,
+    NetflowTemplateFieldV9,
+    NetflowTemplateV9,
+)
 
 from flows.decode import ExporterState, FlowDecoder, decode_many, metrics
 

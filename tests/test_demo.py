@@ -111,7 +111,7 @@ def test_routers_send_from_their_own_addresses_over_udp() -> None:
         while True:
             try:
                 payload, source = receivers[router.name].recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 break
             assert source[0] == router.address
             datagrams.append((payload, source[0], time.time()))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from flows import demo
-from flows.settings.alerts import Alerts
 from flows.alerts_step import DetectLogic, RuleBank
+from flows.settings.alerts import Alerts
 from tests.test_alerts_step import Clock
 
 ROUTER = demo.ROUTERS[0]  # NetFlow v9, 1:1000

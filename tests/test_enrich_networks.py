@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import random
 
-
 from flows import schema
 from flows.enrich import Enricher
 from flows.enrich.columns import KeyCache, Profiles

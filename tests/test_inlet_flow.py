@@ -13,9 +13,8 @@ import pytest
 
 from connectors.broker import LocalBroker
 from flows import envelope
-from tests.conftest import consume_messages
 from tests import inlet_process
-from tests.conftest import free_port
+from tests.conftest import consume_messages, free_port
 
 
 def run_inlet(tmp_path: Path, broker: LocalBroker, topic: str, *args: str,
@@ -136,7 +135,7 @@ def test_two_processes_on_one_port_both_receive_under_ebpf(tmp_path: Path, broke
                                             envelope.topic_name(topic_name), broker.bootstrap)
         # eBPF selection only becomes exact once both processes joined the map.
         if "balancing ebpf" not in procs[0].text():
-            line = next(l for l in procs[0].text().splitlines() if "balancing" in l)
+            line = next(text for text in procs[0].text().splitlines() if "balancing" in text)
             pytest.skip(reason=f"eBPF does not load here: {line}")
         time.sleep(0.5)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:

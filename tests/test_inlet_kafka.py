@@ -8,11 +8,11 @@ import time
 from confluent_kafka.admin import AdminClient, ConfigResource
 from prometheus_client import CollectorRegistry
 
-from flows.ratelimit import RateLimitedLog
 from connectors import kafka as kafka_mod
 from connectors.broker import LocalBroker
 from connectors.metrics import InletMetrics
 from flows import envelope
+from flows.ratelimit import RateLimitedLog
 from flows.settings import Kafka
 from tests.conftest import consume_messages, free_port
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest

@@ -78,7 +78,7 @@ def test_missing_columns_are_added_and_join_the_aggregate_key(store: ClickHouse)
     assert clickhouse.migrate(store) == []
 
 
-def _flows(now: int) -> "schema.pa.RecordBatch":
+def _flows(now: int) -> schema.pa.RecordBatch:
     exporter = ipaddress.IPv6Address("::ffff:192.0.2.1").packed
     rows = [  # (second offset, in ifindex, in name, src AS, proto, bytes, packets)
         (0, 1, "et-0/0/1", 15169, 6, 1000, 10),

@@ -12,8 +12,7 @@ import pytest
 from connectors.broker import LocalBroker
 from flows import envelope
 from tests.conftest import free_port
-from tests.outlet_process import (Outlet, create_topic, expected_v5_flows, produce, v5_messages,
-                                  write_config)
+from tests.outlet_process import Outlet, create_topic, expected_v5_flows, produce, v5_messages, write_config
 
 pytestmark = pytest.mark.slow
 EXPORTERS = ["192.0.2.1", "192.0.2.2"]

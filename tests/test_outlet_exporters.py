@@ -18,8 +18,8 @@ import pytest
 from flows import ddl
 from tests import flowgen, inlet_process
 from tests.conftest import free_port
-from tests.test_inlet_flow import promtool_check
 from tests.outlet_process import Outlet, write_config
+from tests.test_inlet_flow import promtool_check
 
 pytestmark = [
     pytest.mark.slow,

@@ -11,8 +11,8 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -9,9 +9,8 @@ import threading
 import time
 from datetime import timedelta
 
-import pyarrow as pa
-
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from connectors import clickhouse, clickhouse_sink
@@ -172,7 +171,7 @@ def test_a_block_left_in_the_log_is_inserted_once_even_if_the_store_had_it(
     blocks = [[item(50, 1000 * k), item(50, 1000 * k + 50)] for k in range(3)]
     log = DeliveryLog(delivery / "chdb")
     written = []
-    for k, items in enumerate(blocks):
+    for _k, items in enumerate(blocks):
         table = pa.Table.from_batches([without_origins(b) for _, b in items]).combine_chunks()
         path, token = log.write(table, coverage(items))
         written.append((path, token, table))

@@ -3,7 +3,7 @@ SNMPv3 with auth+priv, agent-address override, and failures counted by reason.""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

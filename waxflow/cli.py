@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import click
@@ -331,9 +332,9 @@ def alerts_list(ctx: Context, start: str, active: bool, fmt: str) -> None:
 
 
 def _when(seconds: int | None) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return "" if not seconds else datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if not seconds else datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @main.command("demo-exporter")
@@ -448,7 +449,8 @@ def bpf_clean(ctx: Context, bpffs: Path | None) -> None:
     click.echo(f"{len(removed)} removed, {len(kept)} kept")
 
 
-from waxflow.decode_cli import decode as _decode_command
+from waxflow.decode_cli import decode as _decode_command  # noqa: E402  (it needs `main` defined first)
+
 main.add_command(_decode_command)
 
 

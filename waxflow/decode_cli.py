@@ -14,8 +14,8 @@ import ipaddress
 import json
 import socket
 import sys
-from datetime import datetime, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import click
 import pyarrow as pa
@@ -122,9 +122,9 @@ def _value(name: str, value: object) -> object:
     if name in ADDRESSES:
         return _address(value)
     if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc).isoformat(timespec="milliseconds")
+        return value.replace(tzinfo=UTC).isoformat(timespec="milliseconds")
     if name == "TimeReceived":
-        return datetime.fromtimestamp(value, timezone.utc).isoformat()
+        return datetime.fromtimestamp(value, UTC).isoformat()
     return value
 
 

@@ -3,9 +3,17 @@ queries, health.py the /healthz probes, client.py is what the CLI and `waxflow u
 
 from connectors.http.client import APIUnavailable, api_base, call_api, listen_address
 from connectors.http.errors import APIError
-from connectors.http.queries import (QueryPool, ReadOnlySession, UserSQLError, checked_sql,
-                                     exporters_result, flows_result, query_client, session_limits,
-                                     sql_result)
+from connectors.http.queries import (
+                                     QueryPool,
+                                     ReadOnlySession,
+                                     UserSQLError,
+                                     checked_sql,
+                                     exporters_result,
+                                     flows_result,
+                                     query_client,
+                                     session_limits,
+                                     sql_result,
+)
 from connectors.http.server import API, serve_outlet
 
 __all__ = ["API", "APIError", "APIUnavailable", "QueryPool", "ReadOnlySession", "UserSQLError", "api_base",

@@ -18,16 +18,17 @@ import json
 import math
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import clickhouse_connect
 
 from connectors.clickhouse import ttl_seconds
 from connectors.http.errors import APIError
 from flows import api, filter_assist, graph, saved_filters, sqlguard, widgets
-from flows.sqlguard import session_limits
 from flows.settings import Settings
+from flows.sqlguard import session_limits
 
 
 def query_client(settings: Settings) -> Any:
@@ -236,7 +237,8 @@ def _as_names(session: ReadOnlySession, settings: Settings, result: dict[str, An
     if not numbers:
         return {}
     rows = session.query(f"SELECT toString(asn), name FROM `{settings.clickhouse.database}`.`asns_data` "
-                         "WHERE asn IN {numbers:Array(UInt64)} AND name != ''", parameters={"numbers": numbers}).result_rows
+                         "WHERE asn IN {numbers:Array(UInt64)} AND name != ''",
+                         parameters={"numbers": numbers}).result_rows
     return {number: name for number, name in rows}
 
 
@@ -299,7 +301,8 @@ def saved_filters_result(session: ReadOnlySession, settings: Settings, name: str
     return saved_filters.shape(session.query(saved_filters.one_sql(db), parameters={"name": name}).result_rows)
 
 
-def alerts_result(session: ReadOnlySession, settings: Settings, query: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def alerts_result(session: ReadOnlySession, settings: Settings,
+                  query: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
     sql, parameters = query
     rows = session.query(sql, parameters={**parameters, "db": settings.clickhouse.database}).result_rows
     return widgets.shape_alerts(rows)

@@ -42,10 +42,11 @@ import logging
 import socket
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -53,15 +54,22 @@ from werkzeug.wrappers import Request, Response
 
 from connectors.clickhouse import lookup_rows
 from connectors.cluster import process_id
+from connectors.http import queries
 from connectors.http.client import listen_address
 from connectors.http.errors import APIError
 from connectors.http.health import counter_total, insert_component, kafka_probe, store_probe
-from connectors.http import queries
-from connectors.http.queries import (QueryPool, ReadOnlySession, exporters_result, filter_completions,
-                                     first_line, flows_result, sql_result)
+from connectors.http.queries import (
+    QueryPool,
+    ReadOnlySession,
+    exporters_result,
+    filter_completions,
+    first_line,
+    flows_result,
+    sql_result,
+)
 from connectors.http.saved_filters import SavedFilterWriter
-from flows.ratelimit import RateLimitedLog
 from flows import api, ddl, filter_assist, graph, saved_filters, widgets
+from flows.ratelimit import RateLimitedLog
 from flows.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -252,7 +260,8 @@ class API:
 
     def on_alerts(self, request: Request) -> Response:
         query = widgets.alerts_query(_params(request))
-        return _json(200, {"alerts": self._store("api", lambda session: queries.alerts_result(session, self.settings, query))})
+        found = self._store("api", lambda session: queries.alerts_result(session, self.settings, query))
+        return _json(200, {"alerts": found})
 
     def on_alerts_backtest(self, request: Request) -> Response:
         rules = {r.name: r.rule() for r in self.settings.alerts.all_rules()}
@@ -316,7 +325,8 @@ class API:
                                        and int(cursor) <= len(text)):
             raise APIError(400, "bad_request", f"cursor is a character offset from 0 to {len(text)}")
         position = None if cursor is None else int(cursor)
-        return _json(200, self._store("api", lambda session: filter_completions(session, self.settings, text, position)))
+        return _json(200, self._store("api", lambda session: filter_completions(session, self.settings, text,
+                                                                                position)))
 
     def on_query(self, request: Request) -> Response:
         sql = request.args.get("sql", "") if request.method == "GET" else _body_sql(request)
@@ -340,7 +350,8 @@ def _params(request: Request, allowed: set[str] | None = None) -> dict[str, str]
     if any(len(request.args.getlist(key)) > 1 for key in request.args):
         raise APIError(400, "bad_request", "each parameter may be given once")
     if allowed is not None and set(request.args) - allowed:
-        raise APIError(400, "unknown_parameter", f"unknown parameter(s): {', '.join(sorted(set(request.args) - allowed))[:200]}")
+        unknown = ", ".join(sorted(set(request.args) - allowed))[:200]
+        raise APIError(400, "unknown_parameter", f"unknown parameter(s): {unknown}")
     return {key: request.args.get(key, "") for key in request.args}
 
 

@@ -16,7 +16,7 @@ import logging
 import signal
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from connectors.http import api_base
 from connectors.up.children import Child

@@ -9,8 +9,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from connectors import broker as broker_mod
 from connectors.http import api_base

@@ -8,8 +8,8 @@ filling the columns a part lacks with zeros, so no Arrow object is built per dat
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa

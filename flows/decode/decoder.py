@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -166,7 +166,8 @@ def _template_parts(template, group: _TemplateGroup) -> list:
     if len(pieces) == 1:
         view, export_ms, uptime_ms, received, origin, decapsulation = pieces[0]
     else:
-        view, export_ms, uptime_ms, received, origin, decapsulation = (np.concatenate(column) for column in zip(*pieces))
+        joined = (np.concatenate(column) for column in zip(*pieces))
+        view, export_ms, uptime_ms, received, origin, decapsulation = joined
     ctx = {
         "version": version,
         "exporter": state.address,

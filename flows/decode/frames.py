@@ -62,12 +62,12 @@ class Headers:
         self.base = np.arange(n) * ROW
 
     @classmethod
-    def from_rows(cls, rows: np.ndarray, length: np.ndarray) -> "Headers":
+    def from_rows(cls, rows: np.ndarray, length: np.ndarray) -> Headers:
         """From a void array of ROW-byte items (gathered from a datagram buffer)."""
         return cls(rows.view(np.uint8).reshape(len(rows), ROW).copy(), np.minimum(length, HEADER_BYTES))
 
     @classmethod
-    def from_sections(cls, sections: np.ndarray, length: np.ndarray) -> "Headers":
+    def from_sections(cls, sections: np.ndarray, length: np.ndarray) -> Headers:
         """From (n, L) bytes of packet sections, each `length` bytes long."""
         matrix = np.zeros((len(sections), ROW), np.uint8)
         width = min(sections.shape[1], HEADER_BYTES)

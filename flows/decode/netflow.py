@@ -18,9 +18,9 @@ from flows.decode import limits, metrics
 from flows.decode.callbacks import ChunkCallbacks
 from flows.decode.columns import strided_view
 from flows.decode.elements import IE
-from flows.decode.walk import count, joined, lock_step
 from flows.decode.state import ExporterState
 from flows.decode.templates import REVERSE_PEN, SCOPE_PEN, Template, options_values
+from flows.decode.walk import count, joined, lock_step
 
 V9_HEADER = struct.Struct("!HHIIII")  # version, count, sysUptime, unix secs, sequence, source id
 IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, domain
@@ -268,9 +268,9 @@ class TemplateBudget:
                 or self.built >= limits.MAX_NEW_TEMPLATES_PER_DATAGRAM)
 
 
-def _guarded_template_set(chunk: ChunkCallbacks, state: ExporterState, version: int, domain: int, set_id: int, body: bytes,
-                          options: bool, budget: TemplateBudget, rows: RowBudget, datagram: int, origin: int,
-                          decapsulation: int) -> None:
+def _guarded_template_set(chunk: ChunkCallbacks, state: ExporterState, version: int, domain: int, set_id: int,
+                          body: bytes, options: bool, budget: TemplateBudget, rows: RowBudget, datagram: int,
+                          origin: int, decapsulation: int) -> None:
     try:
         _template_set(chunk, state, version, domain, set_id, body, options, budget, rows, datagram, origin,
                       decapsulation)

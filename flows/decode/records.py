@@ -11,8 +11,8 @@ import numpy as np
 
 from flows.decode import frames, metrics
 from flows.decode.columns import ORIGIN, ListColumn, be_uint, mapped_v4, take_rows, v6
-from flows.decode.forwarding import juniper_exception_status
 from flows.decode.elements import IE, MPLS_LABELS
+from flows.decode.forwarding import juniper_exception_status
 from flows.decode.templates import REVERSE_PEN, VARIABLE, Template
 
 NTP_UNIX_OFFSET = 2208988800

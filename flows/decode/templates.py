@@ -118,8 +118,8 @@ class Template:
         least = 1 if self.options else limits.MIN_RECORD_LENGTH
         variable = sum(1 for *_, length in self.fields if length == VARIABLE)
         # (a record of a packet section alone is one: Juniper and Cisco export sampled packets so)
-        return ((least <= self.min_len - variable or any(self.slots)) and self.min_len < 65536 and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS
-                and variable <= limits.MAX_VARIABLE_FIELDS)
+        return ((least <= self.min_len - variable or any(self.slots)) and self.min_len < 65536
+                and len(self.fields) <= limits.MAX_TEMPLATE_FIELDS and variable <= limits.MAX_VARIABLE_FIELDS)
 
     def records(self, body: bytes, most: int = limits.MAX_ROWS_PER_DATAGRAM) -> tuple[bytes, int]:
         """The set body as whole fixed-layout records and their count (trailing padding dropped),

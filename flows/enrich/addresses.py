@@ -9,7 +9,8 @@ country takes precedence over GeoIP's (it is how operators name their own addres
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

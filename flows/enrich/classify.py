@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import logging
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from prometheus_client import Counter
 
 from flows.enrich.columns import KeyCache, Profiles, combine, drop_rows, encode, first_rows, replace
-from flows.ratelimit import RateLimitedLog
 from flows.enrich.subnets import as_v6_network
+from flows.ratelimit import RateLimitedLog
 from flows.regex import Pattern, compile_regex
 from flows.schema import BOUNDARIES
 from flows.settings import Classifiers, ExporterRule, InterfaceRule

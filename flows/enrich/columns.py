@@ -8,8 +8,9 @@ flow: a batch is hashed once per key column by Arrow, the Python work is per dis
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Callable, Collection, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

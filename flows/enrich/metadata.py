@@ -23,10 +23,11 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -97,7 +98,7 @@ class CacheStore(Protocol):
     data (`ExporterCache.to_plain`), which a file holds as JSON: never a pickle, since whoever
     can write the file would run code as the outlet."""
 
-    def load(self) -> dict[bytes, "ExporterCache"]: ...
+    def load(self) -> dict[bytes, ExporterCache]: ...
 
     def save(self, caches: dict[bytes, dict]) -> None: ...
 
@@ -201,7 +202,7 @@ class ExporterCache:
         return {"entries": entries, "failures": self.failures, "open_until": self.open_until}
 
     @classmethod
-    def from_plain(cls, data: object) -> "ExporterCache":
+    def from_plain(cls, data: object) -> ExporterCache:
         """The cache `to_plain` gave; ValueError on anything else (a file may be foreign or
         hostile, so every type and bound is checked)."""
         if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
@@ -449,7 +450,7 @@ class MetadataLogic(StatefulBatchLogic[pa.RecordBatch | None, Described | None, 
             at = min(at, min(held.deadline for held in self.state.held))
         if self.requests:
             at = min(at, self.shared.clock() + WAKE_UP)
-        return datetime.fromtimestamp(at, timezone.utc)
+        return datetime.fromtimestamp(at, UTC)
 
     def snapshot(self) -> MetadataState:
         return self.state
@@ -612,5 +613,5 @@ def metadata_builder(shared: Metadata) -> Callable[[MetadataState | None], Metad
     return build
 
 
-__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata", "Described",
-           "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "BatchKeys"]
+__all__ = ["Interface", "PollResult", "Poller", "CacheStore", "StaticMetadata", "ExporterCache", "Metadata",
+           "Described", "MetadataLogic", "MetadataState", "metadata_builder", "annotate", "BatchKeys"]

@@ -7,7 +7,7 @@ lookup is one longest-prefix match.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from flows.enrich.subnets import SubnetMap, as_v6_network
 from flows.settings import Network

@@ -7,7 +7,7 @@ The shipped defaults (`DEFAULT_RULES`), each keyed by destination address and me
 
 | rule | flows | measure | fires at |
 |---|---|---|---|
-| udp-amplification | UDP from chargen, DNS, NTP, SNMP, CLDAP, SSDP, WS-Discovery, memcached ports | bps | 1 Gbps for 10 s |
+| udp-amplification | UDP from chargen, DNS, NTP, SNMP, CLDAP, SSDP, WS-Discovery, memcached | bps | 1 Gbps for 10 s |
 | syn-flood | TCP | share of packets that are SYN without ACK | 80 % for 10 s, at 50 kpps or more |
 | icmp-flood | ICMP and ICMPv6 | pps | 100 kpps for 10 s |
 | fragment-flood | IP fragments after the first | pps | 50 kpps for 10 s |
@@ -49,7 +49,7 @@ class Mitigation(Section):
     max_announcements: Annotated[int, Field(ge=1, le=1000)] = Field(10, description="routes up at once per rule")
 
     @model_validator(mode="after")
-    def _policy(self) -> "Mitigation":
+    def _policy(self) -> Mitigation:
         self.policy()  # refuses what flows/mitigation.py refuses
         return self
 
@@ -65,7 +65,8 @@ class AlertRule(Section):
     key: str = Field("DstAddr", description="what is counted apart: columns joined by +, addresses with a prefix")
     measure: str = Field("bps", description=f"one of {', '.join(detect.MEASURES)}")
     window: Duration = Field(timedelta(seconds=10), description="sliding window the measure is taken over")
-    threshold: Annotated[float, Field(gt=0)] = Field(description="fires at or over this (bps, pps, flows/s, sources, a ratio)")
+    threshold: Annotated[float, Field(gt=0)] = Field(
+        description="fires at or over this (bps, pps, flows/s, sources, a ratio)")
     min_duration: Duration = Field(timedelta(seconds=10), description="how long the measure stays over it")
     cooldown: Duration = Field(timedelta(minutes=5), description="after an end, before the key fires again")
     min_pps: Annotated[float, Field(ge=0)] = Field(0.0, description="and at least this many packets/s")
@@ -73,7 +74,7 @@ class AlertRule(Section):
     mitigation: Mitigation = Field(default_factory=Mitigation)
 
     @model_validator(mode="after")
-    def _valid(self) -> "AlertRule":
+    def _valid(self) -> AlertRule:
         try:
             self.rule()
         except QueryError as err:

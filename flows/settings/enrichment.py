@@ -13,7 +13,6 @@ from pydantic import AfterValidator, BeforeValidator, Field, FilePath, field_val
 from flows.regex import compile_regex
 from flows.settings.types import Duration, Port, Section, Subnet
 
-
 SNMPAuth = Literal["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"]
 SNMPPriv = Literal["none", "des", "3des", "aes", "aes192", "aes256", "aes192c", "aes256c"]
 
@@ -42,7 +41,7 @@ class SNMPCredentials(Section):
         return None if value is None else str(ipaddress.ip_address(value))
 
     @model_validator(mode="after")
-    def _usm_complete(self) -> "SNMPCredentials":
+    def _usm_complete(self) -> SNMPCredentials:
         if self.version != "3":
             return self
         if not self.user:
@@ -82,7 +81,7 @@ class SNMP(Section):
                           "run without recovery (recovery snapshots hold the cache anyway)")
 
     @model_validator(mode="after")
-    def _positive(self) -> "SNMP":
+    def _positive(self) -> SNMP:
         for name in ("timeout", "cache_duration", "cache_refresh", "cache_check_interval"):
             if getattr(self, name).total_seconds() <= 0:
                 raise ValueError(f"{name}: must be more than 0s")
@@ -157,7 +156,7 @@ def _template_names(template: str) -> list[str]:
     return parsed.get_identifiers()
 
 
-def _check_rule(rule: "ExporterRule | InterfaceRule") -> None:
+def _check_rule(rule: ExporterRule | InterfaceRule) -> None:
     """Templates may only use named groups of the rule's own regexes; a rule must do something."""
     groups: set[str] = set()
     for field in type(rule.match).model_fields:
@@ -201,7 +200,7 @@ class ExporterRule(Section):
     reject: bool = Field(False, description="drop the flows of matching exporters (counted)")
 
     @model_validator(mode="after")
-    def _valid(self) -> "ExporterRule":
+    def _valid(self) -> ExporterRule:
         _check_rule(self)
         return self
 
@@ -230,7 +229,7 @@ class InterfaceRule(Section):
     reject: bool = Field(False, description="drop the flows in or out of matching interfaces (counted)")
 
     @model_validator(mode="after")
-    def _valid(self) -> "InterfaceRule":
+    def _valid(self) -> InterfaceRule:
         _check_rule(self)
         return self
 

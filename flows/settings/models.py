@@ -143,7 +143,7 @@ def _check_dsn(value: str) -> str:
         if not parsed.hostname:
             raise ValueError(f"{value!r} has no host")
         try:
-            parsed.port
+            _ = parsed.port  # (reading it validates it)
         except ValueError as err:
             raise ValueError(f"{value!r}: {err}") from None
         return value
@@ -158,7 +158,7 @@ class TTLs(Section):
     exporters: Duration = Field(timedelta(days=1), description="exporters and interfaces seen")
 
     @model_validator(mode="after")
-    def _positive(self) -> "TTLs":
+    def _positive(self) -> TTLs:
         for name in type(self).model_fields:
             if getattr(self, name).total_seconds() < 1:
                 raise ValueError(f"{name}: a TTL must be at least 1s")
