@@ -47,6 +47,15 @@ def wait_consumed(outlet: Outlet, bootstrap: str, group: str, topic: str, total:
                     f"{total} messages consumed and inserted")
 
 
+def produce_and_restart(outlet: Outlet, bootstrap: str, group: str, topic: str, seqs: range) -> None:
+    """Produce `seqs` to the stopped outlet, start it, wait until it has consumed up to the
+    last of them and inserted everything, and kill it."""
+    produce(bootstrap, topic, v5_messages(seqs, EXPORTERS))
+    outlet.start()
+    wait_consumed(outlet, bootstrap, group, topic, seqs.stop)
+    outlet.kill()
+
+
 @pytest.mark.slow
 def test_kill_and_restart_with_recovery_loses_and_doubles_no_flow(broker: LocalBroker, topic_name: str,
                                                       tmp_path: Path) -> None:
@@ -67,10 +76,7 @@ def test_kill_and_restart_with_recovery_loses_and_doubles_no_flow(broker: LocalB
         # the launcher made the recovery store where users would look for it
         assert sorted(recovery_dir(tmp_path / "data", "outlet").glob("part-*.sqlite3"))
 
-        produce(broker.bootstrap, topic, v5_messages(range(300, 400), EXPORTERS))
-        outlet.start()
-        wait_consumed(outlet, broker.bootstrap, group, topic, 400)
-        outlet.kill()
+        produce_and_restart(outlet, broker.bootstrap, group, topic, range(300, 400))
     finally:
         outlet.stop()
 
@@ -111,10 +117,7 @@ def test_offsets_committed_before_a_durable_snapshot_lose_no_flow(broker: LocalB
         outlet.kill()
         shutil.rmtree(recovery_dir(tmp_path / "data", "outlet"))  # the snapshot never made durable
 
-        produce(broker.bootstrap, topic, v5_messages(range(30, 50), EXPORTERS))
-        outlet.start()
-        wait_consumed(outlet, broker.bootstrap, group, topic, 50)
-        outlet.kill()
+        produce_and_restart(outlet, broker.bootstrap, group, topic, range(30, 50))
     finally:
         outlet.stop()
 
