@@ -42,12 +42,10 @@ def topic_name(cfg: Kafka) -> str:
 def consumer_config(cfg: Kafka) -> dict[str, str]:
     """librdkafka settings for the outlet's consumers.
 
-    A recovery snapshot, when present, decides the start offset. Without one, `committed`
-    resumes from the group's committed offsets (earliest when it has none). With recovery
-    (`-r`) an offset is committed only once a snapshot holds it (`_Partition.snapshot`), so a
-    process killed before its first snapshot starts again where the last one did, not past rows
-    it had read but not stored. Without recovery offsets are committed as messages are read, and
-    a crash may skip what was read but not yet inserted.
+    A recovery snapshot, when present, decides the start offset. Without recovery, `committed`
+    resumes from the group's committed offsets (earliest when it has none); they are committed
+    as messages are read, and a crash may skip what was read but not yet inserted. With
+    recovery (`-r`) the committed offsets are never a start position (see `start_offset`).
     """
     auto = cfg.start_offset == "committed" and not recovery_enabled()
     config = {
@@ -59,6 +57,22 @@ def consumer_config(cfg: Kafka) -> dict[str, str]:
     }
     config.update({key: str(value) for key, value in cfg.consumer.items()})
     return config
+
+
+def start_offset(configured: int, resumed: int | None, recovery: bool) -> int:
+    """Where a partition starts without a snapshot offset (`resumed` None): the configured start,
+    but with recovery `committed` reads from the earliest offset.
+
+    With recovery the group's offset is committed when the source takes its snapshot, before
+    Bytewax has made that snapshot durable (the sink's snapshot, holding rows read but not yet
+    inserted, is written after). A process killed in between, before its first durable snapshot,
+    finds no snapshot at the next start, and the committed offset would skip those rows: whole
+    datagrams lost. Reading from the earliest offset instead is exact, as the sink's marks drop
+    every row already stored (flows/delivery.py); it costs a re-read of what the topic retains.
+    """
+    if resumed is not None or not recovery or configured != OFFSET_STORED:
+        return configured
+    return OFFSET_BEGINNING
 
 
 log = logging.getLogger(__name__)
@@ -84,6 +98,7 @@ class _Partition(_KafkaSourcePartition):
     def __init__(self, step_id: str, config: dict, topic: str, part_idx: int, starting_offset: int,
                  resume_state: tuple[int, int] | int | None, batch_size: int, raise_on_errors: bool) -> None:
         offset, generation = resume_state if isinstance(resume_state, tuple) else (resume_state, None)
+        starting_offset = start_offset(starting_offset, offset, recovery_enabled())
         super().__init__(step_id, config, topic, part_idx, starting_offset, offset, batch_size, raise_on_errors)
         self._generation = generation if generation is not None else self._committed_generation()
         self._lag = CONSUMER_LAG.labels(self._topic, str(self._part_idx))
@@ -137,7 +152,7 @@ class _Partition(_KafkaSourcePartition):
 
     def snapshot(self) -> tuple[int, int]:
         # Called at each epoch's end, only with recovery: the group's offset follows the
-        # snapshots, for a start that finds none (see consumer_config).
+        # snapshots, for lag tools; not durable with them, so never a start (start_offset).
         if self._offset >= 0:
             try:
                 self._consumer.commit(offsets=[TopicPartition(self._topic, self._part_idx, self._offset,
