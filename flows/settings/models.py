@@ -109,7 +109,8 @@ class Kafka(Section):
     consumer_group: str = Field("waxflow-outlet", description="consumer group of the outlet")
     start_offset: Literal["committed", "earliest", "latest"] = Field(
         "committed", description="outlet start without a recovery snapshot: committed offsets "
-                                 "(earliest when the group has none), earliest or latest")
+                                 "(earliest when the group has none; with recovery, earliest: the "
+                                 "sink's marks drop what is stored), earliest or latest")
     producer: dict[str, KafkaValue] = Field(default_factory=dict,
                                             description="extra librdkafka producer settings")
     consumer: dict[str, KafkaValue] = Field(default_factory=dict,
