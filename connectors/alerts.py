@@ -124,6 +124,7 @@ class AlertSink:
         self.database, self.client = database, client
         self.active: dict[str, set[tuple]] = {}  # rule → keys on
         self.rules = {r.name: r for r in config.all_rules()}
+        self.detected = {name: r.rule() for name, r in self.rules.items()}  # (compiled once)
         self.mitigators = {name: mitigation.Mitigator(r.mitigation.policy()) for name, r in self.rules.items()}
         hook = config.webhook
         self.webhook = Webhook(hook.url, hook.secret, hook.timeout.total_seconds(), hook.retries) if hook.url else None
@@ -131,15 +132,16 @@ class AlertSink:
         self.gobgp = gobgp or GoBGP(config.bgp.host, config.bgp.port, config.bgp.cli, dry_run=not needs_bgp)
 
     def handle(self, event: detect.Event, found: dict[str, list], now: float) -> dict[str, Any] | None:
-        rule = self.rules[event.rule]
-        detected = rule.rule()
+        rule, detected = self.rules[event.rule], self.detected[event.rule]
         on = self.active.setdefault(event.rule, set())
-        if event.kind == "on":  # after a restart: already stored and acted on, only counted again
-            on.add(event.key)
-            ACTIVE.labels(event.rule).set(len(on))
-            return None
         mitigator = self.mitigators[event.rule]
         prefix = self._prefix(detected, event.key)
+        if event.kind == "on":  # after a restart: already stored and posted; counted again, and its
+            on.add(event.key)   # route taken back in hand (announced again: GoBGP keeps one copy),
+            ACTIVE.labels(event.rule).set(len(on))  # or its end would leave it up for good
+            if prefix is not None:
+                self._send(mitigator.start(prefix, found))
+            return None
         actions: list[tuple[str, mitigation.Route]] = []
         if prefix is not None and event.kind == "start":
             actions = mitigator.start(prefix, found)
@@ -180,14 +182,25 @@ class AlertSink:
         return None
 
 
+class BacktestTooLong(RuntimeError):
+    pass
+
+
 def backtest(query: Callable[[str, dict[str, Any]], list[tuple]], rule: detect.Rule, database: str,
-             start: int, end: int, chunk: int = 3600) -> list[dict[str, Any]]:
+             start: int, end: int, chunk: int = 3600, budget: float | None = None) -> list[dict[str, Any]]:
     """When `rule` would have fired over raw flows in [start, end): the live detector's code fed
     from the store an hour at a time (`query(sql, parameters)` runs a read-only query). Alerts
-    still on at `end` have no end. Each start carries its signature over its first seconds."""
+    still on at `end` have no end. Each start carries its signature over its first seconds.
+    `budget`: seconds the whole backtest may take (each query has its own limit too), else
+    BacktestTooLong — the API's callers get that, the command on a stopped store has none."""
+    deadline = None if budget is None else time.monotonic() + budget
     detector = detect.Detector(rule)
     events: list[detect.Event] = []
     for low in range(start, end, chunk):
+        if deadline is not None and time.monotonic() > deadline:
+            raise BacktestTooLong(f"the backtest took longer than {budget:g} s by {low - start} s of "
+                                  f"{end - start} s of flows; try a shorter range, or `waxflow alerts backtest` "
+                                  "on a stopped store")
         high = min(end, low + chunk)
         sql, parameters = detect.totals_sql(rule, database, low, high)
         detect.feed(detector, detect.rows_totals(rule, query(sql, parameters)))

@@ -176,3 +176,41 @@ def test_waxflow_alerts_backtest_on_a_stopped_store(tmp_path) -> None:
     assert high.returncode == 0 and high.stdout.strip() == "" and "0 alert(s)" in high.stderr, high.stderr
     unknown = backtest("--rule", "nope")
     assert unknown.returncode == 1 and "unknown_rule" in unknown.stderr and "udp-amplification" in unknown.stderr
+
+
+def test_a_backtest_through_the_api_is_bounded_in_time(chdb_dir) -> None:
+    from connectors.alerts import BacktestTooLong, backtest
+    from tests.test_detect import NOW, _amplification
+
+    cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"budget_{uuid.uuid4().hex[:8]}")
+    clickhouse.migrate(cfg)
+    client = clickhouse.connect(cfg)
+    run = lambda sql, parameters: client.query(sql, parameters=parameters).result_rows  # noqa: E731
+    assert backtest(run, _amplification(), cfg.database, NOW, NOW + 7200, budget=60) == []
+    with pytest.raises(BacktestTooLong, match="shorter range"):
+        backtest(run, _amplification(), cfg.database, NOW, NOW + 7 * 86400, budget=0)
+    client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
+
+
+def test_an_alert_restated_after_a_restart_takes_its_route_back_in_hand(chdb_dir) -> None:
+    """A new process knows nothing of the routes the killed one announced: the alert's "on"
+    takes its route back (announced again), so that its end withdraws it."""
+    from connectors.bgp import GoBGP
+
+    cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"restate_{uuid.uuid4().hex[:8]}")
+    clickhouse.migrate(cfg)
+    client = clickhouse.connect(cfg)
+    config = Alerts(defaults=False, rules=[{"name": "amp", "threshold": 1,
+                                            "mitigation": {"kind": "rtbh", "hold_down": "0s"}}])
+    sent = []
+    dry = GoBGP(dry_run=True)
+    dry.send = lambda verb, route: sent.append((verb, route.prefix))  # (what it would send)
+    sink = AlertSink(config, cfg.database, client, gobgp=dry)
+    key = (bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 7]),)
+    sink.handle(detect.Event("on", "amp", key, 1_800_000_000, None, 2, 2), {}, 0)
+    sink.handle(detect.Event("end", "amp", key, 1_800_000_000, 1_800_000_060, 3, 3), {}, 10)
+    sink.tick(11)
+    assert sent == [("announce", "203.0.113.7/32"), ("withdraw", "203.0.113.7/32")]
+    rows = client.query(f"SELECT count() FROM `{cfg.database}`.alerts").result_rows
+    assert rows == [(1,)]  # the "on" stored nothing; the end did
+    client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")

@@ -308,10 +308,14 @@ def alerts_result(session: ReadOnlySession, settings: Settings,
     return widgets.shape_alerts(rows)
 
 
-def backtest_result(session: ReadOnlySession, settings: Settings, query: tuple[Any, int, int]) -> dict[str, Any]:
-    from connectors.alerts import backtest
+def backtest_result(session: ReadOnlySession, settings: Settings, query: tuple[Any, int, int],
+                    budget: float | None = None) -> dict[str, Any]:
+    from connectors.alerts import BacktestTooLong, backtest
 
     rule, start, end = query
-    events = backtest(lambda sql, parameters: session.query(sql, parameters=parameters).result_rows, rule,
-                      settings.clickhouse.database, start, end)
+    try:
+        events = backtest(lambda sql, parameters: session.query(sql, parameters=parameters).result_rows, rule,
+                          settings.clickhouse.database, start, end, budget=budget)
+    except BacktestTooLong as err:
+        raise APIError(400, "too_long", str(err)) from None
     return {"rule": rule.name, "threshold": rule.threshold, "from": start, "to": end, "events": events}

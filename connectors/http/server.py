@@ -266,7 +266,9 @@ class API:
     def on_alerts_backtest(self, request: Request) -> Response:
         rules = {r.name: r.rule() for r in self.settings.alerts.all_rules()}
         query = widgets.backtest_query(_params(request), rules)
-        return _json(200, self._store("api", lambda session: queries.backtest_result(session, self.settings, query)))
+        budget = self.settings.api.query_timeout.total_seconds()  # a slot is held no longer than one query's limit
+        return _json(200, self._store("api", lambda session: queries.backtest_result(session, self.settings, query,
+                                                                                     budget)))
 
     def _saved_names(self) -> list[str]:
         return [f["name"] for f in self._store("api", lambda s: queries.saved_filters_result(s, self.settings))]
