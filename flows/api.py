@@ -81,6 +81,13 @@ class FlowsQuery:
     points: int = DEFAULT_POINTS
 
 
+def only_parameters(params: Mapping[str, str], allowed: set[str]) -> None:
+    """Refuse, naming them, the parameters an endpoint does not take."""
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise QueryError("unknown_parameter", f"unknown parameter(s): {', '.join(unknown)}")
+
+
 def _bounded_int(params: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
     text = params.get(key)
     if text is None or text == "":
@@ -105,10 +112,7 @@ def parse_dimensions(text: str | None) -> tuple[str, ...]:
 def parse_flows_query(params: Mapping[str, str], now: float | None = None) -> FlowsQuery:
     """Validate the query string of GET /api/v0/flows; raise QueryError naming what is wrong."""
     now = time.time() if now is None else now
-    known = {"from", "to", "dimensions", "limit", "filter", "unit", "points"}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise QueryError("unknown_parameter", f"unknown parameter(s): {', '.join(unknown)}")
+    only_parameters(params, {"from", "to", "dimensions", "limit", "filter", "unit", "points"})
     end = parse_time(params.get("to"), now, now)
     start = parse_time(params.get("from"), now, end - 3600)
     if start >= end:

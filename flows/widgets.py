@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from flows import api
@@ -21,15 +20,9 @@ MAX_TOP = 20
 MAX_WINDOW = 86400
 
 
-def _only(params: Mapping[str, str], allowed: set[str]) -> None:
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise api.QueryError("unknown_parameter", f"unknown parameter(s): {', '.join(unknown)}")
-
-
 def flow_rate_window(params: Mapping[str, str], now: float | None = None) -> tuple[int, int]:
     """[from, to) of the flow-rate widget: `window` seconds (1-86400, default 300) ending now."""
-    _only(params, {"window"})
+    api.only_parameters(params, {"window"})
     now = time.time() if now is None else now
     text = params.get("window") or "300"
     if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= MAX_WINDOW):
@@ -54,7 +47,7 @@ def shape_flow_rate(start: int, end: int, row: tuple[Any, Any, Any]) -> dict[str
 
 def graph_queries(params: Mapping[str, str], now: float | None = None) -> tuple[api.FlowsQuery, api.FlowsQuery]:
     """The bps and flows/s queries of the graph widget (from, to, points, filter)."""
-    _only(params, {"from", "to", "points", "filter"})
+    api.only_parameters(params, {"from", "to", "points", "filter"})
     base = {"from": "-1h", "points": "60", **{k: v for k, v in params.items() if v}}
     bps = api.parse_flows_query({**base, "unit": "bps"}, now)
     flows = api.parse_flows_query({**base, "from": str(bps.start), "to": str(bps.end), "unit": "flows"}, now)
@@ -72,7 +65,7 @@ def shape_graph(bps: dict[str, Any], flows: dict[str, Any]) -> dict[str, Any]:
 
 def top_query(dimension: str, params: Mapping[str, str], now: float | None = None) -> api.FlowsQuery:
     """One dimension's top values over a range: from (default -1h), to, limit (1-20), filter, unit."""
-    _only(params, {"from", "to", "limit", "filter", "unit"})
+    api.only_parameters(params, {"from", "to", "limit", "filter", "unit"})
     if len(api.parse_dimensions(dimension)) != 1:
         raise api.QueryError("bad_dimension", "the path names one dimension: /api/v0/widgets/top/SrcAS")
     limit = params.get("limit") or "5"
@@ -99,63 +92,3 @@ def last_flow_sql(database: str) -> str:
     the sorting key's first column, so this stays cheap on a large table."""
     return (f"SELECT * FROM `{database}`.`flows` WHERE TimeReceived = "
             f"(SELECT max(TimeReceived) FROM `{database}`.`flows`) LIMIT 1")
-
-
-def alerts_query(params: Mapping[str, str], now: float | None = None) -> tuple[str, dict[str, Any]]:
-    """GET /api/v0/alerts: alerts that were on during [from, to) (default the last day), newest
-    first, at most 1000; `rule` one rule's, `active=1` only those still on."""
-    _only(params, {"from", "to", "rule", "active"})
-    now = time.time() if now is None else now
-    end = api.parse_time(params.get("to"), now, now)
-    start = api.parse_time(params.get("from"), now, end - 86400)
-    if not 0 <= start < end < 2**32:
-        raise api.QueryError("bad_range", "from must be before to, both between 1970 and 2106")
-    active = params.get("active", "")
-    if active not in ("", "0", "1"):
-        raise api.QueryError("bad_active", "active is 1 or 0")
-    rule = params.get("rule", "")
-    if len(rule) > 64:
-        raise api.QueryError("bad_rule", "a rule name is at most 64 characters")
-    where = ["Start < toDateTime({to:UInt32})", "(End = toDateTime(0) OR End >= toDateTime({from:UInt32}))"]
-    if rule:
-        where.append("Rule = {rule:String}")
-    if active == "1":
-        where.append("End = toDateTime(0)")
-    return ("SELECT Rule, Key, toUInt32(Start), toUInt32(End), Measure, Value, Peak, TopSources, TopSourcePorts, "
-            "TopProtocols, Action FROM {db:Identifier}.alerts FINAL WHERE " + " AND ".join(where)
-            + " ORDER BY Start DESC LIMIT 1000", {"from": int(start), "to": int(end), "rule": rule})
-
-
-def shape_alerts(rows: list[tuple]) -> list[dict[str, Any]]:
-    names = ("rule", "key", "start", "end", "measure", "value", "peak", "top_sources", "top_source_ports",
-             "top_protocols", "action")
-    return [{**dict(zip(names, row)), "end": row[3] or None} for row in rows]
-
-
-MAX_BACKTEST_SECONDS = 31 * 86400
-
-
-def backtest_query(params: Mapping[str, str], rules: Mapping[str, Any],
-                   now: float | None = None) -> tuple[Any, int, int]:
-    """GET /api/v0/alerts/backtest: the rule (by name, `threshold` to try another one), and
-    [from, to) over raw flows, at most 31 days (default the last day)."""
-    _only(params, {"rule", "from", "to", "threshold"})
-    now = time.time() if now is None else now
-    name = params.get("rule", "")
-    if name not in rules:
-        raise api.QueryError("unknown_rule", f"no rule {name[:64]!r}; rules: {', '.join(sorted(rules))}")
-    rule = rules[name]
-    text = params.get("threshold", "")
-    if text:
-        try:
-            threshold = float(text)
-        except ValueError:
-            threshold = float("nan")
-        if not 0 < threshold < float("inf"):
-            raise api.QueryError("bad_threshold", "threshold is a number above 0")
-        rule = replace(rule, threshold=threshold)
-    end = api.parse_time(params.get("to"), now, now)
-    start = api.parse_time(params.get("from"), now, end - 86400)
-    if not 0 <= start < end < 2**32 or end - start > MAX_BACKTEST_SECONDS:
-        raise api.QueryError("bad_range", "from must be before to, at most 31 days apart")
-    return rule, int(start), int(end)

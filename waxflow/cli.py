@@ -296,7 +296,7 @@ def alerts_backtest(ctx: Context, rule: str, start: str, end: str, threshold: fl
     """When RULE would have fired over the stored flows (raw flows, so within their TTL): the
     live detector's own code fed from the store. Through the running stack's API, else the store."""
     from connectors.http.queries import backtest_result
-    from flows.widgets import backtest_query
+    from flows.alerts_api import backtest_query
 
     params = {"rule": rule, "from": start, "to": end, **({"threshold": repr(threshold)} if threshold else {})}
     rules = {r.name: r.rule() for r in ctx.settings.alerts.all_rules()}
@@ -320,7 +320,7 @@ def alerts_backtest(ctx: Context, rule: str, start: str, end: str, threshold: fl
 def alerts_list(ctx: Context, start: str, active: bool, fmt: str) -> None:
     """Alerts that were on since --from (the alerts table)."""
     from connectors.http.queries import alerts_result
-    from flows.widgets import alerts_query
+    from flows.alerts_api import alerts_query
 
     params = {"from": start, **({"active": "1"} if active else {})}
     body = _look_up(ctx, "/api/v0/alerts", params, None,

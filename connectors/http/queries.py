@@ -26,7 +26,7 @@ import clickhouse_connect
 
 from connectors.clickhouse import ttl_seconds
 from connectors.http.errors import APIError
-from flows import api, filter_assist, graph, saved_filters, sqlguard, widgets
+from flows import alerts_api, api, filter_assist, graph, saved_filters, sqlguard, widgets
 from flows.settings import Settings
 from flows.sqlguard import session_limits
 
@@ -305,7 +305,7 @@ def alerts_result(session: ReadOnlySession, settings: Settings,
                   query: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
     sql, parameters = query
     rows = session.query(sql, parameters={**parameters, "db": settings.clickhouse.database}).result_rows
-    return widgets.shape_alerts(rows)
+    return alerts_api.shape_alerts(rows)
 
 
 def backtest_result(session: ReadOnlySession, settings: Settings, query: tuple[Any, int, int],

@@ -68,7 +68,7 @@ from connectors.http.queries import (
     sql_result,
 )
 from connectors.http.saved_filters import SavedFilterWriter
-from flows import api, ddl, filter_assist, graph, saved_filters, widgets
+from flows import alerts_api, api, ddl, filter_assist, graph, saved_filters, widgets
 from flows.ratelimit import RateLimitedLog
 from flows.settings import Settings
 
@@ -259,13 +259,13 @@ class API:
         return _json(200, self._store("api", lambda session: queries.last_flow_result(session, self.settings)))
 
     def on_alerts(self, request: Request) -> Response:
-        query = widgets.alerts_query(_params(request))
+        query = alerts_api.alerts_query(_params(request))
         found = self._store("api", lambda session: queries.alerts_result(session, self.settings, query))
         return _json(200, {"alerts": found})
 
     def on_alerts_backtest(self, request: Request) -> Response:
         rules = {r.name: r.rule() for r in self.settings.alerts.all_rules()}
-        query = widgets.backtest_query(_params(request), rules)
+        query = alerts_api.backtest_query(_params(request), rules)
         budget = self.settings.api.query_timeout.total_seconds()  # a slot is held no longer than one query's limit
         return _json(200, self._store("api", lambda session: queries.backtest_result(session, self.settings, query,
                                                                                      budget)))
