@@ -132,6 +132,11 @@ class AlertSink:
         self.gobgp = gobgp or GoBGP(config.bgp.host, config.bgp.port, config.bgp.cli, dry_run=not needs_bgp)
 
     def handle(self, event: detect.Event, found: dict[str, list], now: float) -> dict[str, Any] | None:
+        if event.rule not in self.rules:  # a rule removed from the configuration, resumed from a snapshot
+            _ratelimited(logging.WARNING, "alerts:unknown", "alerts: %s event of rule %s, no longer configured, "
+                         "ignored (a route it announced stays until withdrawn by hand)", event.kind, event.rule)
+            FAILED.inc()
+            return None
         rule, detected = self.rules[event.rule], self.detected[event.rule]
         on = self.active.setdefault(event.rule, set())
         mitigator = self.mitigators[event.rule]
@@ -141,6 +146,10 @@ class AlertSink:
             ACTIVE.labels(event.rule).set(len(on))  # or its end would leave it up for good
             if prefix is not None:
                 self._send(mitigator.start(prefix, found))
+            return None
+        if event.kind == "ended":  # after a restart: its route may be in its hold-down, or due
+            if prefix is not None and self.rules[event.rule].mitigation.kind != "none":
+                self._held_down(mitigator, prefix, found, event.end or 0, now)
             return None
         actions: list[tuple[str, mitigation.Route]] = []
         if prefix is not None and event.kind == "start":
@@ -160,6 +169,17 @@ class AlertSink:
         if self.webhook is not None:
             self.webhook.send(document)
         return document
+
+    def _held_down(self, mitigator: mitigation.Mitigator, prefix: str, found: dict[str, list], ended: int,
+                   now: float) -> None:
+        """An alert that ended before a restart: withdraw its route now if the hold-down has passed
+        (a withdrawal of a route GoBGP no longer has is harmless), else take it back in hand so
+        the hold-down withdraws it."""
+        if ended + mitigator.policy.hold_down <= now:
+            self._send([("withdraw", mitigation.Route(mitigator.policy.kind, prefix, mitigator._matching(found)))])
+            return
+        self._send(mitigator.start(prefix, found))
+        mitigator.end(prefix, ended)
 
     def tick(self, now: float) -> None:
         """Withdraw the routes whose hold-down has passed."""
@@ -208,6 +228,9 @@ def backtest(query: Callable[[str, dict[str, Any]], list[tuple]], rule: detect.R
     out = []
     for event in events:
         found: dict[str, list] = {}
+        if deadline is not None and time.monotonic() > deadline:
+            raise BacktestTooLong(f"the backtest took longer than {budget:g} s ({len(events)} events); try a higher "
+                                  "threshold, a shorter range, or `waxflow alerts backtest` on a stopped store")
         if event.kind == "start":
             sql, parameters = detect.signature_sql(rule, database, event.key, event.start,
                                                    event.start + max(1, rule.min_duration))

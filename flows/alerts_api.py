@@ -3,12 +3,15 @@ validated, the SQL over the alerts table, the shape of its answer."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from flows import api
+
+_NUMBER = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?")  # ASCII only
 
 
 def alerts_query(params: Mapping[str, str], now: float | None = None) -> tuple[str, dict[str, Any]]:
@@ -57,12 +60,9 @@ def backtest_query(params: Mapping[str, str], rules: Mapping[str, Any],
     rule = rules[name]
     text = params.get("threshold", "")
     if text:
-        try:
-            threshold = float(text)
-        except ValueError:
-            threshold = float("nan")
+        threshold = float(text) if _NUMBER.fullmatch(text) else 0.0
         if not 0 < threshold < float("inf"):
-            raise api.QueryError("bad_threshold", "threshold is a number above 0")
+            raise api.QueryError("bad_threshold", "threshold is a number above 0 (e.g. 2e9)")
         rule = replace(rule, threshold=threshold)
     end = api.parse_time(params.get("to"), now, now)
     start = api.parse_time(params.get("from"), now, end - 86400)

@@ -29,6 +29,8 @@ from flows.detect import Detector, Event, Rule, Totals
 
 LATENESS = 2
 IDLE = 5.0
+AHEAD = 300  # flows stamped further in the future than this (by the clock) are not counted
+BEHIND = 86_400  # nor flows older than this: a forged or broken timestamp must not move time
 HOT_FRACTION = 0.25
 MAX_HOT = 5
 MAX_SIGNATURES = 1000
@@ -93,19 +95,26 @@ class DetectLogic(StatefulLogic):
             resumed.detector.rule = rules[resumed.detector.rule.name]
         self._clock = clock
         self._last_item = clock()
+        self.out_of_range = 0  # totals of seconds too far from the clock, dropped
         self._restate = resumed is not None  # alerts on at the snapshot: said again once, as "on"
 
     def on_item(self, value: Partial) -> tuple[list[tuple[Event, dict]], bool]:
         if self.state is None:
             self.state = DetectState(Detector(self.rules[value.rule]))
         state = self.state
-        detect.feed(state.detector, value.totals)
+        now = self._clock()
+        totals = {k: t for k, t in value.totals.items() if now - BEHIND <= k[0] <= now + AHEAD}
+        self.out_of_range += len(value.totals) - len(totals)
+        detect.feed(state.detector, totals)
         for key, found in value.signatures.items():
             state.signatures.pop(key, None)
             state.signatures[key] = found
         while len(state.signatures) > MAX_SIGNATURES:
             state.signatures.pop(next(iter(state.signatures)))
-        state.watermark = max(state.watermark or value.newest, value.newest)
+        newest = max((second for second, _ in totals), default=value.newest)
+        if not now - BEHIND <= newest <= now + AHEAD:  # (the batch's own newest may be forged too)
+            return [], StatefulLogic.RETAIN
+        state.watermark = max(state.watermark or newest, newest)
         self._last_item = self._clock()
         return self._advance(state.watermark - LATENESS + 1), StatefulLogic.RETAIN
 
@@ -121,8 +130,11 @@ class DetectLogic(StatefulLogic):
         restated: list[Event] = []
         if self._restate:
             self._restate = False
-            restated = [Event("on", self.state.detector.rule.name, key, state.since, None, state.value, state.peak)
+            name = self.state.detector.rule.name
+            restated = [Event("on", name, key, state.since, None, state.value, state.peak)
                         for key, state in self.state.detector.states() if state.status == "active"]
+            restated += [Event("ended", name, key, 0, state.last_over + 1, state.peak, state.peak)
+                         for key, state in self.state.detector.states() if state.status == "cooldown"]
         events = restated + self.state.detector.advance(until)
         return [(event, self.state.signatures.get(event.key, {})) for event in events]
 

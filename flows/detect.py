@@ -145,6 +145,11 @@ def _key_array(column: pa.Array, part: KeyPart) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(column), [None, pa.py_buffer(cut.tobytes())])
 
 
+def _float(values: Any) -> Any:
+    """Counters as floats, unchecked: a forged 2^64-1 byte count is a huge number, not an error."""
+    return pc.cast(values, pa.float64(), safe=False)
+
+
 def selected(rule: Rule, batch: pa.RecordBatch | pa.Table, expression: pc.Expression | None = None) -> pa.Table:
     """The flows of `batch` the rule's filter selects (`expression`: the filter compiled once)."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
@@ -162,8 +167,8 @@ def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
     if not table.num_rows:
         return {}
     table = table.combine_chunks()
-    rate = pc.max_element_wise(table.column("SamplingRate"), 1).cast(pa.float64())
-    packets = pc.multiply(table.column("Packets").cast(pa.float64()), rate)
+    rate = _float(pc.max_element_wise(table.column("SamplingRate"), 1))
+    packets = pc.multiply(_float(table.column("Packets")), rate)
     tcp = pc.equal(table.column("Proto"), TCP)
     flags = table.column("TCPFlags")
     syn = pc.and_(tcp, pc.and_(pc.not_equal(pc.bit_wise_and(flags, SYN), 0), pc.equal(pc.bit_wise_and(flags, ACK), 0)))
@@ -171,7 +176,7 @@ def batch_totals(rule: Rule, batch: pa.RecordBatch | pa.Table,
     columns = {
         "s": table.column("TimeReceived").cast(pa.int64()),
         **{f"k{i}": _key_array(table.column(p.column).combine_chunks(), p) for i, p in enumerate(rule.key)},
-        "bits": pc.multiply(pc.multiply(table.column("Bytes").cast(pa.float64()), rate), 8.0),
+        "bits": pc.multiply(pc.multiply(_float(table.column("Bytes")), rate), 8.0),
         "packets": packets,
         "syn": pc.if_else(syn, packets, zero),
         "tcp": pc.if_else(tcp, packets, zero),
@@ -232,7 +237,8 @@ def measure(rule: Rule, window: Totals, seconds: int | None = None) -> float:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "start" or "end"; "on": an alert on when the state was snapshotted, said again on resume
+    kind: str  # "start" or "end"; on resume, "on" (an alert on at the snapshot) and "ended" (one that
+    # had ended, its routes maybe still held down) are said again
     rule: str
     key: tuple
     start: int  # first second over the threshold
@@ -272,18 +278,30 @@ class Detector:
         self._pending.setdefault(second, {}).setdefault(key, Totals()).add(totals)
 
     def advance(self, until: int) -> list[Event]:
-        """Evaluate each second in [clock, until): window sums slide, states move."""
+        """Evaluate each second in [clock, until): window sums slide, states move. Seconds in
+        which nothing can change (no key with data in its window or a pending or active state)
+        are jumped over, to the next second with totals or the next end of a cooldown."""
         if self.clock is None:
             if not self._pending:
                 return []
             self.clock = min(self._pending)
         events: list[Event] = []
         while self.clock < until:
+            quiet = self._quiet_until()
+            if quiet is not None and quiet > self.clock:
+                self.clock = min(quiet, until)
+                continue
             events += self._second(self.clock, self._pending.pop(self.clock, {}))
             self.clock += 1
-            if not self._pending and all(s.status == "idle" and not s.seconds for s in self._keys.values()):
-                self.clock = max(self.clock, until)  # nothing to slide: jump ahead
         return events
+
+    def _quiet_until(self) -> int | None:
+        """The next second that needs evaluating when none until then does, else None."""
+        if any(s.seconds or s.status in ("pending", "active") for s in self._keys.values()):
+            return None
+        wakes = [s.since for s in self._keys.values() if s.status == "cooldown"]
+        wakes += [min(self._pending)] if self._pending else []
+        return min(wakes) if wakes else 2**62
 
     def _second(self, second: int, arrived: dict[tuple, Totals]) -> Iterator[Event]:
         for key, totals in arrived.items():
@@ -444,8 +462,7 @@ def signature(rule: Rule, table: pa.Table, key: tuple, expression: pc.Expression
         table = table.filter(pc.equal(column, value))
     if not table.num_rows:
         return {"sources": [], "source_ports": [], "protocols": []}
-    bits = pc.multiply(table.column("Bytes").cast(pa.float64()),
-                       pc.max_element_wise(table.column("SamplingRate"), 1).cast(pa.float64()))
+    bits = pc.multiply(_float(table.column("Bytes")), _float(pc.max_element_wise(table.column("SamplingRate"), 1)))
     def top(name: str) -> list:
         grouped = pa.table({"v": table.column(name), "b": bits}).group_by("v").aggregate([("b", "sum")])
         ordered = grouped.sort_by([("b_sum", "descending"), ("v", "ascending")]).column("v").to_pylist()[:TOP]

@@ -15,9 +15,13 @@ more are refused and counted), and withdrawn `hold_down` seconds after it ends.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 
 BLACKHOLE = "65535:666"
+_COMMUNITY = re.compile(r"[0-9]{1,5}:[0-9]{1,5}")
+SHORTEST = {4: 16, 6: 32}
+"""The shortest prefixes a rule may announce: a key cut shorter would blackhole whole networks."""
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "ipv6-icmp", 132: "sctp"}
 
 
@@ -45,6 +49,10 @@ class Policy:
             raise ValueError("a rate-limit needs a rate above 0 (bytes per second)")
         if not all(0 < p < 65536 for p in self.source_ports) or len(self.source_ports) > 16:
             raise ValueError("source_ports are up to 16 ports in 1-65535")
+        if not _COMMUNITY.fullmatch(self.community) or any(int(p) > 65535 for p in self.community.split(":")):
+            raise ValueError("community is ASN:VALUE, each 0-65535 (e.g. 65535:666)")
+        if not self.rate < 1e15:
+            raise ValueError("rate is bytes per second, under 1e15")
         ipaddress.ip_address(self.next_hop)
 
 

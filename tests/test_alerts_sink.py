@@ -214,3 +214,25 @@ def test_an_alert_restated_after_a_restart_takes_its_route_back_in_hand(chdb_dir
     rows = client.query(f"SELECT count() FROM `{cfg.database}`.alerts").result_rows
     assert rows == [(1,)]  # the "on" stored nothing; the end did
     client.command(f"DROP DATABASE IF EXISTS `{cfg.database}`")
+
+
+def test_an_alert_that_ended_before_a_restart_still_has_its_route_withdrawn(chdb_dir) -> None:
+    """Restated as "ended": withdrawn at once when its hold-down has passed, else when it does."""
+    from connectors.bgp import GoBGP
+
+    cfg = ClickHouse(dsn=f"chdb:{chdb_dir}", database=f"ended_{uuid.uuid4().hex[:8]}")
+    clickhouse.migrate(cfg)
+    config = Alerts(defaults=False, rules=[{"name": "amp", "threshold": 1,
+                                            "mitigation": {"kind": "rtbh", "hold_down": "60s"}}])
+    sent = []
+    dry = GoBGP(dry_run=True)
+    dry.send = lambda verb, route: sent.append((verb, route.prefix))
+    sink = AlertSink(config, cfg.database, clickhouse.connect(cfg), gobgp=dry)
+    old, held = ((bytes(10) + b"\xff\xff" + bytes([203, 0, 113, i]),) for i in (7, 8))
+    sink.handle(detect.Event("ended", "amp", old, 0, 1000, 1, 1), {}, 1100)   # hold-down over at 1060
+    sink.handle(detect.Event("ended", "amp", held, 0, 1080, 1, 1), {}, 1100)  # held down until 1140
+    assert sent == [("withdraw", "203.0.113.7/32"), ("announce", "203.0.113.8/32")]
+    sink.tick(1139)
+    assert len(sent) == 2
+    sink.tick(1141)
+    assert sent[-1] == ("withdraw", "203.0.113.8/32")

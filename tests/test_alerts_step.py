@@ -10,8 +10,10 @@ from tests.test_detect import NOW, VICTIM, _amplification, _second, _v4
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
+    """A wall clock the test moves: it starts where the test traffic's own time does."""
+
+    def __init__(self, start: float = NOW) -> None:
+        self.now = float(start)
 
     def __call__(self) -> float:
         return self.now

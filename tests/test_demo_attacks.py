@@ -36,7 +36,7 @@ def _batches(attack: str | None, seconds: int, start: int = 1_800_000_000, rate:
 
 def _fired(batches) -> set[str]:
     rules = [r.rule() for r in Alerts().all_rules()]
-    bank, clock = RuleBank(rules), Clock()
+    bank, clock = RuleBank(rules), Clock(batches[0].column("TimeReceived")[0].as_py())
     logics = {r.name: DetectLogic({r.name: r}, None, clock) for r in rules}
     fired = set()
     for batch in batches:

@@ -188,3 +188,33 @@ def test_an_alert_names_its_key_and_the_attack_signature() -> None:
     carpet = make_rule("carpet", AMPLIFIERS, "DstAddr/24+InIfBoundary", "bps", window=10, threshold=1)
     assert detect.key_text(carpet, (_v4("203.0.113.0"), 1)) == "203.0.113.0/24+external"
     assert detect.signature(carpet, table, (_v4("203.0.113.0"), 0))["protocols"] == [17]
+
+
+def test_hostile_counters_and_timestamps_cost_little_and_move_nothing() -> None:
+    """A forged 2^64-1 byte count is a huge number, not a crash; flows stamped far from the
+    clock are dropped (counted) instead of dragging time years ahead; a gap of days is jumped."""
+    import time as clock
+
+    from flows.alerts_step import DetectLogic, RuleBank
+    from tests.test_alerts_step import Clock
+
+    rule = _amplification()
+    forged = _second(NOW, True)
+    columns = {name: forged.column(name) for name in forged.schema.names}
+    columns["Bytes"] = pa.array([2**64 - 1] * forged.num_rows, pa.uint64())
+    huge = pa.RecordBatch.from_pydict(columns, schema=forged.schema)
+    assert max(t.bits for t in batch_totals(rule, huge).values()) > 1e20
+    wall = Clock()
+    wall.now = NOW + 100
+    logic = DetectLogic({rule.name: rule}, None, wall)
+    bank = RuleBank([rule])
+    for future in (_second(NOW + 10**9, True), _second(0, True)):
+        for _, partial in bank.partials(future):
+            assert logic.on_item(partial)[0] == []
+    assert logic.out_of_range > 0 and logic.state.watermark is None
+    detector = Detector(rule)
+    feed(detector, batch_totals(rule, _second(NOW, False)))
+    feed(detector, batch_totals(rule, _second(NOW + 30 * 86400, True)))
+    started = clock.monotonic()
+    detector.advance(NOW + 30 * 86400 + 1)
+    assert clock.monotonic() - started < 1.0 and detector.clock == NOW + 30 * 86400 + 1

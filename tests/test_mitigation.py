@@ -109,3 +109,22 @@ def test_command_lines_and_policies() -> None:
     for bad in ({"kind": "nullroute"}, {"action": "rate-limit"}, {"source_ports": (0,)}, {"next_hop": "nowhere"}):
         with pytest.raises(ValueError):
             Policy(**bad)
+
+
+def test_a_rule_cannot_blackhole_whole_networks_or_smuggle_gobgp_options() -> None:
+    from pydantic import ValidationError
+
+    from flows.settings.alerts import Alerts
+
+    rtbh = {"kind": "rtbh"}
+    for rule in ({"name": "x", "threshold": 1, "key": "DstAddr/0/0", "mitigation": rtbh},
+                 {"name": "x", "threshold": 1, "key": "DstAddr/8", "mitigation": rtbh},
+                 {"name": "x", "threshold": 1, "key": "DstAS", "mitigation": rtbh},
+                 {"name": "x", "threshold": 1, "mitigation": {"kind": "rtbh", "community": "65535:666 med 5"}},
+                 {"name": "x", "threshold": 1, "mitigation": {"kind": "flowspec", "action": "rate-limit",
+                                                             "rate": 1e40}}):
+        with pytest.raises(ValidationError):
+            Alerts(rules=[rule])
+    with pytest.raises(ValidationError):
+        Alerts(bgp={"host": "--debug"})
+    assert Alerts(rules=[{"name": "x", "threshold": 1, "key": "DstAddr/24", "mitigation": rtbh}]).rules

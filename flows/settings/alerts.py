@@ -76,9 +76,17 @@ class AlertRule(Section):
     @model_validator(mode="after")
     def _valid(self) -> AlertRule:
         try:
-            self.rule()
+            rule = self.rule()
         except QueryError as err:
             raise ValueError(str(err)) from None
+        if self.mitigation.kind != "none":
+            cut = next((p for p in rule.key if p.column == "DstAddr"), None)
+            if cut is None:
+                raise ValueError("mitigation needs a key with DstAddr (the destination its routes cover)")
+            if cut.v4_prefix is not None and (cut.v4_prefix < mitigation.SHORTEST[4]
+                                              or (cut.v6_prefix or 128) < mitigation.SHORTEST[6]):
+                raise ValueError(f"mitigation announces the key's prefix: at least /{mitigation.SHORTEST[4]} "
+                                 f"(IPv4) and /{mitigation.SHORTEST[6]} (IPv6), not {cut.label}")
         return self
 
     def rule(self) -> detect.Rule:
@@ -120,7 +128,8 @@ class Webhook(Section):
 
 
 class BGP(Section):
-    host: str = Field("127.0.0.1", description="gobgpd's gRPC API host")
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")] = Field(
+        "127.0.0.1", description="gobgpd's gRPC API host")
     port: Annotated[int, Field(ge=1, le=65535)] = Field(50051, description="gobgpd's gRPC API port")
     cli: str = Field("gobgp", description="the gobgp command (Debian package gobgpd)")
 
